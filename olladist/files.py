@@ -1,0 +1,45 @@
+"""Rendered files as values, and the one way olladist writes a file to disk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class File:
+    content: str
+    mode: int = 0o644
+
+
+def under_root(root: Path, path: str) -> Path:
+    """Map an absolute node path (``/etc/olladist/x``) to its place under ``root``."""
+    if not path.startswith("/"):
+        raise ValueError(f"not an absolute path: {path!r}")
+    return root / path.lstrip("/")
+
+
+def write_atomic(target: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``target`` so that a reader sees the old file or the new one, never a
+    torn one: temp file in the same directory, fsync, chmod, rename, fsync the directory."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dirfd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)

@@ -1,0 +1,342 @@
+"""Load a cluster-spec directory and report every problem as ``file:line: field: message``.
+
+A spec directory holds ``cluster.yaml`` (required) and optionally ``nodes/*.yaml`` (one node a
+file) and ``models/*.yaml`` (one model a file). The files are merged into one document; each
+value remembers the file and line it came from, so that pydantic's errors and our own
+cross-checks can point at the exact place.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from olladist.errors import Problem, SpecError
+from olladist.spec import Spec
+
+Loc = tuple[str | int, ...]
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class _Origin:
+    """Where a part of the merged document came from."""
+
+    prefix: Loc  # path of this part in the merged document
+    file: str
+    file_prefix: Loc  # path of the same part inside `file`
+    lines: dict[Loc, int]  # path inside `file` -> line
+
+
+@dataclass
+class Located:
+    """A merged document plus the map from its paths back to files and lines."""
+
+    data: dict[str, Any]
+    origins: list[_Origin] = field(default_factory=list)
+
+    def locate(self, loc: Loc) -> tuple[str, int, Loc]:
+        """The file, line and in-file path of ``loc`` (longest known prefix wins)."""
+        best = max(
+            (o for o in self.origins if loc[: len(o.prefix)] == o.prefix),
+            key=lambda o: len(o.prefix),
+        )
+        in_file = best.file_prefix + loc[len(best.prefix) :]
+        for n in range(len(in_file), -1, -1):
+            line = best.lines.get(in_file[:n])
+            if line is not None:
+                return best.file, line, in_file
+        return best.file, 0, in_file
+
+    def problem(self, loc: Loc, message: str) -> Problem:
+        file, line, in_file = self.locate(loc)
+        return Problem(file, line, format_loc(in_file), message)
+
+
+def format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _walk(node: yaml.Node, path: Loc, lines: dict[Loc, int], dupes: list[tuple[Loc, int]]) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                dupes.append((path + (key,), key_node.start_mark.line + 1))
+            seen.add(key)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _walk(value_node, path + (key,), lines, dupes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, path + (i,), lines, dupes)
+
+
+def _read_yaml(path: Path, rel: str, problems: list[Problem]) -> tuple[Any, dict[Loc, int]]:
+    """Parse one YAML file; on failure record a problem and return (None, {})."""
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            problems.append(Problem(rel, 0, "", f"file larger than {MAX_FILE_BYTES} bytes"))
+            return None, {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        problems.append(Problem(rel, 0, "", f"not UTF-8 text: {exc.reason}"))
+        return None, {}
+    except OSError as exc:
+        problems.append(Problem(rel, 0, "", f"cannot read: {exc.strerror}"))
+        return None, {}
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        msg = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        problems.append(Problem(rel, line, "", f"invalid YAML: {msg}"))
+        return None, {}
+    except yaml.YAMLError as exc:
+        problems.append(Problem(rel, 0, "", f"invalid YAML: {exc}"))
+        return None, {}
+    finally:
+        loader.dispose()
+    lines: dict[Loc, int] = {}
+    dupes: list[tuple[Loc, int]] = []
+    if node is not None:
+        _walk(node, (), lines, dupes)
+    for loc, line in dupes:
+        problems.append(Problem(rel, line, format_loc(loc), "duplicate key"))
+    return data, lines
+
+
+def _merge_dir(spec_dir: Path, problems: list[Problem]) -> Located:
+    cluster = spec_dir / "cluster.yaml"
+    if not cluster.is_file():
+        raise SpecError(
+            [Problem("cluster.yaml", 0, "", f"not found in {spec_dir}")],
+            hint="a spec directory holds cluster.yaml, plus optional nodes/*.yaml, models/*.yaml",
+        )
+    data, lines = _read_yaml(cluster, "cluster.yaml", problems)
+    if data is None and not problems:
+        data = {}
+    if problems:
+        raise SpecError(problems)
+    if not isinstance(data, dict):
+        raise SpecError([Problem("cluster.yaml", 1, "", "must be a mapping (key: value)")])
+    doc = Located(dict(data), [_Origin((), "cluster.yaml", (), lines)])
+
+    for section in ("nodes", "models"):
+        sub = spec_dir / section
+        if not sub.is_dir():
+            continue
+        files = sorted(p for p in sub.iterdir() if p.suffix in (".yaml", ".yml"))
+        if not files:
+            continue
+        base = doc.data.get(section)
+        if base is None:
+            base = []
+        if not isinstance(base, list):
+            # pydantic will report the wrong type in cluster.yaml; do not merge into it.
+            continue
+        merged = list(base)
+        for path in files:
+            rel = f"{section}/{path.name}"
+            item, item_lines = _read_yaml(path, rel, problems)
+            if item is None:
+                if not problems or problems[-1].file != rel:
+                    problems.append(Problem(rel, 0, "", "file is empty"))
+                continue
+            doc.origins.append(_Origin((section, len(merged)), rel, (), item_lines))
+            merged.append(item)
+        doc.data[section] = merged
+    if problems:
+        raise SpecError(problems)
+    return doc
+
+
+def _pydantic_problems(doc: Located, exc: ValidationError) -> list[Problem]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc: Loc = tuple(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            parent_fields = _fields_at(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), parent_fields, n=1)
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
+        elif err["type"] == "string_pattern_mismatch":
+            pattern = err["ctx"]["pattern"]
+            msg = f"{err['input']!r} has characters that are not allowed (pattern {pattern})"
+        elif msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+        # Literal["all"] | list[...] unions report one error per branch; keep them readable.
+        loc = tuple(p for p in loc if p not in ("list[str]", "literal['all']", "str"))
+        out.append(doc.problem(loc, msg))
+    return out
+
+
+def _fields_at(loc: Loc) -> list[str]:
+    """Field names valid at ``loc`` of the merged document (for 'did you mean')."""
+    from pydantic import BaseModel  # noqa: PLC0415
+
+    model: type[BaseModel] = Spec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part)
+        if info is None:
+            return []
+        inner = _model_in(info.annotation)
+        if inner is None:
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _model_in(annotation: object) -> Any:
+    from typing import get_args  # noqa: PLC0415
+
+    from pydantic import BaseModel  # noqa: PLC0415
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def cross_check(spec: Spec, doc: Located) -> list[Problem]:
+    """Rules that span fields: unique names, ports, GPUs, references to nodes."""
+    p: list[Problem] = []
+    names = Counter(n.name for n in spec.nodes)
+    for i, node in enumerate(spec.nodes):
+        if names[node.name] > 1:
+            p.append(doc.problem(("nodes", i, "name"), f"duplicate node name {node.name!r}"))
+        gw = spec.gateway
+        ports: dict[int, str] = {}
+        for what, port in (("gateway.port", gw.port), ("gateway.peer_port", gw.peer_port)):
+            ports.setdefault(port, what)
+        if gw.stats_port in ports:
+            p.append(
+                doc.problem(
+                    ("gateway", "stats_port"),
+                    f"port {gw.stats_port} is also {ports[gw.stats_port]}",
+                )
+            )
+        ports.setdefault(gw.stats_port, "gateway.stats_port")
+        if gw.peer_port == gw.port:
+            p.append(doc.problem(("gateway", "peer_port"), f"port {gw.port} is also gateway.port"))
+        inst_names: set[str] = set()
+        gpus: dict[str, str] = {}
+        for j, inst in enumerate(node.instances):
+            here = ("nodes", i, "instances", j)
+            if inst.name in inst_names:
+                p.append(doc.problem(here + ("name",), f"duplicate instance name {inst.name!r}"))
+            inst_names.add(inst.name)
+            # Instances bind 127.0.0.1; a gateway on a loopback listen address shares it.
+            other = ports.get(inst.port)
+            if other is not None:
+                p.append(doc.problem(here + ("port",), f"port {inst.port} is also {other}"))
+            ports.setdefault(inst.port, f"instance {inst.name!r}")
+            for k, gpu in enumerate(inst.gpus):
+                if gpu in gpus and gpus[gpu] != inst.name:
+                    p.append(
+                        doc.problem(
+                            here + ("gpus", k), f"GPU {gpu!r} is also given to {gpus[gpu]!r}"
+                        )
+                    )
+                gpus.setdefault(gpu, inst.name)
+    p.extend(_one_machine_ports(spec, doc))
+    model_keys: dict[str, int] = {}
+    for i, model in enumerate(spec.models):
+        if model.key in model_keys:
+            first = spec.models[model_keys[model.key]].name
+            p.append(
+                doc.problem(
+                    ("models", i, "name"),
+                    f"duplicate model {model.name!r} (same as {first!r})",
+                )
+            )
+        model_keys.setdefault(model.key, i)
+        if isinstance(model.nodes, list):
+            if model.replicas is not None:
+                p.append(
+                    doc.problem(
+                        ("models", i, "replicas"),
+                        "give either `nodes` (exact placement) or `replicas`, not both",
+                    )
+                )
+            for k, name in enumerate(model.nodes):
+                if name not in names:
+                    p.append(doc.problem(("models", i, "nodes", k), f"unknown node {name!r}"))
+        elif model.nodes == "all" and model.replicas is not None:
+            p.append(
+                doc.problem(("models", i, "replicas"), "`nodes: all` places on every node; drop it")
+            )
+    return p
+
+
+def _one_machine_ports(spec: Spec, doc: Located) -> list[Problem]:
+    """Nodes whose gateways bind loopback addresses share one machine (a dev cluster), and all
+    their instances bind 127.0.0.1: their instance ports must differ across nodes too."""
+    p: list[Problem] = []
+    owner: dict[int, str] = {}
+    for i, node in enumerate(spec.nodes):
+        if not node.loopback:
+            continue
+        for j, inst in enumerate(node.instances):
+            prev = owner.get(inst.port)
+            if prev is not None and prev != node.name:
+                p.append(
+                    doc.problem(
+                        ("nodes", i, "instances", j, "port"),
+                        f"port {inst.port} is also used by node {prev!r} on this machine "
+                        "(loopback nodes share 127.0.0.1)",
+                    )
+                )
+            owner.setdefault(inst.port, node.name)
+    return p
+
+
+def load_located(spec_dir: Path) -> tuple[Spec, Located]:
+    problems: list[Problem] = []
+    if not spec_dir.is_dir():
+        raise SpecError(
+            [Problem(str(spec_dir), 0, "", "not a directory")],
+            hint="give the spec directory (the one holding cluster.yaml) with --spec",
+        )
+    doc = _merge_dir(spec_dir, problems)
+    try:
+        spec = Spec.model_validate(doc.data)
+    except ValidationError as exc:
+        raise SpecError(_pydantic_problems(doc, exc)) from None
+    problems = cross_check(spec, doc)
+    if not problems:
+        from olladist.placement import placement_problems  # noqa: PLC0415
+
+        problems = placement_problems(spec, doc)
+    if problems:
+        raise SpecError(problems)
+    return spec, doc
+
+
+def load_spec(spec_dir: Path) -> Spec:
+    """Load and fully validate a spec directory; raises SpecError listing every problem."""
+    return load_located(spec_dir)[0]
