@@ -138,27 +138,20 @@ def _known_node(spec: Any, name: str) -> str:
     return name
 
 
-def _plan(ctx: Context) -> tuple[Any, Any, Any]:
-    from olladist.observe import observe  # noqa: PLC0415
-    from olladist.plan import plan  # noqa: PLC0415
-    from olladist.render import render_node  # noqa: PLC0415
-    from olladist.specload import load_spec  # noqa: PLC0415
+def _plan(ctx: Context) -> tuple[Any, Any, Any, Any]:
+    from olladist.reconcile import full_plan, load_desired  # noqa: PLC0415
     from olladist.state import State  # noqa: PLC0415
-    from olladist.validators import validate_render  # noqa: PLC0415
 
-    spec = load_spec(ctx.spec_dir())
-    node = _known_node(spec, ctx.node)
-    if not ctx.args.no_validate:
-        validate_render(lambda layout: render_node(spec, node, layout=layout))
-    desired = render_node(spec, node, layout=ctx.layout)
+    desired = load_desired(ctx.spec_dir(), ctx.node, ctx.layout, validate=not ctx.args.no_validate)
+    runtime = make_runtime(ctx)
     state = State(ctx.layout)
-    return plan(node, desired, observe(ctx.layout, desired, state)), state, spec
+    return full_plan(desired, ctx.layout, state, runtime), desired, state, runtime
 
 
 def cmd_diff(ctx: Context) -> int:
     from olladist.report import print_plan  # noqa: PLC0415
 
-    p, _, _ = _plan(ctx)
+    p, _, _, _ = _plan(ctx)
     if ctx.args.json:
         print(json.dumps(p.to_dict(), indent=2))
     else:
@@ -172,27 +165,33 @@ def make_runtime(ctx: Context) -> Any:
     name = ctx.setting(ctx.args.runtime, "OLLADIST_RUNTIME", "none")
     if name == "none":
         return FilesOnly(ctx.layout)
+    if name == "local":
+        from olladist.runtime.local import LocalRuntime  # noqa: PLC0415
+
+        return LocalRuntime(ctx.layout)
     raise OlladistError(
         f"runtime {name!r} is not available in this build",
-        hint="use --runtime none (files and unit enablement only)",
+        hint="use --runtime local (olladist runs the services) or none (files only)",
     )
 
 
 def cmd_apply(ctx: Context) -> int:
-    from olladist.apply import apply  # noqa: PLC0415
+    from olladist.progress import PullProgress  # noqa: PLC0415
+    from olladist.reconcile import execute  # noqa: PLC0415
     from olladist.report import print_plan  # noqa: PLC0415
 
-    p, state, _ = _plan(ctx)
+    p, desired, state, runtime = _plan(ctx)
     print_plan(p)
     if ctx.args.dry_run or not p.drift:
         return 0
-    runtime = make_runtime(ctx)
-    done = apply(p, ctx.layout, state, runtime)
+    outcome = execute(p, desired, ctx.layout, state, runtime, on_progress=PullProgress())
     skipped = [a for a in p.runtime_actions() if not runtime.executes]
-    print(f"applied {len(done) - len(skipped)} action(s)")
+    print(f"applied {len(outcome.done) - len(skipped)} action(s)")
     for a in skipped:
         print(f"  not executed (runtime {runtime.name}): {a.kind} {a.target}")
-    return 0
+    for model, reason in sorted(outcome.model_errors.items()):
+        print(f"error: model {model}: {reason}", file=sys.stderr)
+    return 0 if outcome.ok else 2
 
 
 def cmd_schema(ctx: Context) -> int:
