@@ -178,16 +178,16 @@ def _verify_gpg(sha: str, data_file: Path, sig_file: Path, verify: GpgVerify) ->
     validsig = status.get("VALIDSIG")
     if result.returncode == 0 and "GOODSIG" in status and validsig:
         keys = {validsig[0].upper(), validsig[-1].upper()}
-        signer = validsig[-1].upper()
+        primary = validsig[-1].upper()
         if keys & set(verify.fingerprints):
-            return f"gpg:{signer}"
+            return f"gpg:{primary}"
         raise SignatureError(
-            f"commit {sha} is signed by GPG key {signer}, which is not trusted "
+            f"commit {sha} is signed by GPG key {primary}, which is not trusted "
             f"(trusted: {', '.join(verify.fingerprints)})",
             commit=sha,
-            signer=signer,
+            signer=primary,
         )
-    signer: str | None = None
+    signer = None
     for keyword in ("NO_PUBKEY", "ERRSIG", "BADSIG", "EXPKEYSIG", "REVKEYSIG", "EXPSIG"):
         if status.get(keyword):
             signer = status[keyword][0].upper()
