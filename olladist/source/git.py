@@ -26,6 +26,7 @@ from dulwich.client import (
     InvalidWants,
     get_transport_and_path,
 )
+from dulwich.config import ConfigFile, StackedConfig
 from dulwich.errors import GitProtocolError, NotGitRepository
 from dulwich.graph import can_fast_forward
 from dulwich.objects import Commit, ObjectID
@@ -81,6 +82,7 @@ class GitSource:
         verify: Verify | None = None,
         allow_rollback: bool = False,
         keep: int = 3,
+        timeout_s: float = 20.0,
     ) -> None:
         if not ref or ref.endswith("/") or ".." in ref or _PEELED_SUFFIX.decode() in ref:
             raise SourceError(f"bad ref {ref!r}", hint="give a branch or tag name, e.g. main")
@@ -91,6 +93,7 @@ class GitSource:
         self.verify = verify
         self.allow_rollback = allow_rollback
         self.keep = max(1, keep)
+        self.timeout_s = timeout_s
         self._mirror = self.state_dir / "git"
         self._checkouts = self.state_dir / "checkouts"
 
@@ -205,9 +208,14 @@ class GitSource:
         )
 
     def _client(self, repo: Repo) -> tuple[GitClient, str]:
+        # dulwich's HTTP client waits forever by default; a stuck server must not stall the
+        # reconcile loop. Besides that, only the mirror's own config counts (http.sslCAInfo,
+        # http.proxy...), never ~/.gitconfig of whoever runs the CLI.
+        override = ConfigFile()
+        override.set((b"http",), b"timeout", str(self.timeout_s).encode())
+        config = StackedConfig([override, repo.get_config()])
         try:
-            # Only the mirror's own config (http.sslCAInfo, proxies...), never ~/.gitconfig.
-            return get_transport_and_path(self.url, config=repo.get_config())
+            return get_transport_and_path(self.url, config=config)
         except _TRANSPORT_ERRORS as exc:
             raise self._fail("cannot use source", exc) from exc
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +236,51 @@ def test_state_dir_shared_by_two_sources_objects(upstream: Upstream, tmp_path: P
     GitSource(upstream.path, state_dir=tmp_path / "state").poll()
     other = GitSource(upstream.path, state_dir=tmp_path / "state").poll()
     assert (other.commit, other.fetched, other.changed) == (sha, False, False)
+
+
+@pytest.mark.integration
+def test_git_protocol(upstream: Upstream, tmp_path: Path) -> None:
+    sha = upstream.commit({"cluster.yaml": CLUSTER})
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            "--export-all",
+            f"--base-path={tmp_path}",
+            str(upstream.path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "git daemon died"
+                time.sleep(0.05)
+        src = GitSource(f"git://127.0.0.1:{port}/upstream", state_dir=tmp_path / "state")
+        result = src.poll()
+        assert (result.commit, result.fetched) == (sha, True)
+        assert (result.checkout / "cluster.yaml").read_text() == CLUSTER
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+def test_silent_http_server_times_out(tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        src = GitSource(f"http://127.0.0.1:{port}/x.git", state_dir=tmp_path / "s", timeout_s=0.3)
+        started = time.monotonic()
+        with pytest.raises(FetchError, match="timed out"):
+            src.poll()
+        assert time.monotonic() - started < 5
