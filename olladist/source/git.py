@@ -1,9 +1,11 @@
 """GitSource: the spec of one commit of a git repository, pulled with dulwich.
 
 Layout under state_dir:
-    git/                   bare mirror; refs/olladist/remote = the remote ref's raw value,
-                           refs/olladist/tip = the last commit poll() returned
-    checkouts/<sha>/       the spec directory of that commit (the last few are kept)
+    git/                   bare mirror; per source (url, ref, path) refs/olladist/<key>/remote
+                           = the remote ref's raw value, refs/olladist/<key>/tip = the last
+                           commit poll() returned
+    checkouts/<sha>/       the spec directory of that commit (the last few are kept);
+                           <sha>.<8 hex>/ when the spec is a subdirectory of the repository
     tmp/                   scratch for signature checks
     source.lock            held during poll/checkout, so a CLI run and the daemon can share it
 """
@@ -11,6 +13,7 @@ Layout under state_dir:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -40,8 +43,6 @@ from olladist.source.verify import Verify, verify_commit
 
 log = logging.getLogger("olladist.source")
 
-TIP_REF = Ref(b"refs/olladist/tip")
-REMOTE_REF = Ref(b"refs/olladist/remote")
 _PEELED_SUFFIX = b"^{}"
 
 # What dulwich's transports raise when the remote cannot be read; translated into FetchError.
@@ -96,6 +97,11 @@ class GitSource:
         self.timeout_s = timeout_s
         self._mirror = self.state_dir / "git"
         self._checkouts = self.state_dir / "checkouts"
+        # Refs of this (url, ref, path) in the mirror, so a CLI run with other settings on the
+        # same state dir does not move this source's baseline.
+        key = hashlib.sha256(f"{self.url}\0{self.ref}\0{self.path}".encode()).hexdigest()[:12]
+        self._tip_ref_name = Ref(f"refs/olladist/{key}/tip".encode())
+        self._remote_ref_name = Ref(f"refs/olladist/{key}/remote".encode())
 
     @property
     def display_url(self) -> str:
@@ -120,17 +126,18 @@ class GitSource:
             if remote_sha not in repo.object_store:
                 remote_sha = self._fetch(client, remote_path, repo, refname)
                 fetched = True
-            repo.refs[REMOTE_REF] = remote_sha
+            repo.refs[self._remote_ref_name] = remote_sha
             commit = self._peel(repo, remote_sha, refname)
             tip = commit.id.decode("ascii")
             signer = None
             if self.verify is not None:
                 signer = verify_commit(commit, self.verify, self.state_dir / "tmp")
-            previous = repo.refs[TIP_REF].decode("ascii") if TIP_REF in repo.refs else None
+            tip_ref = self._tip_ref_name
+            previous = repo.refs[tip_ref].decode("ascii") if tip_ref in repo.refs else None
             baseline = self._baseline(accepted, previous)
             self._check_descent(repo, baseline, tip)
             checkout = materialise(repo, commit, self.path, self._checkouts)
-            repo.refs[TIP_REF] = commit.id
+            repo.refs[tip_ref] = commit.id
             protect = {tip} | ({accepted} if accepted else set())
             prune(self._checkouts, self.keep, protect)
         changed = tip != baseline
@@ -198,7 +205,8 @@ class GitSource:
         return Repo.init_bare(str(self._mirror))
 
     def _fail(self, what: str, exc: BaseException) -> FetchError:
-        detail = redact_url(str(exc) or type(exc).__name__)
+        # One line, whatever the transport put in its message (ssh stderr, HTTP bodies).
+        detail = " ".join(redact_url(str(exc) or type(exc).__name__).split())
         password = urlsplit(self.url).password if "://" in self.url else None
         if password:
             detail = detail.replace(password, "***")

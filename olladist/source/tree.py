@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -19,6 +20,8 @@ from olladist.source.errors import SourceError
 log = logging.getLogger("olladist.source")
 
 SHA_RE = re.compile(r"[0-9a-f]{40}")
+# <sha> for the repository root, <sha>.<8 hex of the path> for a subdirectory.
+_CHECKOUT_RE = re.compile(r"(?P<sha>[0-9a-f]{40})(\.[0-9a-f]{8})?")
 _TMP_PREFIX = ".tmp-"
 
 
@@ -38,10 +41,18 @@ def _safe_name(name: bytes) -> bool:
     return name not in (b"", b".", b"..", b".git") and b"/" not in name and b"\0" not in name
 
 
+def checkout_name(sha: str, subpath: str) -> str:
+    """Directory name of a checkout. A subdirectory gets a suffix so that two sources with
+    different paths sharing a state dir can never hand out each other's files."""
+    if not subpath:
+        return sha
+    return f"{sha}.{hashlib.sha256(subpath.encode()).hexdigest()[:8]}"
+
+
 def materialise(repo: Repo, commit: Commit, subpath: str, checkouts: Path) -> Path:
-    """Write the tree of SUBPATH at COMMIT to CHECKOUTS/<sha>/ (kept if already there)."""
+    """Write the tree of SUBPATH at COMMIT to CHECKOUTS/<name>/ (kept if already there)."""
     sha = commit.id.decode("ascii")
-    target = checkouts / sha
+    target = checkouts / checkout_name(sha, subpath)
     if target.is_dir():
         os.utime(target)  # mtime = last use, so pruning keeps the recently used ones
         return target
@@ -94,7 +105,8 @@ def _write_tree(store: BaseObjectStore, tree_id: ObjectID, dest: Path, sha: str)
 
 
 def prune(checkouts: Path, keep: int, protect: set[str]) -> list[str]:
-    """Delete all but the KEEP newest checkouts, never one in PROTECT; drop stale temp dirs.
+    """Delete all but the KEEP newest checkouts, never one of a commit in PROTECT; drop stale
+    temp dirs.
 
     Call with the source lock held, so no temp dir belongs to a running checkout.
     """
@@ -104,13 +116,13 @@ def prune(checkouts: Path, keep: int, protect: set[str]) -> list[str]:
     for stale in (p for p in entries if p.name.startswith(_TMP_PREFIX)):
         shutil.rmtree(stale, ignore_errors=True)
     done = sorted(
-        (p for p in entries if SHA_RE.fullmatch(p.name)),
+        (p for p in entries if _CHECKOUT_RE.fullmatch(p.name)),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
     removed = []
     for old in done[keep:]:
-        if old.name in protect:
+        if old.name[:40] in protect:
             continue
         shutil.rmtree(old, ignore_errors=True)
         removed.append(old.name)

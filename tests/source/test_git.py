@@ -284,3 +284,15 @@ def test_silent_http_server_times_out(tmp_path: Path) -> None:
         with pytest.raises(FetchError, match="timed out"):
             src.poll()
         assert time.monotonic() - started < 5
+
+
+def test_two_paths_on_one_state_dir_do_not_mix(upstream: Upstream, tmp_path: Path) -> None:
+    sha = upstream.commit({"lab/cluster.yaml": "cluster: lab\n", "prod/cluster.yaml": "p\n"})
+    lab = GitSource(upstream.path, path="lab", state_dir=tmp_path / "state").poll()
+    prod = GitSource(upstream.path, path="prod", state_dir=tmp_path / "state").poll()
+    assert lab.commit == prod.commit == sha
+    assert lab.checkout != prod.checkout
+    assert (lab.checkout / "cluster.yaml").read_text() == "cluster: lab\n"
+    assert (prod.checkout / "cluster.yaml").read_text() == "p\n"
+    # Each source has its own baseline: prod's first poll is a change of its own.
+    assert prod.changed
