@@ -141,7 +141,9 @@ class GitSource:
             protect = {tip} | ({accepted} if accepted else set())
             prune(self._checkouts, self.keep, protect)
         changed = tip != baseline
-        log.info(
+        # A quiet remote polled every minute must not flood the journal.
+        log.log(
+            logging.INFO if changed or fetched else logging.DEBUG,
             "poll url=%s ref=%s commit=%s changed=%s fetched=%s",
             self.display_url,
             refname.decode(),
