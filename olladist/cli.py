@@ -161,18 +161,24 @@ def cmd_diff(ctx: Context) -> int:
 
 def make_runtime(ctx: Context) -> Any:
     from olladist.runtime import FilesOnly  # noqa: PLC0415
+    from olladist.runtime.systemd import SystemdRuntime, booted_with_systemd  # noqa: PLC0415
 
-    name = ctx.setting(ctx.args.runtime, "OLLADIST_RUNTIME", "none")
+    default = "systemd" if booted_with_systemd() else ctx.args.default_runtime
+    name = ctx.setting(ctx.args.runtime, "OLLADIST_RUNTIME", default)
     if name == "none":
         return FilesOnly(ctx.layout)
     if name == "local":
         from olladist.runtime.local import LocalRuntime  # noqa: PLC0415
 
         return LocalRuntime(ctx.layout)
-    raise OlladistError(
-        f"runtime {name!r} is not available in this build",
-        hint="use --runtime local (olladist runs the services) or none (files only)",
-    )
+    if name == "systemd":
+        if not booted_with_systemd():
+            raise OlladistError(
+                "--runtime systemd, but this machine was not booted with systemd",
+                hint="use --runtime local: olladist then runs the services itself",
+            )
+        return SystemdRuntime()
+    raise OlladistError(f"unknown runtime {name!r}", hint="use systemd, local or none")
 
 
 def cmd_apply(ctx: Context) -> int:
@@ -192,6 +198,93 @@ def cmd_apply(ctx: Context) -> int:
     for model, reason in sorted(outcome.model_errors.items()):
         print(f"error: model {model}: {reason}", file=sys.stderr)
     return 0 if outcome.ok else 2
+
+
+def open_source(ctx: Context) -> Any:
+    from olladist.layout import STATE_DIR  # noqa: PLC0415
+    from olladist.source import DirSource, open_source, verify_from_env  # noqa: PLC0415
+
+    state_dir = ctx.layout.real(STATE_DIR) / "source"
+    spec = ctx.setting(getattr(ctx.args, "spec", None), "OLLADIST_SPEC")
+    if spec:
+        return DirSource(Path(spec))
+    location = ctx.setting(ctx.args.source, "OLLADIST_SOURCE")
+    if not location:
+        raise OlladistError(
+            "no source given",
+            hint=f"pass --source URL (or --spec DIR), or set OLLADIST_SOURCE in {ENV_FILE}",
+        )
+    return open_source(
+        location,
+        state_dir=state_dir,
+        ref=ctx.setting(ctx.args.ref, "OLLADIST_REF", "main") or "main",
+        path=ctx.setting(ctx.args.path, "OLLADIST_PATH", ".") or ".",
+        verify=verify_from_env(ctx.env, state_dir),
+        allow_rollback=(ctx.env.get("OLLADIST_ALLOW_ROLLBACK", "").lower() in ("1", "true", "yes")),
+    )
+
+
+def cmd_reconcile(ctx: Context) -> int:
+    from olladist.daemon import Daemon  # noqa: PLC0415
+    from olladist.progress import PullProgress  # noqa: PLC0415
+
+    daemon = Daemon(
+        open_source(ctx),
+        ctx.node,
+        ctx.layout,
+        make_runtime(ctx),
+        once=ctx.args.once,
+        interval=ctx.args.interval,
+        on_progress=PullProgress(),
+    )
+    return daemon.run()
+
+
+def cmd_status(ctx: Context) -> int:
+    from olladist.state import State  # noqa: PLC0415
+    from olladist.status import Status  # noqa: PLC0415
+
+    data = State(ctx.layout).status()
+    if data is None:
+        raise OlladistError(
+            "no reconcile has run on this node yet",
+            hint="start it: systemctl enable --now olladist-reconcile (or olladist reconcile)",
+        )
+    if ctx.args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    s = Status.load(State(ctx.layout), data.get("node", ctx.node))
+    s.errors, s.notes = data.get("errors", []), data.get("notes", [])
+    print(format_status(s))
+    return 0 if s.ok else 1
+
+
+def format_status(s: Any) -> str:
+    import datetime as dt  # noqa: PLC0415
+
+    def when(t: float) -> str:
+        if not t:
+            return "never"
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    lines = [
+        f"node:       {s.node}",
+        f"applied:    {s.applied_commit or 'none'} ({when(s.applied_at)})",
+        f"attempted:  {s.attempted_commit or 'none'} ({when(s.attempted_at)})",
+    ]
+    if s.attempted_error:
+        lines.append(f"refused:    {s.attempted_error}")
+    lines += [
+        f"last run:   {when(s.last_run_at)}, {s.duration_s:.2f}s, " + ("ok" if s.ok else "FAILED"),
+        f"drift:      {len(s.drift)} item(s)",
+    ]
+    lines += [f"  {d['kind']} {d['target']} ({d['reason']})" for d in s.drift]
+    lines += [f"note:       {n}" for n in s.notes]
+    for e in s.errors:
+        lines.append(f"error:      {e['message']}")
+        if e.get("hint"):
+            lines.append(f"            hint: {e['hint']}")
+    return "\n".join(lines)
 
 
 def cmd_schema(ctx: Context) -> int:
@@ -252,10 +345,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--runtime",
             choices=["none", "local", "systemd"],
-            help="what runs the services ($OLLADIST_RUNTIME, default none: files only)",
+            help="what runs the services ($OLLADIST_RUNTIME; default systemd when booted "
+            "with it, else none: files only)",
         )
+        p.set_defaults(default_runtime="none")
         if name == "apply":
             p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p = add("reconcile", cmd_reconcile, "the reconciler daemon (Type=notify under systemd)")
+    p.add_argument("--once", action="store_true", help="reconcile once and exit")
+    p.add_argument(
+        "--runtime",
+        choices=["none", "local", "systemd"],
+        help="what runs the services ($OLLADIST_RUNTIME; default systemd when booted with "
+        "it, else local: olladist runs them itself)",
+    )
+    p.set_defaults(default_runtime="local")
+    p.add_argument(
+        "--interval", type=float, metavar="SECONDS", help="override policy.interval (tests)"
+    )
+    p = add("status", cmd_status, "the last reconcile's result on this node")
+    p.add_argument("--json", action="store_true")
     p = add("schema", cmd_schema, "print the JSON Schema of the spec")
     p.add_argument("--part", choices=["cluster", "node", "model"], default="cluster")
     return parser
