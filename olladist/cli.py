@@ -142,7 +142,13 @@ def _plan(ctx: Context) -> tuple[Any, Any, Any, Any]:
     from olladist.reconcile import full_plan, load_desired  # noqa: PLC0415
     from olladist.state import State  # noqa: PLC0415
 
-    desired = load_desired(ctx.spec_dir(), ctx.node, ctx.layout, validate=not ctx.args.no_validate)
+    desired = load_desired(
+        ctx.spec_dir(),
+        ctx.node,
+        ctx.layout,
+        validate=not ctx.args.no_validate,
+        binary=ctx.env.get("OLLADIST_OLLAMA_BINARY"),
+    )
     runtime = make_runtime(ctx)
     state = State(ctx.layout)
     return full_plan(desired, ctx.layout, state, runtime), desired, state, runtime
@@ -236,6 +242,7 @@ def cmd_reconcile(ctx: Context) -> int:
         once=ctx.args.once,
         interval=ctx.args.interval,
         on_progress=PullProgress(),
+        binary=ctx.env.get("OLLADIST_OLLAMA_BINARY"),
     )
     return daemon.run()
 

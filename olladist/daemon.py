@@ -89,8 +89,10 @@ class Daemon:
         once: bool = False,
         interval: float | None = None,
         on_progress: Callable[[str, Progress], None] | None = None,
+        binary: str | None = None,
     ) -> None:
         self.source = source
+        self.binary = binary
         self.node = node
         self.layout = layout
         self.runtime = runtime
@@ -274,7 +276,9 @@ class Daemon:
         commit = fetched.commit
         if commit != applied:
             try:
-                desired = load_desired(fetched.checkout, self.node, self.layout, commit)
+                desired = load_desired(
+                    fetched.checkout, self.node, self.layout, commit, binary=self.binary
+                )
             except OlladistError as exc:
                 self.status.attempt(commit, exc.message)
                 log.error("commit %s refused: %s", commit[:12], exc.message)
@@ -283,7 +287,9 @@ class Daemon:
         elif self.desired is not None and self.desired.commit == commit:
             desired = self.desired
         else:
-            desired = load_desired(fetched.checkout, self.node, self.layout, commit)
+            desired = load_desired(
+                fetched.checkout, self.node, self.layout, commit, binary=self.binary
+            )
         self.status.attempt(commit, None)
         self._converge(desired, reason)
         return not self.status.errors
@@ -294,7 +300,11 @@ class Daemon:
             with contextlib.suppress(OlladistError):
                 checkout = self.source.checkout(self.status.applied_commit)
                 self.desired = load_desired(
-                    checkout, self.node, self.layout, self.status.applied_commit
+                    checkout,
+                    self.node,
+                    self.layout,
+                    self.status.applied_commit,
+                    binary=self.binary,
                 )
         if self.desired is not None:
             self._converge(self.desired, "last-known-good", record_applied=False)

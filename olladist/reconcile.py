@@ -54,9 +54,19 @@ class Outcome:
 
 
 def load_desired(
-    spec_dir: Path, node: str, layout: Layout, commit: str = "", validate: bool = True
+    spec_dir: Path,
+    node: str,
+    layout: Layout,
+    commit: str = "",
+    *,
+    validate: bool = True,
+    binary: str | None = None,
 ) -> Desired:
+    """``binary``: the node-local OLLADIST_OLLAMA_BINARY, which overrides ``ollama.binary``
+    (where the ollama program lives is a fact of the machine, not of the cluster)."""
     spec = load_spec(spec_dir)
+    if binary:
+        spec = spec.model_copy(update={"ollama": spec.ollama.model_copy(update={"binary": binary})})
     names = [n.name for n in spec.nodes]
     if node not in names:
         from olladist.errors import OlladistError  # noqa: PLC0415
