@@ -109,7 +109,10 @@ def node_local_files(spec: Spec, node_name: str, placement: Placement) -> tuple[
     """Node paths of the node-local files (secrets, never rendered) that the gateway's config
     loads: they must exist before HAProxy starts or validates, or it refuses the config."""
     t = build(spec, node_name, placement, ROOT)
-    return (PEER_SECRET_FILE,) if t.needs_peer_secret else ()
+    out = [PEER_SECRET_FILE] if t.needs_peer_secret else []
+    if spec.gateway.api_keys_file:
+        out.append(spec.gateway.api_keys_file)
+    return tuple(out)
 
 
 def write_peer_secret(layout: Layout) -> Path:

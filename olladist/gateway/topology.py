@@ -253,9 +253,12 @@ def build(
         admin_socket=safe_path(layout.path(ADMIN_SOCKET)),
         server_state=safe_path(layout.path(f"{STATE_DIR}/gateway/servers.state")),
     )
-    for p in (tls.peer_cert, tls.peer_ca, tls.public_cert, gw.api_keys_file):
+    # TLS paths come from the node's environment and are real paths; the API keys file is a
+    # node path from the spec, so it moves under the root like every file olladist owns.
+    for p in (tls.peer_cert, tls.peer_ca, tls.public_cert):
         if p is not None:
             safe_path(p)
+    api_keys = safe_path(layout.path(gw.api_keys_file)) if gw.api_keys_file else None
     least = Strategy.LEAST_LOADED
 
     instances = Backend(
@@ -359,7 +362,7 @@ def build(
         health_fall=gw.health.fall,
         health_rise=gw.health.rise,
         admin_allowed=gw.admin_api == "allow",
-        api_keys_file=gw.api_keys_file,
+        api_keys_file=api_keys,
         peer_auth=PeerAuth.TLS if tls.peer_cert else PeerAuth.SECRET,
         tls=tls,
         peer_source=None if _unspecified(listen) else listen,

@@ -187,14 +187,23 @@ def make_spec(
 
 
 def start_gateway(
-    spec: Spec, node: str, base: Path, tls: NodeTLS | None = None, share: Path | None = None
+    spec: Spec,
+    node: str,
+    base: Path,
+    tls: NodeTLS | None = None,
+    local_files: dict[str, str] | None = None,
 ) -> Gateway:
+    """Render ``node``'s gateway under ``base/node`` and start HAProxy on it. ``local_files``
+    are node-local files (node path -> content) written first; the peer secret is shared by
+    every node under ``base``."""
     root = base / node
     layout = Layout(root)
+    for path, content in (local_files or {}).items():
+        write_atomic(layout.real(path), content.encode(), 0o600)
     files = gateway_files(spec, node, place(spec), layout, tls)
     for path, f in files.items():
         write_atomic(layout.real(path), f.content.encode(), f.mode)
-    secret = write_peer_secret(Layout(share or base))
+    secret = write_peer_secret(Layout(base))
     target = layout.real("/etc/olladist/secrets/peer.map")
     if target != secret and not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -238,6 +247,8 @@ def cluster(
     spec: Spec,
     gateways: list[str] | None = None,
     line_delay: float = 0.05,
+    tls: dict[str, NodeTLS] | None = None,
+    local_files: dict[str, str] | None = None,
 ) -> Iterator[Cluster]:
     c = Cluster(spec, base)
     try:
@@ -249,7 +260,9 @@ def cluster(
         for f in c.fakes.values():
             wait_port("127.0.0.1", f.port)
         for name in gateways if gateways is not None else [n.name for n in spec.nodes]:
-            c.gateways[name] = start_gateway(spec, name, base)
+            c.gateways[name] = start_gateway(
+                spec, name, base, (tls or {}).get(name), local_files
+            )
         yield c
     finally:
         c.stop()

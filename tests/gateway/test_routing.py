@@ -265,17 +265,16 @@ def test_least_loaded_queues_then_answers_503_json(tmp_path: Path) -> None:
 
 
 def test_api_keys(tmp_path: Path) -> None:
-    keys = tmp_path / "api-keys"
     good = "sk-test-0123456789"
-    keys.write_text("# sha256 of each key\n" + hashlib.sha256(good.encode()).hexdigest() + "\n")
+    keys = "# sha256 of each key\n" + hashlib.sha256(good.encode()).hexdigest() + "\n"
     hosts = loopback_hosts(1)
     spec = make_spec(
         hosts,
         {0: [1]},
         [{"name": "m", "nodes": ["n0"]}],
-        gateway={"api_keys_file": str(keys), "admin_api": "allow"},
+        gateway={"api_keys_file": "/etc/olladist/api-keys", "admin_api": "allow"},
     )
-    with cluster(tmp_path / "c", spec) as c:
+    with cluster(tmp_path, spec, local_files={"/etc/olladist/api-keys": keys}) as c:
         url = c.gw("n0").url
         with client() as h:
             r = h.post(url + "/api/generate", json={"model": "m"})
