@@ -45,6 +45,8 @@ BODY_WAIT = "60s"
 # consistent hashing with bounded loads: a server takes at most 125% of the average.
 HASH_BALANCE_FACTOR = 125
 ROUTE_NAME_MAX = 80
+# HAProxy 2.6 refuses longer unix socket paths (sun_path minus its own suffix room).
+SOCKET_PATH_MAX = 97
 # Node-local: the shared secret peers send, as a one-line HAProxy map ("secret VALUE"). The same
 # file on every node; never rendered, never in git. Mode 0640, group of the gateway's user.
 PEER_SECRET_FILE = f"{SECRETS_DIR}/peer.map"
@@ -124,6 +126,10 @@ class Backend:
         return any(s.peer for s in self.servers)
 
     @property
+    def has_local(self) -> bool:
+        return any(not s.peer for s in self.servers)
+
+    @property
     def has_backups(self) -> bool:
         return any(s.backup for s in self.servers)
 
@@ -200,6 +206,16 @@ class Topology:
         return bool(self.instances.servers) and bool(self.peers.servers)
 
 
+def socket_path(path: str) -> str:
+    safe_path(path)
+    if len(path) > SOCKET_PATH_MAX:
+        raise RenderError(
+            f"socket path {path!r} is {len(path)} characters; HAProxy allows {SOCKET_PATH_MAX}",
+            hint="use a shorter --root",
+        )
+    return path
+
+
 def safe_path(path: str) -> str:
     if not _SAFE_PATH.match(path):
         raise RenderError(
@@ -250,7 +266,7 @@ def build(
         empty_ps_json=safe_path(f"{gateway_dir}/ps-empty.json"),
         peer_secret_map=safe_path(layout.path(PEER_SECRET_FILE)),
         min_secret_len=MIN_SECRET_LEN,
-        admin_socket=safe_path(layout.path(ADMIN_SOCKET)),
+        admin_socket=socket_path(layout.path(ADMIN_SOCKET)),
         server_state=safe_path(layout.path(f"{STATE_DIR}/gateway/servers.state")),
     )
     # TLS paths come from the node's environment and are real paths; the API keys file is a

@@ -242,7 +242,7 @@ def start_gateway(
 
 
 @contextlib.contextmanager
-def cluster(
+def cluster(  # noqa: PLR0917 - test helper, read at the call site
     base: Path,
     spec: Spec,
     gateways: list[str] | None = None,
@@ -260,9 +260,7 @@ def cluster(
         for f in c.fakes.values():
             wait_port("127.0.0.1", f.port)
         for name in gateways if gateways is not None else [n.name for n in spec.nodes]:
-            c.gateways[name] = start_gateway(
-                spec, name, base, (tls or {}).get(name), local_files
-            )
+            c.gateways[name] = start_gateway(spec, name, base, (tls or {}).get(name), local_files)
         yield c
     finally:
         c.stop()

@@ -235,7 +235,7 @@ def test_peer_port_refuses_strangers(two_nodes: Cluster) -> None:
         assert r.status_code == 404
 
 
-def test_least_loaded_queues_then_answers_503_json(tmp_path: Path) -> None:
+def test_least_loaded_queues_then_answers_503_json(gw_tmp: Path) -> None:
     hosts = loopback_hosts(1)
     spec = make_spec(
         hosts,
@@ -243,7 +243,7 @@ def test_least_loaded_queues_then_answers_503_json(tmp_path: Path) -> None:
         [{"name": "m", "nodes": ["n0"]}],
         gateway={"timeouts": {"queue": "500ms", "server": "30s", "connect": "1s"}},
     )
-    with cluster(tmp_path, spec) as c:
+    with cluster(gw_tmp, spec) as c:
         wait_until(lambda: all_up(c.gw("n0")))
         slow = {"model": "m", "stream": True, "lines": 3, "delay": 0.5}
         results: list[int] = []
@@ -264,7 +264,7 @@ def test_least_loaded_queues_then_answers_503_json(tmp_path: Path) -> None:
     assert 0.4 < waited < 3
 
 
-def test_api_keys(tmp_path: Path) -> None:
+def test_api_keys(gw_tmp: Path) -> None:
     good = "sk-test-0123456789"
     keys = "# sha256 of each key\n" + hashlib.sha256(good.encode()).hexdigest() + "\n"
     hosts = loopback_hosts(1)
@@ -274,7 +274,7 @@ def test_api_keys(tmp_path: Path) -> None:
         [{"name": "m", "nodes": ["n0"]}],
         gateway={"api_keys_file": "/etc/olladist/api-keys", "admin_api": "allow"},
     )
-    with cluster(tmp_path, spec, local_files={"/etc/olladist/api-keys": keys}) as c:
+    with cluster(gw_tmp, spec, local_files={"/etc/olladist/api-keys": keys}) as c:
         url = c.gw("n0").url
         with client() as h:
             r = h.post(url + "/api/generate", json={"model": "m"})
@@ -293,3 +293,31 @@ def test_api_keys(tmp_path: Path) -> None:
             r = h.post(url + "/api/pull", json={"model": "x"}, headers=ok)
             assert r.status_code == 200
             assert r.json()["instance"] == "n0/i0"
+
+
+def test_peer_mtls(gw_tmp: Path) -> None:
+    from olladist.gateway.topology import NodeTLS
+    from tests.gateway.certs import make_ca, make_node_cert
+
+    pki = gw_tmp / "pki"
+    pki.mkdir()
+    ca_key, ca = make_ca(pki)
+    tls = {
+        name: NodeTLS(peer_cert=str(make_node_cert(pki, name, ca_key, ca)), peer_ca=str(ca))
+        for name in ("n0", "n1")
+    }
+    spec = make_spec(loopback_hosts(2), {0: [1], 1: [1]}, MODELS)
+    with cluster(gw_tmp, spec, tls=tls) as c:
+        for g in c.gateways.values():
+            wait_until(lambda g=g: all_up(g))
+        r = post(c, "n0", "/api/generate", {"model": "only-b"})
+        assert r.status_code == 200, r.text
+        assert r.json()["instance"] == "n1/i0"
+        n1 = c.gw("n1")
+        # Plain HTTP, or TLS without a client certificate, does not get through.
+        transport = httpx.HTTPTransport(local_address=c.gw("n0").host, verify=False)
+        with httpx.Client(transport=transport, trust_env=False, timeout=5) as h:
+            with pytest.raises(httpx.HTTPError):
+                h.post(f"http://{n1.host}:{n1.peer_port}/api/generate", json={"model": "only-b"})
+            with pytest.raises(httpx.HTTPError):
+                h.post(f"https://{n1.host}:{n1.peer_port}/api/generate", json={"model": "only-b"})

@@ -68,9 +68,9 @@ MODELS = [{"name": "m", "nodes": ["n0"]}]
 
 
 @pytest.fixture
-def one_node(tmp_path: Path) -> Iterator[Cluster]:
+def one_node(gw_tmp: Path) -> Iterator[Cluster]:
     spec = make_spec(loopback_hosts(1), {0: [4, 4]}, MODELS)
-    with cluster(tmp_path, spec) as c:
+    with cluster(gw_tmp, spec) as c:
         wait_until(lambda: all_up(c.gw("n0")))
         yield c
 
