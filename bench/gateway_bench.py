@@ -1,0 +1,113 @@
+"""Gateway bench: latency HAProxy adds, and memory per connection with the large-body buffer.
+
+Runs one real HAProxy gateway (rendered by olladist) in front of one fake Ollama instance on
+loopback, bounded in count and time:
+
+    .venv/bin/python bench/gateway_bench.py [--requests 400] [--streams 200] [--bodies 20]
+
+Reports median/p95 of a small request sent straight to the instance and through the gateway,
+then the HAProxy worker's RSS idle, with N concurrent open streams (small bodies), and with M
+concurrent 5 MiB bodies whose `model` comes last (the OpenAI SDK's order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from tests.gateway.harness import all_up, cluster, loopback_hosts, make_spec, wait_until
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def latencies(url: str, n: int) -> list[float]:
+    out = []
+    body = {"model": "m", "prompt": "hi"}
+    async with aiohttp.ClientSession() as s:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            async with s.post(url, json=body) as r:
+                await r.read()
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+async def hold_streams(url: str, n: int, size: int, sample: callable) -> tuple[int, int]:  # type: ignore[valid-type]
+    pad = "x" * size
+    body = json.dumps(
+        {"messages": [{"content": pad}], "model": "m", "stream": True, "lines": 6, "delay": 0.5}
+    )
+    statuses: list[int] = []
+
+    async def one(s: aiohttp.ClientSession) -> None:
+        async with s.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+            async for _ in r.content:
+                pass
+            statuses.append(r.status)
+
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        tasks = [asyncio.create_task(one(s)) for _ in range(n)]
+        await asyncio.sleep(1.5)  # all bodies sent, every stream open
+        during = sample()
+        await asyncio.gather(*tasks)
+    return during, sum(1 for x in statuses if x == 200)
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--streams", type=int, default=200)
+    ap.add_argument("--bodies", type=int, default=20)
+    args = ap.parse_args()
+    spec = make_spec(loopback_hosts(1), {0: [256]}, [{"name": "m", "nodes": ["n0"]}])
+    inst = spec.nodes[0].instances[0]
+    with tempfile.TemporaryDirectory(prefix="gwb") as d, cluster(Path(d), spec) as c:
+        g = c.gw("n0")
+        wait_until(lambda: all_up(g))
+        worker = g.runtime.processes().worker_pids[0]
+        direct = asyncio.run(latencies(f"http://127.0.0.1:{inst.port}/api/generate", args.requests))
+        via = asyncio.run(latencies(g.url + "/api/generate", args.requests))
+        print(f"small request, {args.requests} sequential (ms):")
+        print(f"  direct   median {statistics.median(direct):.3f}  p95 {pct(direct, 0.95):.3f}")
+        print(f"  gateway  median {statistics.median(via):.3f}  p95 {pct(via, 0.95):.3f}")
+        added = statistics.median(via) - statistics.median(direct)
+        print(f"  added    median {added:.3f}")
+        idle = rss_kib(worker)
+        print(f"HAProxy worker RSS idle: {idle} KiB (tune.bufsize 16 MiB)")
+        url = g.url + "/v1/chat/completions"
+        during, ok = asyncio.run(hold_streams(url, args.streams, 100, lambda: rss_kib(worker)))
+        print(
+            f"  {args.streams} open streams, small bodies: {during} KiB "
+            f"(+{(during - idle) / args.streams:.1f} KiB per connection), {ok} ok"
+        )
+        base = rss_kib(worker)
+        during, ok = asyncio.run(
+            hold_streams(url, args.bodies, 5 * 1024 * 1024, lambda: rss_kib(worker))
+        )
+        print(
+            f"  {args.bodies} open streams, 5 MiB bodies, model last: {during} KiB "
+            f"(+{(during - base) / args.bodies / 1024:.1f} MiB per connection), {ok} ok"
+        )
+        print(f"  after: {rss_kib(worker)} KiB (HAProxy keeps freed buffers in its pools)")
+
+
+if __name__ == "__main__":
+    main()
