@@ -18,6 +18,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -44,7 +45,7 @@ async def latencies(url: str, n: int) -> list[float]:
     return out
 
 
-async def hold_streams(url: str, n: int, size: int, sample: callable) -> tuple[int, int]:  # type: ignore[valid-type]
+async def hold_streams(url: str, n: int, size: int, sample: Callable[[], int]) -> tuple[int, int]:
     pad = "x" * size
     body = json.dumps(
         {"messages": [{"content": pad}], "model": "m", "stream": True, "lines": 6, "delay": 0.5}

@@ -96,13 +96,14 @@ def test_a_dead_instance_leaves_rotation_within_two_check_intervals(one_node: Cl
     interval = 0.3  # health.interval in make_spec
     rt = one_node.gw("n0").runtime
     one_node.fakes["n0/i0"].kill()
+    # Before the checks notice, requests that pick the dead instance are retried elsewhere.
+    assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i1"}
     took = wait_until(
         lambda: not next(s for s in rt.servers_state() if s.server == "i0").serving,
         timeout=5,
         step=0.02,
     )
     assert took <= 2 * interval + 0.15, took
-    # Requests in that window were retried on the other instance (retry-on conn-failure).
     assert {gen(one_node).json()["instance"] for _ in range(8)} == {"n0/i1"}
 
 
