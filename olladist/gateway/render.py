@@ -20,6 +20,8 @@ from olladist.spec import Spec
 # Ollama reports times like this; a model's real modification time is only known to the
 # instance that holds it, so the cluster view shows a fixed one.
 EPOCH = "1970-01-01T00:00:00Z"
+# /api/ps asks each local instance in turn; a hung one must not hold the answer for long.
+PS_TIMEOUT_MS = 3000
 
 
 def _map_file(routes: tuple[Route, ...]) -> str:
@@ -101,6 +103,7 @@ def gateway_files(
         f"{GATEWAY_DIR}/tags.json": File(tags_json(spec, placement)),
         f"{GATEWAY_DIR}/v1-models.json": File(v1_models_json(spec, placement)),
         f"{GATEWAY_DIR}/ps-empty.json": File('{"models":[]}\n'),
+        f"{GATEWAY_DIR}/ps.lua": File(render_template("ps.lua.j2", timeout_ms=PS_TIMEOUT_MS)),
     }
     return dict(sorted(files.items()))
 

@@ -150,6 +150,7 @@ class Paths:
     tags_json: str
     v1_models_json: str
     empty_ps_json: str
+    ps_lua: str
     peer_secret_map: str
     min_secret_len: int
     admin_socket: str
@@ -264,6 +265,7 @@ def build(
         tags_json=safe_path(f"{gateway_dir}/tags.json"),
         v1_models_json=safe_path(f"{gateway_dir}/v1-models.json"),
         empty_ps_json=safe_path(f"{gateway_dir}/ps-empty.json"),
+        ps_lua=safe_path(f"{gateway_dir}/ps.lua"),
         peer_secret_map=safe_path(layout.path(PEER_SECRET_FILE)),
         min_secret_len=MIN_SECRET_LEN,
         admin_socket=socket_path(layout.path(ADMIN_SOCKET)),

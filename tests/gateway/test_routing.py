@@ -175,9 +175,15 @@ def test_ps_and_version_come_from_this_node(two_nodes: Cluster) -> None:
         ps = h.get(two_nodes.gw("n1").url + "/api/ps").json()
         version = h.get(two_nodes.gw("n1").url + "/api/version").json()
         root = h.get(two_nodes.gw("n1").url + "/")
-    assert ps["models"][0]["name"].startswith("n1/")
+    assert [m["name"] for m in ps["models"]] == ["n1/i0-loaded:latest"]
     assert version["instance"] == "n1/i0"
     assert root.text == "Ollama is running"
+
+
+def test_ps_merges_every_local_instance(two_nodes: Cluster) -> None:
+    with client() as h:
+        ps = h.get(two_nodes.gw("n0").url + "/api/ps").json()
+    assert [m["name"] for m in ps["models"]] == ["n0/i0-loaded:latest", "n0/i1-loaded:latest"]
 
 
 def test_model_affinity_pins_a_model_to_one_instance(two_nodes: Cluster) -> None:

@@ -104,6 +104,9 @@ def test_a_dead_instance_leaves_rotation_within_two_check_intervals(one_node: Cl
         step=0.02,
     )
     assert took <= 2 * interval + 0.15, took
+    with httpx.Client(trust_env=False, timeout=10) as h:
+        ps = h.get(one_node.gw("n0").url + "/api/ps").json()
+    assert [m["name"] for m in ps["models"]] == ["n0/i1-loaded:latest"]
     assert {gen(one_node).json()["instance"] for _ in range(8)} == {"n0/i1"}
 
 
