@@ -93,6 +93,12 @@ def node_tls_from_env(env: dict[str, str]) -> NodeTLS:
     return tls
 
 
+def hostport(host: str, port: int | None = None) -> str:
+    """An address as HAProxy reads it: IPv6 literals in brackets, so the port is unambiguous."""
+    h = f"[{host}]" if ":" in host else host
+    return h if port is None else f"{h}:{port}"
+
+
 @dataclass(frozen=True)
 class Server:
     name: str
@@ -102,6 +108,10 @@ class Server:
     backup: bool = False
     peer: bool = False  # a peer gateway (needs peer auth), not a local instance
     track: str | None = None  # "backend/server" whose health this server follows
+
+    @property
+    def addr(self) -> str:
+        return hostport(self.host, self.port)
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,22 @@ class Topology:
         if self.peers.servers:
             return self.peers.name
         return None
+
+    @property
+    def public_bind(self) -> str:
+        return hostport(self.listen, self.port)
+
+    @property
+    def peer_bind(self) -> str:
+        return hostport(self.listen, self.peer_port)
+
+    @property
+    def stats_bind_addr(self) -> str:
+        return hostport(self.stats_bind, self.stats_port)
+
+    @property
+    def peer_source_addr(self) -> str | None:
+        return hostport(self.peer_source) if self.peer_source else None
 
     @property
     def needs_peer_secret(self) -> bool:

@@ -290,3 +290,23 @@ def test_a_socket_path_haproxy_would_refuse_is_a_render_error() -> None:
     spec = spec_of([{"name": "x", "nodes": ["a"]}], [NODES[0]])
     with pytest.raises(RenderError, match="allows 97"):
         build(spec, "a", place(spec), Layout(Path("/tmp/" + "d" * 80)))
+
+
+def test_ipv6_addresses_pass_haproxy_check(gw_tmp: Path) -> None:
+    inst = [{"name": "g", "port": 1}]
+    nodes = [
+        {"name": "a", "address": "fd00::1", "listen": "::", "instances": inst},
+        {"name": "b", "address": "fd00::2", "listen": "fd00::2", "instances": inst},
+    ]
+    spec = spec_of([{"name": "m", "nodes": ["a", "b"]}], nodes)
+    for name in ("a", "b"):
+        layout = Layout(gw_tmp / name)
+        for path, f in gateway_files(spec, name, place(spec), layout).items():
+            write_atomic(layout.real(path), f.content.encode(), f.mode)
+        write_peer_secret(layout)
+        cfg = layout.real("/etc/olladist/haproxy.cfg")
+        proc = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = cfg.read_text()
+    assert "bind [fd00::2]:" in text
+    assert "server peer.a [fd00::1]:11400 check source [fd00::2]" in text
