@@ -16,10 +16,9 @@ from olladist.files import File
 from olladist.layout import ROOT, SYSTEMD_DIR, Layout
 from olladist.placement import Placement, place
 from olladist.spec import Instance, Node, Spec
+from olladist.units import unit_files
 
 INSTANCE_UNIT = "olladist-ollama@{}.service"
-GATEWAY_UNIT = "olladist-gateway.service"
-RECONCILE_UNIT = "olladist-reconcile.service"
 DROPIN_NAME = "10-olladist.conf"
 
 
@@ -102,7 +101,8 @@ def render_node(
 
     node = spec.node(node_name)
     placement = placement or place(spec)
-    files = instance_files(spec, node, layout)
+    files = unit_files(layout)
+    files.update(instance_files(spec, node, layout))
     files.update(gateway_files(spec, node_name, placement, layout))
     return dict(sorted(files.items()))
 

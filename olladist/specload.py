@@ -185,7 +185,7 @@ def _pydantic_problems(doc: Located, exc: ValidationError) -> list[Problem]:
         elif msg.startswith("Value error, "):
             msg = msg.removeprefix("Value error, ")
         # Literal["all"] | list[...] unions report one error per branch; keep them readable.
-        loc = tuple(p for p in loc if p not in ("list[str]", "literal['all']", "str"))
+        loc = tuple(p for p in loc if p not in ("list[str]", "literal['all']", "str", "[key]"))
         out.append(doc.problem(loc, msg))
     return out
 

@@ -1,0 +1,5 @@
+import sys
+
+from olladist.cli import main
+
+sys.exit(main())

@@ -1,0 +1,96 @@
+"""Check rendered files with their real validators: ``haproxy -c`` and ``systemd-analyze verify``.
+
+A render is validated in a staging root before anything is applied: the render is written
+there with paths pointing into the staging root (see ``olladist.layout``), and each validator
+runs on it. Any failure raises ``RenderError`` naming the file and the validator's own words.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from olladist.errors import RenderError, ToolError
+from olladist.files import File, write_atomic
+from olladist.layout import HAPROXY_CFG, SYSTEMD_DIR, Layout
+
+log = logging.getLogger("olladist.validators")
+
+HAPROXY = os.environ.get("OLLADIST_HAPROXY", "haproxy")
+
+
+def _tool(name: str, hint: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise ToolError(f"{name} not found on PATH", hint=hint)
+    return found
+
+
+def check_haproxy(config: Path) -> None:
+    exe = _tool(HAPROXY, "install HAProxy >= 2.6 (Debian/Ubuntu: apt-get install haproxy)")
+    proc = subprocess.run(
+        [exe, "-c", "-q", "-f", str(config)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        out = (proc.stdout + proc.stderr).strip()
+        raise RenderError(f"{config.name} failed `haproxy -c`:\n{out}")
+
+
+def check_units(unit_dir: Path, units: list[str]) -> None:
+    """``systemd-analyze verify --recursive-errors=yes`` on ``units`` found in ``unit_dir``.
+
+    Warnings about parse problems only fail with --recursive-errors; we also treat any line
+    naming one of our files as an error, since a unit that systemd warns about is not one we
+    ship."""
+    exe = _tool("systemd-analyze", "install systemd (it ships systemd-analyze)")
+    if not units:
+        return
+    # Our directory first, then the machine's own units (targets such as multi-user.target).
+    system = ":".join(d for d in ("/etc/systemd/system", "/lib/systemd/system") if Path(d).is_dir())
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:{system}"}
+    paths = [str(unit_dir / u) for u in units]
+    proc = subprocess.run(
+        [exe, "verify", "--recursive-errors=yes", "--man=no", *paths],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if str(unit_dir) in line]
+    if proc.returncode != 0 or ours:
+        out = "\n".join(ours) or (proc.stdout + proc.stderr).strip()
+        raise RenderError(f"units failed `systemd-analyze verify`:\n{out}")
+
+
+def validate_render(
+    render: Callable[[Layout], dict[str, File]],
+    staging: Path | None = None,
+) -> None:
+    """Render into a staging root and run every validator on the result."""
+    with tempfile.TemporaryDirectory(prefix="olladist-validate-") as tmp:
+        root = staging or Path(tmp)
+        layout = Layout(root)
+        files = render(layout)
+        for path, f in files.items():
+            write_atomic(layout.real(path), f.content.encode(), f.mode)
+        if HAPROXY_CFG in files:
+            check_haproxy(layout.real(HAPROXY_CFG))
+        unit_dir = layout.real(SYSTEMD_DIR)
+        units = sorted(
+            p.removeprefix(SYSTEMD_DIR + "/")
+            for p in files
+            if p.startswith(SYSTEMD_DIR + "/") and p.count("/") == 4 and not p.endswith("@.service")
+        )
+        instances = sorted(
+            {
+                p.split("/")[4].removesuffix(".d")
+                for p in files
+                if p.startswith(SYSTEMD_DIR + "/") and p.split("/")[4].endswith(".service.d")
+            }
+        )
+        check_units(unit_dir, units + instances)

@@ -1,0 +1,104 @@
+"""Render: golden files for every template, and every rendered file passes its real validator.
+
+Regenerate the golden files on purpose with OLLADIST_UPDATE_GOLDEN=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from olladist.files import File
+from olladist.layout import Layout
+from olladist.placement import place
+from olladist.render import render_node, systemd_quote
+from olladist.spec import Spec
+from olladist.specload import load_spec
+from olladist.validators import validate_render
+from tests.conftest import EXAMPLE_SPEC, SPECS, need
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+SPEC_DIRS = {"example": EXAMPLE_SPEC, "large": SPECS / "large"}
+UPDATE = os.environ.get("OLLADIST_UPDATE_GOLDEN") == "1"
+
+
+def with_real_binary(spec: Spec) -> Spec:
+    """systemd-analyze checks that ExecStart= exists; point it at a program that does."""
+    return spec.model_copy(
+        update={"ollama": spec.ollama.model_copy(update={"binary": sys.executable})}
+    )
+
+
+def cases() -> list[tuple[str, str]]:
+    out = []
+    for name, spec_dir in SPEC_DIRS.items():
+        spec = load_spec(spec_dir)
+        out += [(name, n.name) for n in spec.nodes]
+    return out
+
+
+@pytest.mark.parametrize(("spec_name", "node"), cases())
+def test_golden(spec_name: str, node: str) -> None:
+    spec = load_spec(SPEC_DIRS[spec_name])
+    files = render_node(spec, node)
+    base = GOLDEN / spec_name / node
+    if UPDATE:
+        for path, f in files.items():
+            target = base / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(f.content)
+    kept = sorted("/" + str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+    assert kept == list(files), "rendered paths differ from golden; OLLADIST_UPDATE_GOLDEN=1"
+    for path, f in files.items():
+        assert (base / path.lstrip("/")).read_text() == f.content, path
+
+
+@pytest.mark.parametrize(("spec_name", "node"), cases())
+def test_rendered_files_pass_their_validators(spec_name: str, node: str, tmp_path: Path) -> None:
+    need("haproxy")
+    need("systemd-analyze")
+    spec = with_real_binary(load_spec(SPEC_DIRS[spec_name]))
+    placement = place(spec)
+    validate_render(lambda layout: render_node(spec, node, placement, layout), staging=tmp_path)
+    assert (tmp_path / "etc/olladist/haproxy.cfg").is_file()
+
+
+def test_render_is_deterministic_and_sorted() -> None:
+    spec = load_spec(SPECS / "large")
+    a = render_node(spec, "gpu-01")
+    b = render_node(spec, "gpu-01")
+    assert a == b
+    assert list(a) == sorted(a)
+
+
+def test_paths_inside_files_follow_the_root(tmp_path: Path) -> None:
+    spec = load_spec(EXAMPLE_SPEC)
+    files = render_node(spec, "gpu-a", layout=Layout(tmp_path))
+    dropin = files["/etc/systemd/system/olladist-ollama@gpu0.service.d/10-olladist.conf"]
+    assert f'"OLLAMA_MODELS={tmp_path}/var/lib/olladist/models"' in dropin.content
+    unit = files["/etc/systemd/system/olladist-gateway.service"].content
+    assert f"{tmp_path}/etc/olladist/haproxy.cfg" in unit
+    assert "User=" not in unit
+
+
+def test_instance_dropin_carries_the_instance() -> None:
+    spec = load_spec(SPECS / "large")
+    files = render_node(spec, "gpu-01")
+    text = files["/etc/systemd/system/olladist-ollama@pair.service.d/10-olladist.conf"].content
+    for line in (
+        'Environment="OLLAMA_HOST=127.0.0.1:11437"',
+        'Environment="CUDA_VISIBLE_DEVICES=2,3"',
+        'Environment="OLLAMA_NUM_PARALLEL=2"',
+        'Environment="OLLAMA_SCHED_SPREAD=1"',
+        'Environment="OLLAMA_KEEP_ALIVE=1h"',
+        "ExecStart=/usr/bin/ollama serve",
+    ):
+        assert line in text.splitlines()
+    assert isinstance(files["/etc/olladist/haproxy.cfg"], File)
+
+
+def test_systemd_quote_escapes_what_systemd_would_interpret() -> None:
+    assert systemd_quote('a"b\\c%d') == '"a\\"b\\\\c%%d"'

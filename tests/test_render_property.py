@@ -1,0 +1,113 @@
+"""Property: any valid spec, however hostile its legal names and values, renders files that
+pass haproxy -c and systemd-analyze verify; illegal names never get past validation."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from olladist.placement import place
+from olladist.render import render_node
+from olladist.spec import (
+    ENV_KEY_PATTERN,
+    LABEL_PATTERN,
+    MODEL_PATTERN,
+    NAME_PATTERN,
+    RESERVED_ENV,
+    Spec,
+)
+from olladist.validators import validate_render
+from tests.conftest import need
+
+names = st.from_regex(NAME_PATTERN, fullmatch=True)
+labels = st.from_regex(LABEL_PATTERN, fullmatch=True)
+model_names = st.from_regex(MODEL_PATTERN, fullmatch=True).filter(lambda s: len(s) <= 200)
+env_keys = st.from_regex(ENV_KEY_PATTERN, fullmatch=True).filter(lambda k: k not in RESERVED_ENV)
+# Anything printable, including quotes, backslashes, %, $, ;, # and non-ASCII.
+env_values = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\x7f"), max_size=40
+)
+
+
+@st.composite
+def specs(draw: st.DrawFn) -> dict[str, Any]:
+    node_names = draw(st.lists(names, min_size=1, max_size=4, unique=True))
+    ports = iter(range(20000, 30000))
+    nodes = []
+    for i, name in enumerate(node_names):
+        inst_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+        nodes.append(
+            {
+                "name": name,
+                "address": f"10.9.{i}.1",
+                "labels": draw(st.dictionaries(labels, labels, max_size=2)),
+                "instances": [
+                    {
+                        "name": inst,
+                        "port": next(ports),
+                        "gpus": [str(j)],
+                        "num_parallel": draw(st.integers(1, 16)),
+                        "env": draw(st.dictionaries(env_keys, env_values, max_size=2)),
+                    }
+                    for j, inst in enumerate(inst_names)
+                ],
+            }
+        )
+    models = draw(st.lists(model_names, max_size=4, unique_by=lambda m: m.lower()))
+    return {
+        "cluster": draw(names),
+        "ollama": {
+            "binary": sys.executable,
+            "env": draw(st.dictionaries(env_keys, env_values, max_size=3)),
+        },
+        "nodes": nodes,
+        "models": [{"name": m, "replicas": 1} for m in models],
+    }
+
+
+@pytest.mark.integration
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(specs())
+def test_hostile_but_legal_specs_render_valid_files(raw: dict[str, Any]) -> None:
+    need("haproxy")
+    spec = Spec.model_validate(raw)
+    placement = place(spec)
+    for node in spec.nodes:
+        with tempfile.TemporaryDirectory() as tmp:
+            validate_render(
+                lambda layout, n=node.name: render_node(spec, n, placement, layout),
+                staging=Path(tmp),
+            )
+
+
+ILLEGAL = ["a b", "a\nb", "a#b", 'a"b', "a'b", "a;b", "a%b", "a{b}", "a$b", "a\\b", "A", "-a", ""]
+
+
+@pytest.mark.parametrize("bad", ILLEGAL)
+def test_illegal_node_names_are_refused(bad: str) -> None:
+    with pytest.raises(ValidationError):
+        Spec.model_validate({"cluster": "c", "nodes": [{"name": bad, "address": "10.0.0.1"}]})
+
+
+@given(st.text(min_size=1, max_size=30).filter(lambda s: not re.fullmatch(MODEL_PATTERN, s)))
+def test_illegal_model_names_are_refused(bad: str) -> None:
+    with pytest.raises(ValidationError):
+        Spec.model_validate(
+            {
+                "cluster": "c",
+                "nodes": [{"name": "n", "address": "10.0.0.1"}],
+                "models": [{"name": bad}],
+            }
+        )
