@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +32,8 @@ class SimState:
     scheduler: Scheduler
     stats: SimStats
     faults: Faults
+    # Set on SIGTERM so that requests held by the hang faults end with the server.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def model_ref(self, stored: StoredModel) -> ModelRef:
         meta = self.store.sim_metadata(stored)
@@ -147,10 +149,11 @@ async def inference_faults(state: SimState, model: str | None) -> Faults:
         sys.stderr.flush()
         os._exit(CRASH_EXIT_STATUS)
     if faults.hang:
-        await hang_forever()
+        await hang_forever(state)
     return faults
 
 
-async def hang_forever() -> None:
-    """Accept and never answer; ends only when the server shuts down."""
-    await asyncio.Event().wait()
+async def hang_forever(state: SimState) -> None:
+    """Accept and never answer; ends (with a 503) only when the server shuts down."""
+    await state.stopping.wait()
+    raise ApiError(503, "olladist-sim is shutting down")

@@ -51,7 +51,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     status = 500
     try:
         if state.faults.hang_all and not request.path.startswith(ADMIN_PREFIX):
-            await hang_forever()
+            await hang_forever(state)
         response = await handler(request)
         status = response.status
         return response
@@ -189,5 +189,6 @@ async def serve(config: SimConfig, ready: Callable[[str, int], None] | None = No
         await stop.wait()
     finally:
         sys.stderr.write("olladist-sim: shutting down\n")
+        state.stopping.set()
         await state.scheduler.close()
         await runner.cleanup()

@@ -189,6 +189,8 @@ def test_queue_full_is_503(sim_factory: SimFactory) -> None:
     sim = sim_factory({"OLLAMA_MAX_QUEUE": "1", "OLLADIST_SIM_TOKEN_RATE": "20"})
     sim.pull("qwen2.5:0.5b")
     body = {"model": "qwen2.5:0.5b", "prompt": "slow", "stream": False}
+    with sim.client() as c:  # load first: a request waiting for a load also counts as queued
+        assert c.post("/api/generate", json={"model": "qwen2.5:0.5b"}).status_code == 200
     results: list[int] = []
 
     def call() -> None:
