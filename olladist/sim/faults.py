@@ -16,7 +16,8 @@ comma list (``hang,slow=4,error_mid_stream=2,models=llama3.2:1b+qwen2.5:0.5b``).
     refuse_pulls      /api/pull fails after "pulling manifest", as when the registry is
                       unreachable
     disk_full         /api/pull fails while writing the first layer: no space left on device
-    models=a+b        restrict the faults above to these models (default: every model)
+    models=a+b        restrict the faults above, except hang_all, to these models (default:
+                      every model)
 """
 
 from __future__ import annotations

@@ -239,8 +239,10 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not prompt and job.keep_alive == 0:
         state.scheduler.expire(job.stored.name.short)
         return json_response(_generate_done(raw, "unload"))
-    if "completion" not in state.store.capabilities(job.stored):
+    caps = state.store.capabilities(job.stored)
+    if "completion" not in caps:
         raise ApiError(400, f'"{raw}" does not support generate')
+    check_thinking(body, raw, caps)
     async with leased(state, job):
         if not prompt:
             return json_response(_generate_done(raw, "load"))
@@ -273,6 +275,12 @@ async def generate(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(ConnectionError):
             await out.write(line(final))
         return out.finish()
+
+
+def check_thinking(body: dict[str, Any], raw: str, caps: list[str]) -> None:
+    think = body.get("think")
+    if think not in (None, False, "") and "thinking" not in caps:
+        raise ApiError(400, f'"{raw}" does not support thinking')
 
 
 def _generate_done(raw: str, reason: str) -> dict[str, Any]:
@@ -322,6 +330,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     caps = state.store.capabilities(job.stored)
     if "completion" not in caps:
         raise ApiError(400, f'"{raw}" does not support chat')
+    check_thinking(body, raw, caps)
     if body.get("tools") and "tools" not in caps:
         raise ApiError(400, f"{job.stored.name.full} does not support tools")
     async with leased(state, job):

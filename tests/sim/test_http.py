@@ -53,6 +53,10 @@ def test_errors_in_ollamas_words(sim: Sim) -> None:
             {"status": "pulling manifest"},
             {"error": "pull model manifest: file does not exist"},
         ]
+        r = c.post("/api/pull", json={"model": "http://127.0.0.1:1/me/m", "stream": False})
+        assert (r.status_code, r.json()) == (500, {"error": "insecure protocol http"})
+        r = c.post("/api/pull", json={"model": "http://127.0.0.1:1/me/m", "insecure": True})
+        assert r.text.splitlines()[-1] == '{"error":"pull model manifest: file does not exist"}'
         r = c.post("/api/pull", json={"model": "ghost", "stream": False})
         assert (r.status_code, r.json()) == (
             500,
@@ -122,6 +126,8 @@ def test_generate_stream_and_final_chunk(sim: Sim) -> None:
                 "options": {"num_predict": 3},
             },
         ).json()
+        think = c.post("/api/generate", json={"model": "llama3.2:1b", "prompt": "x", "think": True})
+    assert think.json() == {"error": '"llama3.2:1b" does not support thinking'}
     assert again["response"] == "".join(ch["response"] for ch in chunks)  # deterministic
     assert (short["eval_count"], short["done_reason"]) == (3, "length")
 
