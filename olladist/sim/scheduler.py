@@ -9,9 +9,10 @@ Rules (as ``ollama serve`` applies them):
 - an idle model unloads after its keep-alive (the last request's ``keep_alive`` wins over
   OLLAMA_KEEP_ALIVE); 0 unloads as soon as it is idle; a negative value keeps it forever.
 
-Requests for a model that must be loaded are served in arrival order; while the oldest of them
-waits for a busy model to go idle, later loads wait too (Ollama's pending queue does the
-same), but requests for models already loaded go straight to those models.
+Requests pass the scheduler in arrival order, as through Ollama's pending queue: one for a
+loaded model goes on to that model's slots at once, but while the oldest request waits for a
+busy model to go idle so it can be evicted, every request behind it waits too, even for loaded
+models. That is how Ollama drains a model to swap it, and why alternating models thrash.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class Scheduler:
             runner = None
         if (
             runner is not None
+            and not self._pending
             and runner.state is RunnerState.LOADED
             and not runner.waiters
             and runner.active < self.num_parallel
@@ -129,7 +131,7 @@ class Scheduler:
         pending = _Pending(model, future, slow)
         self._queued += 1
         try:
-            if runner is not None:
+            if runner is not None and not self._pending:
                 runner.waiters.append(future)
                 self._grant_slots(runner)
             else:

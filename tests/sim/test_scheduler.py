@@ -168,3 +168,27 @@ def test_requests_during_a_load_share_it() -> None:
         await s.close()
 
     asyncio.run(main())
+
+
+def test_fifo_like_ollama_a_pending_swap_holds_later_requests() -> None:
+    async def main() -> None:
+        s = scheduler(max_loaded=1, num_parallel=2)
+        a1 = await s.acquire(model("a"), keep_alive=60)
+        b = asyncio.create_task(s.acquire(model("b"), keep_alive=60))
+        await asyncio.sleep(0.01)
+        # a has a free slot, but b arrived first and waits to swap a out: a2 queues behind b.
+        a2 = asyncio.create_task(s.acquire(model("a"), keep_alive=60))
+        await asyncio.sleep(0.01)
+        assert not a2.done()
+        s.release(a1)
+        b_lease = await asyncio.wait_for(b, 1)
+        assert names(s) == ["b"]
+        assert not a2.done()  # now a must wait for b to finish: the thrash Ollama shows
+        s.release(b_lease)
+        a2_lease = await asyncio.wait_for(a2, 1)
+        assert a2_lease.cold
+        s.release(a2_lease)
+        assert s.stats.cold_loads == {"a": 2, "b": 1}
+        await s.close()
+
+    asyncio.run(main())
