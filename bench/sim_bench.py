@@ -17,12 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import resource
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,8 +26,9 @@ from pathlib import Path
 
 import aiohttp
 
+from olladist.sim.process import SimProcess, start_sim
+
 MODEL = "qwen2.5:0.5b"
-LISTENING = re.compile(r"Listening on ([0-9.]+):(\d+)")
 PHASE_TIMEOUT = 120.0
 
 
@@ -44,46 +41,6 @@ class Row:
     rate: float
     peak_in_flight: int
     peak_rss_mb: float
-
-
-def start_sim(workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "sim.log"
-    full = {
-        **os.environ,
-        "OLLAMA_HOST": "127.0.0.1:0",
-        "OLLAMA_MODELS": str(workdir / "models"),
-        "OLLADIST_SIM_QUIET": "1",
-        "OLLADIST_SIM_PULL_GBPS": "100",
-        **env,
-    }
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "olladist.sim", "serve"],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=full,
-        )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        match = LISTENING.search(log.read_text())
-        if match:
-            return proc, f"http://127.0.0.1:{match.group(2)}"
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    stop(proc)
-    raise SystemExit(f"simulator did not start:\n{log.read_text()}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -173,15 +130,20 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
-async def prepared(workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+async def prepared(workdir: Path, env: dict[str, str]) -> SimProcess:
     """A simulator with MODEL pulled and loaded, so no phase pays for a cold load."""
-    proc, url = start_sim(workdir, env)
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url + "/api/pull", json={"model": MODEL, "stream": False}) as r:
-            assert r.status == 200, await r.text()
-        async with session.post(url + "/api/generate", json={"model": MODEL}) as r:
-            assert r.status == 200, await r.text()
-    return proc, url
+    sim = start_sim(workdir, {"OLLADIST_SIM_QUIET": "1", "OLLADIST_SIM_PULL_GBPS": "100", **env})
+    try:
+        async with aiohttp.ClientSession() as session:
+            pull = {"model": MODEL, "stream": False}
+            async with session.post(sim.url + "/api/pull", json=pull) as r:
+                assert r.status == 200, await r.text()
+            async with session.post(sim.url + "/api/generate", json={"model": MODEL}) as r:
+                assert r.status == 200, await r.text()
+    except BaseException:
+        sim.stop()
+        raise
+    return sim
 
 
 async def run(levels: list[int], seconds: float, clients: int) -> list[Row]:
@@ -194,22 +156,16 @@ async def run(levels: list[int], seconds: float, clients: int) -> list[Row]:
     }
     with tempfile.TemporaryDirectory(prefix="sim-bench-") as tmp:
         # Throughput: tokens cost no time, so the figure is the server's own overhead.
-        proc, url = await prepared(
+        with await prepared(
             Path(tmp) / "fast", {**common, "OLLADIST_SIM_TOKEN_RATE": "1000000000"}
-        )
-        try:
-            rows.append(await throughput(url, proc.pid, clients, seconds))
-        finally:
-            stop(proc)
+        ) as sim:
+            rows.append(await throughput(sim.url, sim.pid, clients, seconds))
         # Concurrency: streams of 16 tokens at 10 tokens/s stay open about 1.6 s each.
-        proc, url = await prepared(
+        with await prepared(
             Path(tmp) / "streams", {**common, "OLLADIST_SIM_TOKEN_RATE": "10"}
-        )
-        try:
+        ) as sim:
             for level in levels:
-                rows.append(await streams(url, proc.pid, level))
-        finally:
-            stop(proc)
+                rows.append(await streams(sim.url, sim.pid, level))
     return rows
 
 
