@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _human(size: int) -> str:
+    """Sizes as `ollama list` prints them (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
 def _catalogue(*, as_json: bool) -> int:
     config = config_from_env()
     rows: list[dict[str, Any]] = []
@@ -76,7 +84,7 @@ def _catalogue(*, as_json: bool) -> int:
         return 0
     print(f"{'NAME':<26}{'ID':<14}{'SIZE':>9}  {'PARAMS':<9}{'QUANT':<8}ALIASES")
     for row in rows:
-        size = f"{row['size'] / 1e9:.1f} GB"
+        size = _human(row["size"])
         print(
             f"{row['name']:<26}{row['digest'][:12]:<14}{size:>9}  "
             f"{row['parameter_size']:<9}{row['quantization']:<8}{', '.join(row['aliases'])}"

@@ -34,6 +34,8 @@ class SimState:
     faults: Faults
     # Set on SIGTERM so that requests held by the hang faults end with the server.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Ollama refuses foreign Host headers when it listens on loopback (see sim.hosts).
+    check_host: bool = False
 
     def model_ref(self, stored: StoredModel) -> ModelRef:
         meta = self.store.sim_metadata(stored)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 import sys
 import time
@@ -17,6 +18,7 @@ from olladist.sim.common import STATE, SimState, hang_forever, json_response, re
 from olladist.sim.config import SimConfig
 from olladist.sim.errors import ApiError, SimConfigError
 from olladist.sim.faults import faults_from_mapping
+from olladist.sim.hosts import host_allowed
 from olladist.sim.scheduler import Scheduler
 from olladist.sim.stats import SimStats
 from olladist.sim.store import ModelStore
@@ -50,6 +52,9 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     state.stats.request_started(route.canonical if route is not None else "unmatched")
     status = 500
     try:
+        if state.check_host and not host_allowed(request.host):
+            status = 403
+            return web.Response(status=403)
         if state.faults.hang_all and not request.path.startswith(ADMIN_PREFIX):
             await hang_forever(state)
         response = await handler(request)
@@ -177,6 +182,7 @@ async def serve(config: SimConfig, ready: Callable[[str, int], None] | None = No
     host, port = config.host, config.port
     if sockets:
         host, port = sockets[0].getsockname()[:2]
+        state.check_host = ipaddress.ip_address(host).is_loopback
     sys.stderr.write(f"olladist-sim: Listening on {host}:{port} (version {config.version})\n")
     sys.stderr.flush()
     if ready is not None:

@@ -7,6 +7,7 @@ import pytest
 from olladist.sim.config import config_from_env, keep_alive_from_json, parse_duration, parse_host
 from olladist.sim.errors import SimConfigError
 from olladist.sim.faults import Faults, faults_from_mapping, parse_faults
+from olladist.sim.hosts import host_allowed
 
 
 @pytest.mark.parametrize(
@@ -128,3 +129,24 @@ def test_faults_from_env_forms_agree() -> None:
 def test_fault_validation(bad: dict[str, object]) -> None:
     with pytest.raises(SimConfigError):
         faults_from_mapping(bad)
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:11434", True),
+        ("localhost:11434", True),
+        ("10.0.0.11:11434", True),
+        ("[::1]:11434", True),
+        ("0.0.0.0", True),
+        ("gpu-a.local", True),
+        ("node.internal:80", True),
+        ("myhost", True),
+        ("", True),
+        ("gpu-a.example.com:11434", False),
+        ("8.8.8.8", False),
+        ("evil.com", False),
+    ],
+)
+def test_host_header_rule(host: str, allowed: bool) -> None:
+    assert host_allowed(host, hostname="myhost") is allowed

@@ -24,7 +24,11 @@ def test_root_version_and_head(sim: Sim) -> None:
         assert c.head("/").status_code == 200
         assert c.head("/api/version").status_code == 200
         assert "version" in c.get("/api/version").json()
-        assert c.get("/api/nope").status_code == 404
+        assert c.get("/api/nope").text == "404 page not found"
+        assert c.get("/api/generate").text == "405 method not allowed"
+        # Bound to loopback, it refuses foreign Host names as Ollama does (DNS-rebinding guard).
+        assert c.get("/api/version", headers={"Host": "gpu-a.example.com"}).status_code == 403
+        assert c.get("/api/version", headers={"Host": "10.0.0.11:11434"}).status_code == 200
 
 
 def test_errors_in_ollamas_words(sim: Sim) -> None:
