@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from olladist.sim import models_api, native, openai_api
+from olladist.sim import compat_api, models_api, native, openai_api
 from olladist.sim.catalogue import load_catalogue
 from olladist.sim.common import STATE, SimState, hang_forever, json_response, read_json, state_of
 from olladist.sim.config import SimConfig
@@ -62,6 +62,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return response
     except ApiError as exc:
         status = exc.status
+        if request.path == "/v1/messages":
+            return json_response(compat_api.anthropic_error(exc.status, exc.message), exc.status)
         if request.path.startswith("/v1/"):
             return json_response(openai_api.error_body(exc.status, exc.message), exc.status)
         return json_response({"error": exc.message}, exc.status)
@@ -152,6 +154,8 @@ def build_app(state: SimState) -> web.Application:
     r.add_post("/v1/chat/completions", openai_api.chat_completions)
     r.add_post("/v1/completions", openai_api.completions)
     r.add_post("/v1/embeddings", openai_api.embeddings)
+    r.add_post("/v1/responses", compat_api.responses)
+    r.add_post("/v1/messages", compat_api.messages)
     r.add_get("/v1/models", openai_api.list_models)
     r.add_get("/v1/models/{model}", openai_api.retrieve_model)
     r.add_get(ADMIN_PREFIX + "stats", get_stats)

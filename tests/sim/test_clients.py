@@ -136,3 +136,21 @@ def check_openai(client: openai.OpenAI) -> None:
         client.models.retrieve("ghost")
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="ghost", messages=CHAT)  # type: ignore[arg-type]
+
+
+def test_openai_responses_api(sim: Sim) -> None:
+    sim.pull("qwen2.5:0.5b")
+    with openai.OpenAI(base_url=sim.url + "/v1", api_key="unused", max_retries=0) as client:
+        whole = client.responses.create(model="qwen2.5:0.5b", input="Tell me a story")
+        assert whole.status == "completed"
+        assert whole.output_text and whole.usage is not None
+        assert whole.usage.output_tokens == 16
+        events = list(
+            client.responses.create(model="qwen2.5:0.5b", input="Tell me a story", stream=True)
+        )
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == whole.output_text
+    assert [e.sequence_number for e in events] == list(range(len(events)))

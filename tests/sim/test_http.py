@@ -332,3 +332,35 @@ def test_client_disconnect_frees_the_slot(sim_factory: SimFactory) -> None:
             },
         )
     assert r2.status_code == 200
+
+
+def test_anthropic_messages(sim: Sim) -> None:
+    sim.pull("qwen2.5:0.5b")
+    body = {
+        "model": "qwen2.5:0.5b",
+        "max_tokens": 5,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
+    }
+    with sim.client() as c:
+        whole = c.post("/v1/messages", json=body).json()
+        streamed = c.post("/v1/messages", json={**body, "stream": True})
+        missing = c.post("/v1/messages", json={**body, "model": "ghost"})
+    assert whole["type"] == "message" and whole["stop_reason"] == "max_tokens"
+    assert whole["usage"]["output_tokens"] == 5
+    assert streamed.headers["content-type"] == "text/event-stream"
+    events = [block.split("\n") for block in streamed.text.strip().split("\n\n")]
+    names = [lines[0].removeprefix("event: ") for lines in events]
+    assert names[:2] == ["message_start", "content_block_start"]
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    text = "".join(
+        json.loads(lines[1].removeprefix("data: "))["delta"]["text"]
+        for lines in events
+        if lines[0] == "event: content_block_delta"
+    )
+    assert text == whole["content"][0]["text"]
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "model 'ghost' not found"},
+    }
