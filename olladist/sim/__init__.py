@@ -1,10 +1,10 @@
 """olladist-sim: an Ollama API simulator that runs where ``ollama serve`` would.
 
-A rendered unit runs it by changing only the binary: ``olladist-sim serve``. It speaks Ollama's
-wire format (native NDJSON routes; OpenAI- and Anthropic-compatible SSE routes), keeps a model store on disk
-in Ollama's layout (shareable by several instances), loads models before they answer, and
-reports truthful, measured durations. Operators use it as a dev mode without GPUs; olladist's
-tests and routing benchmarks use it as a faithful double.
+A rendered unit runs it by changing only the binary: ``olladist-sim serve``. It speaks
+Ollama's wire format (native NDJSON routes; OpenAI- and Anthropic-compatible SSE routes),
+keeps a model store on disk in Ollama's layout (shareable by several instances), loads models
+before they answer, and reports truthful, measured durations. Operators use it as a dev mode
+without GPUs; olladist's tests and routing benchmarks use it as a faithful double.
 
 Environment read exactly as ``ollama serve`` reads it:
 
