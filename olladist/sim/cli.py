@@ -6,14 +6,16 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 from typing import Any
 
 import olladist.sim
+from olladist import __version__
 from olladist.errors import OlladistError
 from olladist.sim import faults as faults_module
 from olladist.sim.catalogue import load_catalogue
-from olladist.sim.config import config_from_env
+from olladist.sim.config import DEFAULT_VERSION, config_from_env
 from olladist.sim.server import serve
 
 
@@ -21,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="olladist-sim",
         description="An Ollama API simulator for olladist tests, benchmarks and dev mode.",
+    )
+    parser.add_argument(
+        "-v",
+        "--version",
+        action="version",
+        version=f"ollama version is {_reported_version()} (olladist-sim {__version__})",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
@@ -33,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     catalogue = sub.add_parser("catalogue", help="list the models /api/pull can fetch")
     catalogue.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _reported_version() -> str:
+    # Only this variable: a bad value elsewhere must not break --version.
+    return os.environ.get("OLLADIST_SIM_VERSION", "").strip() or DEFAULT_VERSION
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -310,6 +310,13 @@ def test_bad_environment_is_a_clear_error(tmp_path: object) -> None:
     )
     assert proc.returncode == 2
     assert "error: OLLAMA_NUM_PARALLEL='lots' is not an integer" in proc.stderr
+    version = subprocess.run(
+        [sys.executable, "-m", "olladist.sim", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert version.startswith("ollama version is ")
 
 
 def test_client_disconnect_frees_the_slot(sim_factory: SimFactory) -> None:
