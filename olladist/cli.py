@@ -346,6 +346,7 @@ def dev_instructions(spec: Any, cluster: Any) -> str:
     repo = cluster.state_dir / "repo"
     root = cluster.node_root(first.name)
     gateways = ", ".join(f"{n.name} http://{n.listen}:{spec.gateway.port}" for n in spec.nodes)
+    roots = " ".join(f"--node-root {cluster.node_root(n.name)}" for n in spec.nodes)
     return f"""
 The cluster is up. Every node's gateway speaks the Ollama API:
   {gateways}
@@ -359,12 +360,28 @@ Talk to it:
 See drift and status of a node:
   olladist diff --source {repo} --node {first.name} --root {root} --runtime local
   olladist status --root {root}
-  olladist check --gateway {url}
+  olladist check --spec {repo} --gateway {url} {roots}
 
 Change the cluster: edit {repo}, then `git -C {repo} commit -am "..."`; the nodes converge
 within a few seconds. Logs: {cluster.state_dir / "logs"}.
 Stop: Ctrl-C here, or `olladist dev --down` from another terminal.
 """
+
+
+def cmd_check(ctx: Context) -> int:
+    from olladist.check import run_checks  # noqa: PLC0415
+    from olladist.specload import load_spec  # noqa: PLC0415
+
+    spec = load_spec(ctx.spec_dir())
+    names = [n.name for n in spec.nodes]
+    node = spec.node(ctx.node) if ctx.node in names else spec.nodes[0]
+    host = node.listen if node.loopback else "127.0.0.1"
+    gateway = ctx.args.gateway or f"http://{host}:{spec.gateway.port}"
+    stats = ctx.args.stats or f"http://{host}:{spec.gateway.stats_port}"
+    roots = [Path(r) for r in ctx.args.node_root]
+    ok = run_checks(spec, gateway.rstrip("/"), stats, roots, lambda r: print(r.line(), flush=True))
+    print("all checks passed" if ok else "some checks FAILED")
+    return 0 if ok else 1
 
 
 def cmd_schema(ctx: Context) -> int:
@@ -451,6 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="return once converged")
     p.add_argument("--interval", type=float, default=5.0, help="reconcile interval (seconds)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for convergence")
+    p = add("check", cmd_check, "end-to-end smoke test of a running cluster through a gateway")
+    p.add_argument("--gateway", metavar="URL", help="default: this node's gateway")
+    p.add_argument("--stats", metavar="URL", help="HAProxy stats listener of that gateway")
+    p.add_argument(
+        "--node-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also check that the node under DIR has converged (repeatable)",
+    )
     p = add("schema", cmd_schema, "print the JSON Schema of the spec")
     p.add_argument("--part", choices=["cluster", "node", "model"], default="cluster")
     return parser
