@@ -164,7 +164,8 @@ def run_checks(
         emit(results[0])
         if results[0].ok:
             checks: list[Callable[[], Result]] = [lambda: check_tags(client, gateway, spec)]
-            checks += [(lambda m=m: check_model(client, gateway, m.name)) for m in spec.models]
+            for m in spec.models:
+                checks.append(functools.partial(check_model, client, gateway, m.name))
             checks.append(lambda: check_unknown_model(client, gateway))
             if stats_url:
                 checks.append(lambda: check_servers(client, stats_url))
