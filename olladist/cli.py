@@ -384,6 +384,23 @@ def cmd_check(ctx: Context) -> int:
     return 0 if ok else 1
 
 
+def cmd_doctor(ctx: Context) -> int:
+    from olladist.doctor import run_doctor  # noqa: PLC0415
+
+    env = dict(ctx.env)
+    for flag, key in (
+        ("source", "OLLADIST_SOURCE"),
+        ("ref", "OLLADIST_REF"),
+        ("path", "OLLADIST_PATH"),
+    ):
+        value = getattr(ctx.args, flag, None)
+        if value:
+            env[key] = value
+    if ctx.args.spec:
+        env["OLLADIST_SOURCE"] = ctx.args.spec
+    return 0 if run_doctor(ctx.layout, env, ctx.node, print) else 1
+
+
 def cmd_schema(ctx: Context) -> int:
     from olladist.schema import schema  # noqa: PLC0415
 
@@ -478,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also check that the node under DIR has converged (repeatable)",
     )
+    add("doctor", cmd_doctor, "what this machine lacks to run a node, and how to fix it")
     p = add("schema", cmd_schema, "print the JSON Schema of the spec")
     p.add_argument("--part", choices=["cluster", "node", "model"], default="cluster")
     return parser
