@@ -35,7 +35,7 @@ class Finding:
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
-    head = text.split("-")[0]
+    head = text.split("-", maxsplit=1)[0]
     return tuple(int(x) for x in head.split(".")[:2] if x.isdigit())
 
 
