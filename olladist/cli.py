@@ -55,7 +55,10 @@ class Context:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.layout = Layout(Path(args.root).resolve()) if args.root else Layout()
+        # OLLADIST_ROOT lets a unit (the systemd test sandbox) pass --root through its
+        # EnvironmentFile=, as it passes every other setting.
+        root = args.root or os.environ.get("OLLADIST_ROOT")
+        self.layout = Layout(Path(root).resolve()) if root else Layout()
         env = read_env_file(self.layout.real(ENV_FILE))
         env.update({k: v for k, v in os.environ.items() if k.startswith("OLLADIST_")})
         self.env = env
