@@ -1,0 +1,30 @@
+"""pytest fixtures for the systemd sandbox.
+
+Wire them in with `from tests.harness.fixtures import sandbox_available, systemd_sandbox`
+in a conftest.py (both names must be imported for pytest to see them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.systemd_sandbox import SystemdSandbox, unavailable_reason
+
+
+@pytest.fixture
+def sandbox_available() -> None:
+    """Skip the test where the sandbox cannot run (not root, no unshare or cgroup2)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def systemd_sandbox(sandbox_available: None, tmp_path: Path) -> Iterator[SystemdSandbox]:
+    """A booted systemd in private namespaces, torn down after the test."""
+    with SystemdSandbox(tmp_path / "systemd-sandbox") as sandbox:
+        sandbox.wait_until_running()
+        yield sandbox

@@ -1,0 +1,146 @@
+"""The sandbox leaves the host alone: files, mounts, processes and cgroups."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.systemd_sandbox import (
+    Mount,
+    SandboxError,
+    SandboxRefused,
+    SystemdSandbox,
+    is_dead,
+)
+
+pytestmark = pytest.mark.system
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every entry under `root` with its mtime and mode, without following links."""
+    found: dict[str, tuple[int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath, name)
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            found[str(path)] = (st.st_mtime_ns, st.st_mode)
+    return found
+
+
+def _mounts() -> list[str]:
+    return Path("/proc/self/mountinfo").read_text().splitlines()
+
+
+@pytest.fixture
+def host_canary() -> Iterator[Path]:
+    """A file in the host's /tmp itself: what systemd-tmpfiles would have removed."""
+    fd, name = tempfile.mkstemp(prefix="olladist-sandbox-canary-", dir="/tmp")
+    os.close(fd)
+    canary = Path(name)
+    canary.write_text("still here")
+    try:
+        yield canary
+    finally:
+        canary.unlink(missing_ok=True)
+
+
+def _gone(sandbox: SystemdSandbox, pids: list[int]) -> None:
+    assert not sandbox.cgroup.exists()
+    for pid in pids:
+        assert is_dead(pid), f"PID {pid} outlived the sandbox"
+
+
+def test_host_files_mounts_and_processes_untouched(
+    sandbox_available: None, tmp_path: Path, host_canary: Path
+) -> None:
+    run_before = _snapshot(Path("/run"))
+    units_before = _snapshot(Path("/etc/systemd/system"))
+    machine_id = Path("/etc/machine-id").read_bytes()
+    mounts_before = _mounts()
+    sandbox = SystemdSandbox(tmp_path / "sb")
+    with sandbox:
+        sandbox.wait_until_running()
+        # A unit that deletes the canary by its host path only reaches the private /tmp.
+        sandbox.private_tmp.joinpath(host_canary.name).write_text("private copy")
+        sandbox.install_unit(
+            "olladist-test-rm.service",
+            "[Service]\nType=oneshot\n"
+            f"ExecStart=/bin/rm -f {host_canary}\n"
+            f"ExecStart=/bin/sh -c 'ls -A /run > /tmp/inner-run-listing'\n",
+        )
+        sandbox.systemctl("start", "olladist-test-rm.service")
+        assert not sandbox.private_tmp.joinpath(host_canary.name).exists()
+        inner_run = sandbox.private_tmp.joinpath("inner-run-listing").read_text().split()
+        assert "systemd" in inner_run  # the sandbox's own /run, a tmpfs
+        pids = [sandbox.pid, sandbox.launcher_pid]
+    _gone(sandbox, pids)
+    assert host_canary.read_text() == "still here"
+    assert _snapshot(Path("/run")) == run_before
+    assert _snapshot(Path("/etc/systemd/system")) == units_before
+    assert Path("/etc/machine-id").read_bytes() == machine_id
+    assert _mounts() == mounts_before
+    assert "Startup finished" in sandbox.console_log()
+
+
+def test_teardown_kills_every_process_and_removes_the_cgroup(
+    systemd_sandbox: SystemdSandbox,
+) -> None:
+    sandbox = systemd_sandbox
+    sandbox.install_unit("olladist-test-sleep.service", "[Service]\nExecStart=/bin/sleep 600\n")
+    sandbox.systemctl("start", "olladist-test-sleep.service")
+    sandbox.wait_active("olladist-test-sleep.service")
+    service_cgroup = sandbox.cgroup / "system.slice" / "olladist-test-sleep.service"
+    sleeper = [int(p) for p in (service_cgroup / "cgroup.procs").read_text().split()]
+    assert len(sleeper) == 1
+    pids = [sandbox.pid, sandbox.launcher_pid, *sleeper]
+    sandbox.close()
+    _gone(sandbox, pids)
+    sandbox.close()  # the fixture closes again: must be harmless
+
+
+def test_teardown_runs_when_the_test_body_fails(sandbox_available: None, tmp_path: Path) -> None:
+    sandbox = SystemdSandbox(tmp_path / "sb")
+    with pytest.raises(RuntimeError, match="test body failed"), sandbox:
+        pids = [sandbox.pid, sandbox.launcher_pid]
+        raise RuntimeError("test body failed")
+    _gone(sandbox, pids)
+
+
+def test_killing_the_launcher_takes_systemd_down(sandbox_available: None, tmp_path: Path) -> None:
+    """If the test process dies, unshare dies with it (pdeathsig) and kills systemd."""
+    sandbox = SystemdSandbox(tmp_path / "sb")
+    with sandbox:
+        sandbox.wait_until_running()
+        systemd_pid = sandbox.pid
+        os.kill(sandbox.launcher_pid, 9)
+        with pytest.raises(SandboxError, match="exited"):
+            sandbox.wait_until_running(timeout=5)
+        assert is_dead(systemd_pid)
+    _gone(sandbox, [systemd_pid])
+
+
+@pytest.mark.parametrize("skipped", list(Mount))
+def test_a_missing_mount_is_refused_before_systemd_starts(
+    sandbox_available: None, tmp_path: Path, skipped: Mount
+) -> None:
+    sandbox = SystemdSandbox(tmp_path / "sb", skip_mounts=frozenset({skipped}))
+    with pytest.raises(SandboxRefused, match="refusing to start systemd"), sandbox:
+        pytest.fail("the sandbox started")
+    assert sandbox.console_log() == ""  # systemd never wrote a line
+    launcher_log = (tmp_path / "sb" / "launcher.log").read_text()
+    assert "all mounts verified" not in launcher_log
+    assert not sandbox.cgroup.exists()
+
+
+def test_the_full_recipe_passes_every_check(sandbox_available: None, tmp_path: Path) -> None:
+    with SystemdSandbox(tmp_path / "sb", verify_only=True) as sandbox:
+        pass
+    assert "all mounts verified" in (tmp_path / "sb" / "launcher.log").read_text()
+    assert not sandbox.cgroup.exists()
