@@ -55,6 +55,11 @@ _COMMAND_TIMEOUT = 30.0
 _POLL = 0.05
 # systemctl is-system-running answers; the boot is over in these two.
 _UP_STATES = frozenset({"running", "degraded"})
+# These would walk the sandbox through a shutdown (systemd-shutdown and friends); teardown is a
+# SIGKILL to PID 1 instead, which runs nothing.
+_SHUTDOWN_VERBS = frozenset(
+    {"poweroff", "reboot", "halt", "kexec", "soft-reboot", "switch-root", "exit", "isolate"}
+)
 _TOOLS = ("unshare", "nsenter", "mountpoint", "findmnt", "setpriv", "stat")
 
 
@@ -216,10 +221,12 @@ _MUST_BE_EMPTY = (
     "/usr/lib/systemd/system-environment-generators",
     "/usr/local/lib/systemd/system-environment-generators",
     "/etc/systemd/system-environment-generators",
+    # Run by systemd-shutdown; the sandbox never shuts down cleanly, but keep it empty anyway.
+    "/usr/lib/systemd/system-shutdown",
 )
 
 
-def inner_script(
+def _inner_script(
     layout: _Layout,
     console: str,
     skip_mounts: frozenset[Mount] = frozenset(),
@@ -370,7 +377,7 @@ class SystemdSandbox:
         layout.cgroup.mkdir()
         self._cgroup_made = True
         self._console = _Console(layout.console_log)
-        script = inner_script(
+        script = _inner_script(
             layout, self._console.slave_path, self._skip_mounts, self._verify_only
         )
         (layout.workdir / "inner.sh").write_text(script)  # a copy to read when debugging
@@ -451,6 +458,9 @@ class SystemdSandbox:
                 errors.append("the sandbox's systemd did not die on SIGKILL")
             os.close(self._pidfd)
             self._pidfd = None
+        elif launcher is not None and launcher.poll() is None:
+            # unshare has not forked yet: killing it is enough, --kill-child covers the child.
+            launcher.kill()
         if launcher is not None:
             try:
                 launcher.wait(10)
@@ -513,7 +523,7 @@ class SystemdSandbox:
             (self._layout.tmp, "/tmp"),
         ):
             if path.is_relative_to(host_dir):
-                return str(inner_dir / path.relative_to(host_dir))
+                return str(Path(inner_dir, path.relative_to(host_dir)))
         if path.is_relative_to("/tmp") or Path(os.path.realpath(path)).is_relative_to("/tmp"):
             raise SandboxError(f"{path} is under the host's /tmp, which the sandbox cannot see")
         return str(path)
@@ -552,6 +562,10 @@ class SystemdSandbox:
         return result
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run systemctl inside. Shutdown verbs are refused: the sandbox ends by `close()`."""
+        shutdown = _SHUTDOWN_VERBS.intersection(args)
+        if shutdown:
+            raise SandboxError(f"systemctl {' '.join(sorted(shutdown))}: use close() instead")
         return self.run("systemctl", "--no-pager", *args, check=check)
 
     def install_unit(self, name: str, text: str, *, reload: bool = True) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,6 +123,10 @@ def test_killing_the_launcher_takes_systemd_down(sandbox_available: None, tmp_pa
         os.kill(sandbox.launcher_pid, 9)
         with pytest.raises(SandboxError, match="exited"):
             sandbox.wait_until_running(timeout=5)
+        # The kernel delivers the parent-death SIGKILL as unshare exits; allow it a moment.
+        deadline = time.monotonic() + 5
+        while not is_dead(systemd_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert is_dead(systemd_pid)
     _gone(sandbox, [systemd_pid])
 

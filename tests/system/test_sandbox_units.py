@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness.systemd_sandbox import SystemdSandbox
+from tests.harness.systemd_sandbox import SandboxError, SystemdSandbox
 
 pytestmark = pytest.mark.system
 
@@ -120,3 +120,9 @@ def test_enable_now_starts_and_links_the_unit(systemd_sandbox: SystemdSandbox) -
     link = sandbox.unit_dir / "multi-user.target.wants" / unit
     assert link.is_symlink()
     assert str(link.readlink()) == f"/etc/systemd/system/{unit}"
+
+
+def test_shutdown_verbs_are_refused(systemd_sandbox: SystemdSandbox) -> None:
+    with pytest.raises(SandboxError, match="use close"):
+        systemd_sandbox.systemctl("poweroff")
+    assert systemd_sandbox.systemctl("is-system-running").stdout.strip() == "running"
