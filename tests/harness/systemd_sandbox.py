@@ -14,6 +14,7 @@ Layout of the workdir (the host paths; inside the sandbox they are seen as noted
 
     units/        -> /etc/systemd/system   stub targets + the units a test installs
     tmp/          -> /tmp                   private /tmp (a service's /tmp lands here)
+    var-tmp/      -> /var/tmp               private /var/tmp (PrivateTmp= puts files here too)
     console.log                             systemd's own log (--log-target=console), copied
                                             from a pty whose slave is bound over /dev/console
     launcher.log                            stderr of the inner script (refusals land here)
@@ -98,6 +99,7 @@ class Mount(enum.StrEnum):
     GENERATORS = "generators"
     CONSOLE = "console"
     CGROUP = "cgroup"
+    VAR_TMP = "var-tmp"
     TMP = "tmp"
 
 
@@ -113,6 +115,10 @@ class _Layout:
     @property
     def tmp(self) -> Path:
         return self.workdir / "tmp"
+
+    @property
+    def var_tmp(self) -> Path:
+        return self.workdir / "var-tmp"
 
     @property
     def console_log(self) -> Path:
@@ -200,6 +206,9 @@ def _mount_commands(layout: _Layout, console: str) -> dict[Mount, str]:
         ),
         Mount.CONSOLE: f"mount --bind {q(console)} /dev/console",
         Mount.CGROUP: "umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup",
+        # Beyond the recipe: PrivateTmp= also makes /var/tmp/systemd-private-* directories,
+        # which a SIGKILLed systemd never removes; they land in the workdir instead.
+        Mount.VAR_TMP: f"mount --bind {q(str(layout.var_tmp))} /var/tmp",
         # Last: the workdir may itself live under the host's /tmp and vanish from view here.
         Mount.TMP: f"mount --bind {q(str(layout.tmp))} /tmp",
     }
@@ -268,6 +277,7 @@ def _inner_script(
             f"units_id=$(ident {q(str(layout.units))}) || refuse 'no unit folder'",
             f"console_id=$(ident {q(console)}) || refuse 'no console'",
             f"tmp_id=$(ident {q(str(layout.tmp))}) || refuse 'no private tmp'",
+            f"var_tmp_id=$(ident {q(str(layout.var_tmp))}) || refuse 'no private var-tmp'",
             "host_tmp_id=$(ident /tmp) || refuse 'no /tmp'",
             f"[ ! -e /tmp/{layout.marker} ] || refuse 'private tmp marker already in host /tmp'",
             # Killing PID 1 must take every process of the sandbox with it.
@@ -293,6 +303,8 @@ def _inner_script(
             'mountpoint -q /sys/fs/cgroup && [ "$(fstype /sys/fs/cgroup)" = cgroup2fs ]'
             " || refuse '/sys/fs/cgroup is not cgroup2'",
             "grep -qx '0::/' /proc/self/cgroup || refuse 'not in a private cgroup namespace'",
+            'mountpoint -q /var/tmp && [ "$(ident /var/tmp)" = "$var_tmp_id" ]'
+            " || refuse '/var/tmp is not the private var-tmp folder'",
             'mountpoint -q /tmp && [ "$(ident /tmp)" = "$tmp_id" ]'
             ' && [ "$(ident /tmp)" != "$host_tmp_id" ]'
             f" && [ -e /tmp/{layout.marker} ]"
@@ -368,8 +380,9 @@ class SystemdSandbox:
             raise SandboxUnavailable(reason)
         layout = self._layout
         layout.units.mkdir(parents=True, exist_ok=True)
-        layout.tmp.mkdir(exist_ok=True)
-        layout.tmp.chmod(0o1777)
+        for private in (layout.tmp, layout.var_tmp):
+            private.mkdir(exist_ok=True)
+            private.chmod(0o1777)
         (layout.tmp / layout.marker).write_text(layout.name)
         layout.console_log.write_bytes(b"")
         for target in (*_STUB_TARGETS, BOOT_TARGET):
@@ -514,6 +527,11 @@ class SystemdSandbox:
         """Host path of the folder seen as /tmp inside."""
         return self._layout.tmp
 
+    @property
+    def private_var_tmp(self) -> Path:
+        """Host path of the folder seen as /var/tmp inside."""
+        return self._layout.var_tmp
+
     def inner_path(self, host_path: Path | str) -> str:
         """Where the sandbox sees `host_path`. The host's /tmp is hidden inside, except the
         parts bound in (the unit folder and the private tmp); other paths are unchanged."""
@@ -521,11 +539,13 @@ class SystemdSandbox:
         for host_dir, inner_dir in (
             (self._layout.units, "/etc/systemd/system"),
             (self._layout.tmp, "/tmp"),
+            (self._layout.var_tmp, "/var/tmp"),
         ):
             if path.is_relative_to(host_dir):
                 return str(Path(inner_dir, path.relative_to(host_dir)))
-        if path.is_relative_to("/tmp") or Path(os.path.realpath(path)).is_relative_to("/tmp"):
-            raise SandboxError(f"{path} is under the host's /tmp, which the sandbox cannot see")
+        for hidden in (path, Path(os.path.realpath(path))):
+            if hidden.is_relative_to("/tmp") or hidden.is_relative_to("/var/tmp"):
+                raise SandboxError(f"{path} is under a /tmp of the host, hidden in the sandbox")
         return str(path)
 
     @property

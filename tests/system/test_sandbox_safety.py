@@ -63,6 +63,7 @@ def test_host_files_mounts_and_processes_untouched(
 ) -> None:
     run_before = _snapshot(Path("/run"))
     units_before = _snapshot(Path("/etc/systemd/system"))
+    var_tmp_before = _snapshot(Path("/var/tmp"))
     machine_id = Path("/etc/machine-id").read_bytes()
     mounts_before = _mounts()
     sandbox = SystemdSandbox(tmp_path / "sb")
@@ -80,11 +81,19 @@ def test_host_files_mounts_and_processes_untouched(
         assert not sandbox.private_tmp.joinpath(host_canary.name).exists()
         inner_run = sandbox.private_tmp.joinpath("inner-run-listing").read_text().split()
         assert "systemd" in inner_run  # the sandbox's own /run, a tmpfs
+        # PrivateTmp= makes directories in /tmp and /var/tmp that a SIGKILL never removes.
+        sandbox.install_unit(
+            "olladist-test-privtmp.service", "[Service]\nPrivateTmp=yes\nExecStart=/bin/sleep 60\n"
+        )
+        sandbox.systemctl("start", "olladist-test-privtmp.service")
+        sandbox.wait_active("olladist-test-privtmp.service")
+        assert any(sandbox.private_var_tmp.glob("systemd-private-*-olladist-test-privtmp*"))
         pids = [sandbox.pid, sandbox.launcher_pid]
     _gone(sandbox, pids)
     assert host_canary.read_text() == "still here"
     assert _snapshot(Path("/run")) == run_before
     assert _snapshot(Path("/etc/systemd/system")) == units_before
+    assert _snapshot(Path("/var/tmp")) == var_tmp_before
     assert Path("/etc/machine-id").read_bytes() == machine_id
     assert _mounts() == mounts_before
     assert "Startup finished" in sandbox.console_log()
