@@ -6,6 +6,7 @@ in a conftest.py (both names must be imported for pytest to see them).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +17,16 @@ from tests.harness.systemd_sandbox import SystemdSandbox, unavailable_reason
 
 @pytest.fixture
 def sandbox_available() -> None:
-    """Skip the test where the sandbox cannot run (not root, no unshare or cgroup2)."""
+    """Skip the test where the sandbox cannot run (not root, no unshare or cgroup2).
+
+    Under CI (CI=true, root) the sandbox must work, so there it fails instead of skipping.
+    """
     reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}: CI must run the systemd sandbox tests")
+    pytest.skip(reason)
 
 
 @pytest.fixture
