@@ -283,7 +283,9 @@ def _inner_script(
             # Killing PID 1 must take every process of the sandbox with it.
             "[ $$ = 1 ] || refuse 'not PID 1 of a new PID namespace'",
             # A shared mount would carry these mounts over to the host.
-            '[ -z "$(findmnt -n -r -o PROPAGATION | grep -vx private)" ]'
+            'propagation=$(findmnt -n -r -o PROPAGATION) && [ -n "$propagation" ]'
+            " || refuse 'cannot list mounts'",
+            '[ -z "$(echo "$propagation" | grep -vx private)" ]'
             " || refuse 'a mount is not private'",
             *mount_lines,
             'mountpoint -q /run && [ "$(fstype /run)" = tmpfs ]'
