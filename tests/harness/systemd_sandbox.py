@@ -6,9 +6,10 @@ the recipe of REFERENCE.md section 3 and nothing else.
 
 DANGER: a systemd that can see the host's unit folders starts units such as
 systemd-tmpfiles-setup.service, whose `D /tmp` rule empties the host's /tmp: a mount namespace
-does not protect the root filesystem it shares with the host. Hence the inner script below
-mounts over every place systemd reads units or runs generators from, then *checks* each mount
-and refuses to exec systemd when one is missing. Never start systemd any other way.
+does not protect the root filesystem it shares with the host. Hence the inner script
+(sandbox_script.py) mounts over every place systemd reads units or runs generators from, then
+*checks* each mount and refuses to exec systemd when one is missing. Never start systemd any
+other way. docs/testing-systemd.md explains each mount.
 
 Layout of the workdir (the host paths; inside the sandbox they are seen as noted):
 
@@ -30,27 +31,48 @@ Errors::
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
-import select
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-CGROUP_UNIFIED = Path("/sys/fs/cgroup/unified")
-SYSTEMD = "/lib/systemd/systemd"
-BOOT_TARGET = "sandbox.target"
-# Exit status the inner script uses for "a check failed, systemd not started".
-REFUSED_EXIT = 97
+from tests.harness.sandbox_procs import (
+    Console,
+    exe,
+    hold_only_child,
+    is_dead,
+    remove_cgroup,
+    wait_exit,
+)
+from tests.harness.sandbox_script import (
+    BOOT_TARGET,
+    CGROUP_UNIFIED,
+    REFUSED_EXIT,
+    STUB_TARGETS,
+    SYSTEMD,
+    Layout,
+    Mount,
+    inner_script,
+    stub_target,
+)
+
+__all__ = [
+    "BOOT_TARGET",
+    "Mount",
+    "SandboxCommandError",
+    "SandboxError",
+    "SandboxRefused",
+    "SandboxUnavailable",
+    "SystemdSandbox",
+    "is_dead",
+    "unavailable_reason",
+]
 _LAUNCH_TIMEOUT = 20.0
 _COMMAND_TIMEOUT = 30.0
 _POLL = 0.05
@@ -87,237 +109,6 @@ class SandboxCommandError(SandboxError):
         )
 
 
-class Mount(enum.StrEnum):
-    """The mounts of the recipe, in the order the inner script makes them.
-
-    Values name the mount in refusals and in the test-only `skip_mounts` parameter.
-    """
-
-    RUN = "run"
-    UNITS = "units"
-    VENDOR_UNITS = "vendor-units"
-    GENERATORS = "generators"
-    CONSOLE = "console"
-    CGROUP = "cgroup"
-    VAR_TMP = "var-tmp"
-    TMP = "tmp"
-
-
-@dataclass(frozen=True)
-class _Layout:
-    workdir: Path
-    name: str
-
-    @property
-    def units(self) -> Path:
-        return self.workdir / "units"
-
-    @property
-    def tmp(self) -> Path:
-        return self.workdir / "tmp"
-
-    @property
-    def var_tmp(self) -> Path:
-        return self.workdir / "var-tmp"
-
-    @property
-    def console_log(self) -> Path:
-        return self.workdir / "console.log"
-
-    @property
-    def launcher_log(self) -> Path:
-        return self.workdir / "launcher.log"
-
-    @property
-    def marker(self) -> str:
-        # Lives in the private /tmp: seen at /tmp/<marker> inside only if the bind worked.
-        return f".olladist-sandbox-{self.name}"
-
-    @property
-    def cgroup(self) -> Path:
-        return CGROUP_UNIFIED / self.name
-
-
-class _Console:
-    """A pty standing in for /dev/console, copied to a log file by a thread.
-
-    systemd only logs to a console that is a tty (its open_terminal() checks isatty), so a
-    plain file bound over /dev/console stays empty; the pty's slave is bound there instead.
-    """
-
-    def __init__(self, log_path: Path) -> None:
-        self._log_path = log_path
-        self._master, self._slave = os.openpty()
-        self.slave_path = os.ttyname(self._slave)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._copy, name="sandbox-console", daemon=True)
-        self._thread.start()
-
-    def _copy(self) -> None:
-        with self._log_path.open("ab") as log:
-            while not self._stop.is_set():
-                ready, _, _ = select.select([self._master], [], [], 0.1)
-                if not ready:
-                    continue
-                try:
-                    data = os.read(self._master, 65536)
-                except OSError:  # EIO: no slave end open any more
-                    return
-                if not data:
-                    return
-                log.write(data.replace(b"\r\n", b"\n"))
-                log.flush()
-
-    def close(self) -> None:
-        # The harness keeps the slave open so the master never sees a hang-up while systemd
-        # reopens the console; drain what is left, then close both ends.
-        os.close(self._slave)
-        self._stop.set()
-        self._thread.join(5)
-        os.close(self._master)
-
-
-_STUB_TARGETS = ("sysinit.target", "basic.target", "shutdown.target", "multi-user.target")
-
-
-def _stub_target(name: str) -> str:
-    extra = ""
-    if name == BOOT_TARGET:
-        # Units a test enables (WantedBy=multi-user.target) before boot start with it.
-        extra = "Wants=multi-user.target\nAfter=multi-user.target\n"
-    return (
-        "[Unit]\n"
-        f"Description=olladist sandbox stub {name}\n"
-        # Without this a target pulls in the host's sysinit chain, which is exactly what the
-        # empty vendor folder is there to keep out.
-        "DefaultDependencies=no\n"
-        f"{extra}"
-    )
-
-
-def _mount_commands(layout: _Layout, console: str) -> dict[Mount, str]:
-    q = shlex.quote
-    return {
-        Mount.RUN: "mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run && mkdir -p /run/lock",
-        Mount.UNITS: f"mount --bind {q(str(layout.units))} /etc/systemd/system",
-        Mount.VENDOR_UNITS: "mount -t tmpfs -o ro,mode=0755 tmpfs /usr/lib/systemd/system",
-        Mount.GENERATORS: (
-            "mount -t tmpfs -o ro,mode=0755 tmpfs /usr/lib/systemd/system-generators"
-        ),
-        Mount.CONSOLE: f"mount --bind {q(console)} /dev/console",
-        Mount.CGROUP: "umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup",
-        # Beyond the recipe: PrivateTmp= also makes /var/tmp/systemd-private-* directories,
-        # which a SIGKILLed systemd never removes; they land in the workdir instead.
-        Mount.VAR_TMP: f"mount --bind {q(str(layout.var_tmp))} /var/tmp",
-        # Last: the workdir may itself live under the host's /tmp and vanish from view here.
-        Mount.TMP: f"mount --bind {q(str(layout.tmp))} /tmp",
-    }
-
-
-# Places systemd 252 reads units or runs generators from, besides the ones mounted over.
-# Each must be absent or empty, else its contents would be loaded or run.
-_MUST_BE_EMPTY = (
-    "/lib/systemd/system",
-    "/lib/systemd/system-generators",
-    "/usr/local/lib/systemd/system",
-    "/usr/local/lib/systemd/system-generators",
-    "/etc/systemd/system-generators",
-    "/etc/systemd/system.control",
-    "/etc/systemd/system.attached",
-    "/run/systemd/system",
-    "/run/systemd/system-generators",
-    "/run/systemd/transient",
-    "/usr/lib/systemd/system-environment-generators",
-    "/usr/local/lib/systemd/system-environment-generators",
-    "/etc/systemd/system-environment-generators",
-    # Run by systemd-shutdown; the sandbox never shuts down cleanly, but keep it empty anyway.
-    "/usr/lib/systemd/system-shutdown",
-)
-
-
-def _inner_script(
-    layout: _Layout,
-    console: str,
-    skip_mounts: frozenset[Mount] = frozenset(),
-    verify_only: bool = False,
-) -> str:
-    """The shell script run as PID 1 of the new namespaces: mount, check, then exec systemd.
-
-    The checks do not trust the mount commands: each one looks at what is mounted now.
-    With `verify_only` (forced when mounts are skipped) the script exits 0 where it would
-    exec systemd, so a broken check can never start systemd on an incomplete sandbox.
-    """
-    q = shlex.quote
-    commands = _mount_commands(layout, console)
-    mount_lines = [
-        f"{cmd} || refuse 'mounting {mount} failed'"
-        for mount, cmd in commands.items()
-        if mount not in skip_mounts
-    ]
-    empty_checks = [
-        f"[ ! -e {d} ] || [ -z \"$(ls -A {d})\" ] || refuse '{d} is not empty'"
-        for d in _MUST_BE_EMPTY
-    ]
-    if verify_only or skip_mounts:
-        final = 'echo "olladist-sandbox: checks passed; verify-only, systemd not started" >&2'
-    else:
-        final = (
-            f"export container={q(layout.name)}\n"
-            f"exec {SYSTEMD} --system --unit={BOOT_TARGET} --log-target=console"
-        )
-    return "\n".join(
-        [
-            "set -u",
-            "refuse() {",
-            f'  echo "olladist-sandbox: refusing to start systemd: $*" >&2; exit {REFUSED_EXIT}',
-            "}",
-            'ident() { stat -L -c %d:%i "$1"; }',
-            'fstype() { stat -L -f -c %T "$1"; }',
-            # Identities of the sources, taken while the workdir is still visible.
-            f"units_id=$(ident {q(str(layout.units))}) || refuse 'no unit folder'",
-            f"console_id=$(ident {q(console)}) || refuse 'no console'",
-            f"tmp_id=$(ident {q(str(layout.tmp))}) || refuse 'no private tmp'",
-            f"var_tmp_id=$(ident {q(str(layout.var_tmp))}) || refuse 'no private var-tmp'",
-            "host_tmp_id=$(ident /tmp) || refuse 'no /tmp'",
-            f"[ ! -e /tmp/{layout.marker} ] || refuse 'private tmp marker already in host /tmp'",
-            # Killing PID 1 must take every process of the sandbox with it.
-            "[ $$ = 1 ] || refuse 'not PID 1 of a new PID namespace'",
-            # A shared mount would carry these mounts over to the host.
-            'propagation=$(findmnt -n -r -o PROPAGATION) && [ -n "$propagation" ]'
-            " || refuse 'cannot list mounts'",
-            '[ -z "$(echo "$propagation" | grep -vx private)" ]'
-            " || refuse 'a mount is not private'",
-            *mount_lines,
-            'mountpoint -q /run && [ "$(fstype /run)" = tmpfs ]'
-            " || refuse '/run is not a private tmpfs'",
-            "[ -d /run/lock ] || refuse '/run/lock is missing'",
-            "mountpoint -q /etc/systemd/system"
-            ' && [ "$(ident /etc/systemd/system)" = "$units_id" ]'
-            " || refuse '/etc/systemd/system is not the sandbox unit folder'",
-            f"[ -f /etc/systemd/system/{BOOT_TARGET} ] || refuse 'no {BOOT_TARGET}'",
-            "for d in /usr/lib/systemd/system /usr/lib/systemd/system-generators; do",
-            '  mountpoint -q "$d" && [ "$(fstype "$d")" = tmpfs ] && [ -z "$(ls -A "$d")" ]'
-            ' || refuse "$d is not an empty tmpfs"',
-            "done",
-            *empty_checks,
-            'mountpoint -q /dev/console && [ "$(ident /dev/console)" = "$console_id" ]'
-            " || refuse '/dev/console is not the sandbox console'",
-            'mountpoint -q /sys/fs/cgroup && [ "$(fstype /sys/fs/cgroup)" = cgroup2fs ]'
-            " || refuse '/sys/fs/cgroup is not cgroup2'",
-            "grep -qx '0::/' /proc/self/cgroup || refuse 'not in a private cgroup namespace'",
-            'mountpoint -q /var/tmp && [ "$(ident /var/tmp)" = "$var_tmp_id" ]'
-            " || refuse '/var/tmp is not the private var-tmp folder'",
-            'mountpoint -q /tmp && [ "$(ident /tmp)" = "$tmp_id" ]'
-            ' && [ "$(ident /tmp)" != "$host_tmp_id" ]'
-            f" && [ -e /tmp/{layout.marker} ]"
-            " || refuse '/tmp is not the private tmp folder'",
-            'echo "olladist-sandbox: all mounts verified" >&2',
-            final,
-            "",
-        ]
-    )
-
-
 def unavailable_reason() -> str | None:
     """Why the sandbox cannot run here, or None when it can."""
     if os.geteuid() != 0:
@@ -336,8 +127,8 @@ class SystemdSandbox:
     """A context manager running a real systemd in private namespaces under `workdir`.
 
     `with SystemdSandbox(tmp_path / "sb") as sb: sb.wait_until_running(); sb.systemctl(...)`.
-    Teardown (always, also when entering fails half-way) kills that systemd by PID, which ends
-    its PID namespace, and removes its cgroup.
+    Teardown (always, also when entering fails half-way) SIGKILLs that systemd, which ends its
+    PID namespace and every process in it, and removes its cgroup.
     """
 
     def __init__(
@@ -349,14 +140,14 @@ class SystemdSandbox:
     ) -> None:
         """`skip_mounts` and `verify_only` are for testing the harness itself: with either,
         the inner script stops after its checks and systemd is never started."""
-        self._layout = _Layout(workdir.resolve(), f"olladist-sb-{uuid.uuid4().hex[:12]}")
+        self._layout = Layout(workdir.resolve(), f"olladist-sb-{uuid.uuid4().hex[:12]}")
         self._skip_mounts = skip_mounts
         self._verify_only = verify_only or bool(skip_mounts)
         self._launcher: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
         self._pidfd: int | None = None
         self._cgroup_made = False
-        self._console: _Console | None = None
+        self._console: Console | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -387,12 +178,12 @@ class SystemdSandbox:
             private.chmod(0o1777)
         (layout.tmp / layout.marker).write_text(layout.name)
         layout.console_log.write_bytes(b"")
-        for target in (*_STUB_TARGETS, BOOT_TARGET):
-            (layout.units / target).write_text(_stub_target(target))
+        for target in (*STUB_TARGETS, BOOT_TARGET):
+            (layout.units / target).write_text(stub_target(target))
         layout.cgroup.mkdir()
         self._cgroup_made = True
-        self._console = _Console(layout.console_log)
-        script = _inner_script(
+        self._console = Console(layout.console_log)
+        script = inner_script(
             layout, self._console.slave_path, self._skip_mounts, self._verify_only
         )
         (layout.workdir / "inner.sh").write_text(script)  # a copy to read when debugging
@@ -445,9 +236,9 @@ class SystemdSandbox:
             returncode = self._launcher.poll()
             if returncode is not None:
                 raise self._launcher_failure(returncode)
-            held = _hold_only_child(self._launcher)
+            held = hold_only_child(self._launcher)
             if held is not None:
-                if _exe(held[0]) == os.path.realpath(SYSTEMD):
+                if exe(held[0]) == os.path.realpath(SYSTEMD):
                     return held
                 os.close(held[1])
             time.sleep(_POLL)
@@ -464,12 +255,12 @@ class SystemdSandbox:
         self._pid = None
         if self._pidfd is None and launcher is not None and launcher.poll() is None:
             # Entering failed before systemd was seen: the would-be PID 1 is unshare's child.
-            held = _hold_only_child(launcher)
+            held = hold_only_child(launcher)
             self._pidfd = held[1] if held is not None else None
         if self._pidfd is not None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            if not _wait_exit(self._pidfd, 10.0):
+            if not wait_exit(self._pidfd, 10.0):
                 errors.append("the sandbox's systemd did not die on SIGKILL")
             os.close(self._pidfd)
             self._pidfd = None
@@ -483,11 +274,11 @@ class SystemdSandbox:
                 launcher.kill()
                 launcher.wait(10)
         if self._cgroup_made:
-            try:
-                _remove_cgroup(self._layout.cgroup)
+            left = remove_cgroup(self._layout.cgroup)
+            if left:
+                errors.append(f"cgroup {self._layout.cgroup} still holds PIDs {left}")
+            else:
                 self._cgroup_made = False
-            except SandboxError as exc:
-                errors.append(str(exc))
         self._launcher = None
         if self._console is not None:
             self._console.close()
@@ -670,109 +461,3 @@ class SystemdSandbox:
                 raise SandboxError(
                     f"the sandbox's systemd exited ({returncode})\n{self.console_log()}"
                 )
-
-
-# -- process and cgroup helpers ---------------------------------------------------------------
-
-
-def _only_child(pid: int) -> int | None:
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return None
-    return int(children[0]) if len(children) == 1 else None
-
-
-def _hold_only_child(launcher: subprocess.Popen[bytes]) -> tuple[int, int] | None:
-    """(PID, pidfd) of the launcher's only child, or None.
-
-    The child relation is checked again after the pidfd is open: then the pidfd is that child
-    and not some process that got its PID after it died.
-    """
-    child = _only_child(launcher.pid)
-    if child is None:
-        return None
-    try:
-        pidfd = os.pidfd_open(child)
-    except ProcessLookupError:
-        return None
-    if launcher.poll() is not None or _only_child(launcher.pid) != child:
-        os.close(pidfd)
-        return None
-    return child, pidfd
-
-
-def _wait_exit(pidfd: int, timeout: float) -> bool:
-    # A pidfd turns readable when its process has exited.
-    ready, _, _ = select.select([pidfd], [], [], timeout)
-    return bool(ready)
-
-
-def _exe(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-
-
-def is_dead(pid: int) -> bool:
-    """True once `pid` has exited: gone, or a zombie waiting for whoever inherited it."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return "\nState:\tZ" in status
-
-
-def _cgroup_tree(root: Path) -> Iterator[Path]:
-    """`root` and its descendants, deepest first (the order rmdir needs)."""
-    dirs = [Path(d) for d, _, _ in os.walk(root)]
-    yield from sorted(dirs, key=lambda p: len(p.parts), reverse=True)
-
-
-def _remove_cgroup(root: Path, timeout: float = 10.0) -> None:
-    """Remove the sandbox cgroup, waiting for its processes to be gone.
-
-    Killing the namespace's PID 1 makes the kernel kill the rest; a straggler found here can
-    only be ours (it is in our private cgroup), so it is killed by PID after a grace period.
-    """
-    deadline = time.monotonic() + timeout
-    grace_end = time.monotonic() + 2.0
-    while root.exists():
-        for cgroup in _cgroup_tree(root):
-            with contextlib.suppress(FileNotFoundError, OSError):
-                cgroup.rmdir()
-        if not root.exists():
-            return
-        if time.monotonic() > deadline:
-            raise SandboxError(f"cgroup {root} could not be removed: {_cgroup_pids(root)}")
-        if time.monotonic() > grace_end:
-            for pid in _cgroup_pids(root):
-                _kill_if_in_cgroup(pid, root)
-        time.sleep(_POLL)
-
-
-def _cgroup_pids(root: Path) -> list[int]:
-    pids: list[int] = []
-    for cgroup in _cgroup_tree(root):
-        with contextlib.suppress(OSError):
-            pids.extend(int(p) for p in (cgroup / "cgroup.procs").read_text().split())
-    return pids
-
-
-def _kill_if_in_cgroup(pid: int, root: Path) -> None:
-    """SIGKILL `pid` if, held by a pidfd, it is still in the cgroup tree `root`."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        relative = "/" + str(root.relative_to(CGROUP_UNIFIED))
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-        path = next((line[3:] for line in lines if line.startswith("0::")), "")
-        if path == relative or path.startswith(relative + "/"):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    finally:
-        os.close(pidfd)
