@@ -7,6 +7,7 @@ in a conftest.py (both names must be imported for pytest to see them).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,9 +30,14 @@ def sandbox_available() -> None:
     pytest.skip(reason)
 
 
+# The checkout and this interpreter's environment: units run the venv's Python on the
+# checkout's code, so where they live under the host's /tmp (a CI clone may), they are shared.
+_CODE = (Path(__file__).resolve().parents[2], Path(sys.prefix))
+
+
 @pytest.fixture
 def systemd_sandbox(sandbox_available: None, tmp_path: Path) -> Iterator[SystemdSandbox]:
     """A booted systemd in private namespaces, torn down after the test."""
-    with SystemdSandbox(tmp_path / "systemd-sandbox") as sandbox:
+    with SystemdSandbox(tmp_path / "systemd-sandbox", share=_CODE) as sandbox:
         sandbox.wait_until_running()
         yield sandbox

@@ -40,6 +40,9 @@ class Mount(enum.StrEnum):
 class Layout:
     workdir: Path
     name: str
+    # Host folders under /tmp that stay visible inside at the same path (a checkout or venv
+    # living under /tmp); each is bound into the private /tmp.
+    shares: tuple[Path, ...] = ()
 
     @property
     def units(self) -> Path:
@@ -69,6 +72,10 @@ class Layout:
     @property
     def cgroup(self) -> Path:
         return CGROUP_UNIFIED / self.name
+
+    def share_mountpoint(self, share: Path) -> Path:
+        """Host path, in the private tmp folder, where `share` is bound."""
+        return self.tmp / share.relative_to("/tmp")
 
 
 STUB_TARGETS = ("sysinit.target", "basic.target", "shutdown.target", "multi-user.target")
@@ -104,7 +111,16 @@ def _mount_commands(layout: Layout, console: str) -> dict[Mount, str]:
         # which a SIGKILLed systemd never removes; they land in the workdir instead.
         Mount.VAR_TMP: f"mount --bind {q(str(layout.var_tmp))} /var/tmp",
         # Last: the workdir may itself live under the host's /tmp and vanish from view here.
-        Mount.TMP: f"mount --bind {q(str(layout.tmp))} /tmp",
+        # Shared folders are bound into the private folder first; --rbind carries them along.
+        Mount.TMP: " && ".join(
+            [
+                *(
+                    f"mount --bind {q(str(share))} {q(str(layout.share_mountpoint(share)))}"
+                    for share in layout.shares
+                ),
+                f"mount --rbind {q(str(layout.tmp))} /tmp",
+            ]
+        ),
     }
 
 
@@ -148,6 +164,15 @@ def inner_script(
         for mount, cmd in commands.items()
         if mount not in skip_mounts
     ]
+    share_ids = [
+        f"share_id_{i}=$(ident {q(str(share))}) || refuse 'no shared folder {share}'"
+        for i, share in enumerate(layout.shares)
+    ]
+    share_checks = [
+        f'[ "$(ident {q(str(share))})" = "$share_id_{i}" ]'
+        f" || refuse 'shared folder {share} is not the host one'"
+        for i, share in enumerate(layout.shares)
+    ]
     empty_checks = [
         f"[ ! -e {d} ] || [ -z \"$(ls -A {d})\" ] || refuse '{d} is not empty'"
         for d in _MUST_BE_EMPTY
@@ -173,6 +198,7 @@ def inner_script(
             f"tmp_id=$(ident {q(str(layout.tmp))}) || refuse 'no private tmp'",
             f"var_tmp_id=$(ident {q(str(layout.var_tmp))}) || refuse 'no private var-tmp'",
             "host_tmp_id=$(ident /tmp) || refuse 'no /tmp'",
+            *share_ids,
             f"[ ! -e /tmp/{layout.marker} ] || refuse 'private tmp marker already in host /tmp'",
             # Killing PID 1 must take every process of the sandbox with it.
             "[ $$ = 1 ] || refuse 'not PID 1 of a new PID namespace'",
@@ -205,6 +231,7 @@ def inner_script(
             ' && [ "$(ident /tmp)" != "$host_tmp_id" ]'
             f" && [ -e /tmp/{layout.marker} ]"
             " || refuse '/tmp is not the private tmp folder'",
+            *share_checks,
             'echo "olladist-sandbox: all mounts verified" >&2',
             final,
             "",

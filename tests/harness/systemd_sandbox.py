@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -135,12 +136,31 @@ class SystemdSandbox:
         self,
         workdir: Path,
         *,
+        share: Sequence[Path] = (),
         skip_mounts: frozenset[Mount] = frozenset(),
         verify_only: bool = False,
     ) -> None:
-        """`skip_mounts` and `verify_only` are for testing the harness itself: with either,
-        the inner script stops after its checks and systemd is never started."""
-        self._layout = Layout(workdir.resolve(), f"olladist-sb-{uuid.uuid4().hex[:12]}")
+        """`share`: host folders to keep visible inside at the same path; only those under the
+        host's /tmp need it (everything outside /tmp is visible anyway).
+
+        `skip_mounts` and `verify_only` are for testing the harness itself: with either, the
+        inner script stops after its checks and systemd is never started.
+        """
+        shares: list[Path] = []
+        for folder in share:
+            resolved = Path(os.path.realpath(folder))
+            if resolved.is_relative_to("/var/tmp"):
+                raise SandboxError(f"cannot share {folder}: /var/tmp is private in the sandbox")
+            if not resolved.is_relative_to("/tmp"):
+                continue
+            if resolved == Path("/tmp") or not resolved.is_dir():
+                raise SandboxError(f"cannot share {folder}: not a folder below /tmp")
+            shares.append(resolved)
+        # A folder inside another shared one is visible already.
+        shares = [s for s in shares if not any(s != o and s.is_relative_to(o) for o in shares)]
+        self._layout = Layout(
+            workdir.resolve(), f"olladist-sb-{uuid.uuid4().hex[:12]}", tuple(shares)
+        )
         self._skip_mounts = skip_mounts
         self._verify_only = verify_only or bool(skip_mounts)
         self._launcher: subprocess.Popen[bytes] | None = None
@@ -176,6 +196,8 @@ class SystemdSandbox:
         for private in (layout.tmp, layout.var_tmp):
             private.mkdir(exist_ok=True)
             private.chmod(0o1777)
+        for shared in layout.shares:
+            layout.share_mountpoint(shared).mkdir(parents=True, exist_ok=True)
         (layout.tmp / layout.marker).write_text(layout.name)
         layout.console_log.write_bytes(b"")
         for target in (*STUB_TARGETS, BOOT_TARGET):
@@ -329,6 +351,9 @@ class SystemdSandbox:
         """Where the sandbox sees `host_path`. The host's /tmp is hidden inside, except the
         parts bound in (the unit folder and the private tmp); other paths are unchanged."""
         path = Path(os.path.abspath(host_path))
+        for shared in self._layout.shares:
+            if Path(os.path.realpath(path)).is_relative_to(shared):
+                return str(path)
         for host_dir, inner_dir in (
             (self._layout.units, "/etc/systemd/system"),
             (self._layout.tmp, "/tmp"),

@@ -158,3 +158,22 @@ def test_the_full_recipe_passes_every_check(sandbox_available: None, tmp_path: P
         pass
     assert "all mounts verified" in (tmp_path / "sb" / "launcher.log").read_text()
     assert not sandbox.cgroup.exists()
+
+
+def test_host_tmp_is_hidden_except_shared_folders(sandbox_available: None, tmp_path: Path) -> None:
+    if not tmp_path.resolve().is_relative_to("/tmp"):
+        pytest.skip("pytest's tmp dir is not under /tmp")
+    shared, hidden = tmp_path / "shared", tmp_path / "hidden"
+    for folder in (shared, hidden):
+        folder.mkdir()
+        (folder / "file").write_text(folder.name)
+    (shared / "nested").mkdir()  # inside a shared folder: shared with it, not bound twice
+    with SystemdSandbox(tmp_path / "sb", share=[shared, shared / "nested"]) as sandbox:
+        sandbox.wait_until_running()
+        assert sandbox.inner_path(shared / "file") == str(shared / "file")
+        seen = sandbox.run("cat", str(shared / "file"), str(hidden / "file"), check=False)
+        assert seen.stdout == "shared"
+        assert "No such file" in seen.stderr
+        sandbox.run("sh", "-c", f"echo from-inside > {shared}/written")
+    assert (shared / "written").read_text() == "from-inside\n"
+    assert not sandbox.cgroup.exists()
