@@ -351,8 +351,9 @@ class SystemdSandbox:
         """Where the sandbox sees `host_path`. The host's /tmp is hidden inside, except the
         parts bound in (the unit folder and the private tmp); other paths are unchanged."""
         path = Path(os.path.abspath(host_path))
+        real = Path(os.path.realpath(path))
         for shared in self._layout.shares:
-            if Path(os.path.realpath(path)).is_relative_to(shared):
+            if path.is_relative_to(shared) or real.is_relative_to(shared):
                 return str(path)
         for host_dir, inner_dir in (
             (self._layout.units, "/etc/systemd/system"),
