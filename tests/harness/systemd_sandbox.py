@@ -74,6 +74,7 @@ __all__ = [
     "is_dead",
     "unavailable_reason",
 ]
+
 _LAUNCH_TIMEOUT = 20.0
 _COMMAND_TIMEOUT = 30.0
 _POLL = 0.05

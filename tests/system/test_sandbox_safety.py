@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.harness.sandbox_procs import remove_cgroup
+from tests.harness.sandbox_script import CGROUP_UNIFIED
 from tests.harness.systemd_sandbox import (
     Mount,
     SandboxError,
@@ -177,3 +182,25 @@ def test_host_tmp_is_hidden_except_shared_folders(sandbox_available: None, tmp_p
         sandbox.run("sh", "-c", f"echo from-inside > {shared}/written")
     assert (shared / "written").read_text() == "from-inside\n"
     assert not sandbox.cgroup.exists()
+
+
+def test_cgroup_removal_kills_a_straggler_in_it(sandbox_available: None) -> None:
+    """The last resort of teardown: a process left in the sandbox cgroup is killed by pidfd."""
+    root = CGROUP_UNIFIED / f"olladist-sb-test-{uuid.uuid4().hex[:8]}"
+    (root / "inner").mkdir(parents=True)
+    straggler = subprocess.Popen(
+        ["/bin/sh", "-c", 'echo $$ > "$1/cgroup.procs" && exec sleep 600', "sh", root / "inner"]
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while str(straggler.pid) not in (root / "inner" / "cgroup.procs").read_text():
+            assert time.monotonic() < deadline, "the straggler never joined its cgroup"
+            time.sleep(0.02)
+        assert remove_cgroup(root, timeout=8) == []
+        assert straggler.wait(5) == -signal.SIGKILL
+        assert not root.exists()
+    finally:
+        if straggler.poll() is None:
+            straggler.kill()
+            straggler.wait()
+        remove_cgroup(root)
