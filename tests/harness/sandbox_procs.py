@@ -166,3 +166,28 @@ def _kill_if_in_cgroup(pid: int, root: Path) -> None:
         pass
     finally:
         os.close(pidfd)
+
+
+def remove_stale_cgroups(prefix: str, max_age: float = 60.0) -> list[Path]:
+    """Remove empty sandbox cgroups older than `max_age` seconds; returns those removed.
+
+    A test run killed outright leaves its sandbox cgroup behind: the processes die with it
+    (parent-death signals), the directories do not. The age keeps this away from a sandbox
+    being set up right now, whose cgroup is empty for a moment; one with processes is never
+    touched (and the kernel refuses to remove it anyway).
+    """
+    removed: list[Path] = []
+    now = time.time()
+    for root in CGROUP_UNIFIED.glob(f"{prefix}*"):
+        try:
+            age = now - root.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age < max_age or _cgroup_pids(root):
+            continue
+        for cgroup in _cgroup_tree(root):
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
+        if not root.exists():
+            removed.append(root)
+    return removed

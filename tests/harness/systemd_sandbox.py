@@ -49,6 +49,7 @@ from tests.harness.sandbox_procs import (
     hold_only_child,
     is_dead,
     remove_cgroup,
+    remove_stale_cgroups,
     wait_exit,
 )
 from tests.harness.sandbox_script import (
@@ -75,6 +76,8 @@ __all__ = [
     "unavailable_reason",
 ]
 
+# Names the sandbox's cgroup and its `container=`.
+_CGROUP_PREFIX = "olladist-sb-"
 _LAUNCH_TIMEOUT = 20.0
 _COMMAND_TIMEOUT = 30.0
 _POLL = 0.05
@@ -160,7 +163,7 @@ class SystemdSandbox:
         # A folder inside another shared one is visible already.
         shares = [s for s in shares if not any(s != o and s.is_relative_to(o) for o in shares)]
         self._layout = Layout(
-            workdir.resolve(), f"olladist-sb-{uuid.uuid4().hex[:12]}", tuple(shares)
+            workdir.resolve(), f"{_CGROUP_PREFIX}{uuid.uuid4().hex[:12]}", tuple(shares)
         )
         self._skip_mounts = skip_mounts
         self._verify_only = verify_only or bool(skip_mounts)
@@ -203,6 +206,7 @@ class SystemdSandbox:
         layout.console_log.write_bytes(b"")
         for target in (*STUB_TARGETS, BOOT_TARGET):
             (layout.units / target).write_text(stub_target(target))
+        remove_stale_cgroups(_CGROUP_PREFIX)
         layout.cgroup.mkdir()
         self._cgroup_made = True
         self._console = Console(layout.console_log)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.sandbox_procs import remove_cgroup
+from tests.harness.sandbox_procs import remove_cgroup, remove_stale_cgroups
 from tests.harness.sandbox_script import CGROUP_UNIFIED
 from tests.harness.systemd_sandbox import (
     Mount,
@@ -204,3 +204,18 @@ def test_cgroup_removal_kills_a_straggler_in_it(sandbox_available: None) -> None
             straggler.kill()
             straggler.wait()
         remove_cgroup(root)
+
+
+def test_stale_cgroups_go_and_live_sandboxes_stay(systemd_sandbox: SystemdSandbox) -> None:
+    """What a killed test run leaves (empty cgroups) is cleared; a running sandbox is not."""
+    stale = CGROUP_UNIFIED / f"olladist-sb-test-{uuid.uuid4().hex[:8]}"
+    (stale / "system.slice").mkdir(parents=True)
+    try:
+        assert remove_stale_cgroups(stale.name, max_age=0) == [stale]
+        assert not stale.exists()
+        live = systemd_sandbox.cgroup
+        assert remove_stale_cgroups(live.name, max_age=0) == []
+        assert live.exists()
+        assert systemd_sandbox.systemctl("is-system-running").stdout.strip() == "running"
+    finally:
+        remove_cgroup(stale)
