@@ -54,7 +54,7 @@ def _run(runtime: Runtime, action: Action) -> None:
 def apply(plan: Plan, layout: Layout, state: State, runtime: Runtime) -> list[Action]:
     """Execute ``plan``; returns the actions done. Raises ApplyError naming the failed action."""
     done: list[Action] = []
-    runtime_actions = [a for a in plan.actions if not a.kind.touches_files]
+    runtime_actions = list(plan.runtime_actions())
     pending = list(runtime_actions) if runtime.executes else []
     if runtime.executes:
         state.set_pending(pending)
@@ -97,6 +97,6 @@ def apply(plan: Plan, layout: Layout, state: State, runtime: Runtime) -> list[Ac
         if a.kind in (Kind.DISABLE, Kind.ENABLE):
             step(a)
     for a in plan.actions:
-        if a.kind not in (Kind.STOP,) and not a.kind.touches_files:
+        if a.kind.is_runtime and a.kind is not Kind.STOP:
             step(a)
     return done

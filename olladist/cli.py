@@ -55,7 +55,10 @@ class Context:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.layout = Layout(Path(args.root).resolve()) if args.root else Layout()
+        # OLLADIST_ROOT lets a unit (the systemd test sandbox) pass --root through its
+        # EnvironmentFile=, as it passes every other setting.
+        root = args.root or os.environ.get("OLLADIST_ROOT")
+        self.layout = Layout(Path(root).resolve()) if root else Layout()
         env = read_env_file(self.layout.real(ENV_FILE))
         env.update({k: v for k, v in os.environ.items() if k.startswith("OLLADIST_")})
         self.env = env
@@ -138,27 +141,26 @@ def _known_node(spec: Any, name: str) -> str:
     return name
 
 
-def _plan(ctx: Context) -> tuple[Any, Any, Any]:
-    from olladist.observe import observe  # noqa: PLC0415
-    from olladist.plan import plan  # noqa: PLC0415
-    from olladist.render import render_node  # noqa: PLC0415
-    from olladist.specload import load_spec  # noqa: PLC0415
+def _plan(ctx: Context) -> tuple[Any, Any, Any, Any]:
+    from olladist.reconcile import full_plan, load_desired  # noqa: PLC0415
     from olladist.state import State  # noqa: PLC0415
-    from olladist.validators import validate_render  # noqa: PLC0415
 
-    spec = load_spec(ctx.spec_dir())
-    node = _known_node(spec, ctx.node)
-    if not ctx.args.no_validate:
-        validate_render(lambda layout: render_node(spec, node, layout=layout))
-    desired = render_node(spec, node, layout=ctx.layout)
+    desired = load_desired(
+        ctx.spec_dir(),
+        ctx.node,
+        ctx.layout,
+        validate=not ctx.args.no_validate,
+        binary=ctx.env.get("OLLADIST_OLLAMA_BINARY"),
+    )
+    runtime = make_runtime(ctx)
     state = State(ctx.layout)
-    return plan(node, desired, observe(ctx.layout, desired, state)), state, spec
+    return full_plan(desired, ctx.layout, state, runtime), desired, state, runtime
 
 
 def cmd_diff(ctx: Context) -> int:
     from olladist.report import print_plan  # noqa: PLC0415
 
-    p, _, _ = _plan(ctx)
+    p, _, _, _ = _plan(ctx)
     if ctx.args.json:
         print(json.dumps(p.to_dict(), indent=2))
     else:
@@ -168,31 +170,238 @@ def cmd_diff(ctx: Context) -> int:
 
 def make_runtime(ctx: Context) -> Any:
     from olladist.runtime import FilesOnly  # noqa: PLC0415
+    from olladist.runtime.systemd import SystemdRuntime, booted_with_systemd  # noqa: PLC0415
 
-    name = ctx.setting(ctx.args.runtime, "OLLADIST_RUNTIME", "none")
+    default = "systemd" if booted_with_systemd() else ctx.args.default_runtime
+    name = ctx.setting(ctx.args.runtime, "OLLADIST_RUNTIME", default)
     if name == "none":
         return FilesOnly(ctx.layout)
-    raise OlladistError(
-        f"runtime {name!r} is not available in this build",
-        hint="use --runtime none (files and unit enablement only)",
-    )
+    if name == "local":
+        from olladist.runtime.local import LocalRuntime  # noqa: PLC0415
+
+        return LocalRuntime(ctx.layout)
+    if name == "systemd":
+        if not booted_with_systemd():
+            raise OlladistError(
+                "--runtime systemd, but this machine was not booted with systemd",
+                hint="use --runtime local: olladist then runs the services itself",
+            )
+        return SystemdRuntime()
+    raise OlladistError(f"unknown runtime {name!r}", hint="use systemd, local or none")
 
 
 def cmd_apply(ctx: Context) -> int:
-    from olladist.apply import apply  # noqa: PLC0415
+    from olladist.progress import PullProgress  # noqa: PLC0415
+    from olladist.reconcile import execute  # noqa: PLC0415
     from olladist.report import print_plan  # noqa: PLC0415
 
-    p, state, _ = _plan(ctx)
+    p, desired, state, runtime = _plan(ctx)
     print_plan(p)
     if ctx.args.dry_run or not p.drift:
         return 0
-    runtime = make_runtime(ctx)
-    done = apply(p, ctx.layout, state, runtime)
+    outcome = execute(p, desired, ctx.layout, state, runtime, on_progress=PullProgress())
     skipped = [a for a in p.runtime_actions() if not runtime.executes]
-    print(f"applied {len(done) - len(skipped)} action(s)")
+    print(f"applied {len(outcome.done) - len(skipped)} action(s)")
     for a in skipped:
         print(f"  not executed (runtime {runtime.name}): {a.kind} {a.target}")
-    return 0
+    for model, reason in sorted(outcome.model_errors.items()):
+        print(f"error: model {model}: {reason}", file=sys.stderr)
+    return 0 if outcome.ok else 2
+
+
+def open_source(ctx: Context) -> Any:
+    from olladist.layout import STATE_DIR  # noqa: PLC0415
+    from olladist.source import DirSource, open_source, verify_from_env  # noqa: PLC0415
+
+    state_dir = ctx.layout.real(STATE_DIR) / "source"
+    spec = ctx.setting(getattr(ctx.args, "spec", None), "OLLADIST_SPEC")
+    if spec:
+        return DirSource(Path(spec))
+    location = ctx.setting(ctx.args.source, "OLLADIST_SOURCE")
+    if not location:
+        raise OlladistError(
+            "no source given",
+            hint=f"pass --source URL (or --spec DIR), or set OLLADIST_SOURCE in {ENV_FILE}",
+        )
+    return open_source(
+        location,
+        state_dir=state_dir,
+        ref=ctx.setting(ctx.args.ref, "OLLADIST_REF", "main") or "main",
+        path=ctx.setting(ctx.args.path, "OLLADIST_PATH", ".") or ".",
+        verify=verify_from_env(ctx.env, state_dir),
+        allow_rollback=(ctx.env.get("OLLADIST_ALLOW_ROLLBACK", "").lower() in ("1", "true", "yes")),
+    )
+
+
+def cmd_reconcile(ctx: Context) -> int:
+    from olladist.daemon import Daemon  # noqa: PLC0415
+    from olladist.progress import PullProgress  # noqa: PLC0415
+
+    daemon = Daemon(
+        open_source(ctx),
+        ctx.node,
+        ctx.layout,
+        make_runtime(ctx),
+        once=ctx.args.once,
+        interval=ctx.args.interval,
+        on_progress=PullProgress(),
+        binary=ctx.env.get("OLLADIST_OLLAMA_BINARY"),
+    )
+    return daemon.run()
+
+
+def cmd_status(ctx: Context) -> int:
+    from olladist.state import State  # noqa: PLC0415
+    from olladist.status import Status  # noqa: PLC0415
+
+    data = State(ctx.layout).status()
+    if data is None:
+        raise OlladistError(
+            "no reconcile has run on this node yet",
+            hint="start it: systemctl enable --now olladist-reconcile (or olladist reconcile)",
+        )
+    if ctx.args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    s = Status.load(State(ctx.layout), data.get("node", ctx.node))
+    s.errors, s.notes = data.get("errors", []), data.get("notes", [])
+    print(format_status(s))
+    return 0 if s.ok else 1
+
+
+def format_status(s: Any) -> str:
+    import datetime as dt  # noqa: PLC0415
+
+    def when(t: float) -> str:
+        if not t:
+            return "never"
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    lines = [
+        f"node:       {s.node}",
+        f"applied:    {s.applied_commit or 'none'} ({when(s.applied_at)})",
+        f"attempted:  {s.attempted_commit or 'none'} ({when(s.attempted_at)})",
+    ]
+    if s.attempted_error:
+        lines.append(f"refused:    {s.attempted_error}")
+    lines += [
+        f"last run:   {when(s.last_run_at)}, {s.duration_s:.2f}s, " + ("ok" if s.ok else "FAILED"),
+        f"drift:      {len(s.drift)} item(s)",
+    ]
+    lines += [f"  {d['kind']} {d['target']} ({d['reason']})" for d in s.drift]
+    lines += [f"note:       {n}" for n in s.notes]
+    for e in s.errors:
+        lines.append(f"error:      {e['message']}")
+        if e.get("hint"):
+            lines.append(f"            hint: {e['hint']}")
+    return "\n".join(lines)
+
+
+def cmd_dev(ctx: Context) -> int:
+    import signal  # noqa: PLC0415
+
+    from olladist.dev import DevCluster, default_state_dir  # noqa: PLC0415
+
+    state_dir = Path(ctx.args.state_dir) if ctx.args.state_dir else default_state_dir()
+    spec_dir = Path(ctx.args.spec) if ctx.args.spec else _example_spec()
+    cluster = DevCluster(spec_dir, state_dir.resolve(), interval=ctx.args.interval)
+    if ctx.args.down:
+        cluster.down()
+        print(f"olladist dev: stopped the cluster of {state_dir}")
+        return 0
+    stop = {"now": False}
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stop["now"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        spec = cluster.up(timeout=ctx.args.timeout)
+        print(dev_instructions(spec, cluster))
+        if ctx.args.detach:
+            return 0
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        print("\nolladist dev: stopping", file=sys.stderr)
+        cluster.down()
+        return 0
+    except OlladistError:
+        cluster.down()
+        raise
+
+
+def _example_spec() -> Path:
+    here = Path(__file__).resolve().parent.parent / "examples" / "cluster-spec"
+    if (here / "cluster.yaml").is_file():
+        return here
+    raise OlladistError(
+        "no spec given and the example spec is not next to this installation",
+        hint="pass --spec DIR (a cluster-spec directory, e.g. examples/cluster-spec)",
+    )
+
+
+def dev_instructions(spec: Any, cluster: Any) -> str:
+    first = spec.nodes[0]
+    url = f"http://{first.listen}:{spec.gateway.port}"
+    model = spec.models[0].name if spec.models else "llama3.2:1b"
+    repo = cluster.state_dir / "repo"
+    root = cluster.node_root(first.name)
+    gateways = ", ".join(f"{n.name} http://{n.listen}:{spec.gateway.port}" for n in spec.nodes)
+    roots = " ".join(f"--node-root {cluster.node_root(n.name)}" for n in spec.nodes)
+    return f"""
+The cluster is up. Every node's gateway speaks the Ollama API:
+  {gateways}
+
+Talk to it:
+  curl {url}/api/tags
+  curl {url}/api/generate -d '{{"model": "{model}", "prompt": "Why is the sky blue?"}}'
+  OLLAMA_HOST={url} ollama run {model}            # the official CLI, if installed
+  OpenAI clients: base_url={url}/v1
+
+See drift and status of a node:
+  olladist diff --source {repo} --node {first.name} --root {root} --runtime local
+  olladist status --root {root}
+  olladist check --spec {repo} --gateway {url} {roots}
+
+Change the cluster: edit {repo}, then `git -C {repo} commit -am "..."`; the nodes converge
+within a few seconds. Logs: {cluster.state_dir / "logs"}.
+Stop: Ctrl-C here, or `olladist dev --down` from another terminal.
+"""
+
+
+def cmd_check(ctx: Context) -> int:
+    from olladist.check import run_checks  # noqa: PLC0415
+    from olladist.specload import load_spec  # noqa: PLC0415
+
+    spec = load_spec(ctx.spec_dir())
+    names = [n.name for n in spec.nodes]
+    node = spec.node(ctx.node) if ctx.node in names else spec.nodes[0]
+    host = node.listen if node.loopback else "127.0.0.1"
+    gateway = ctx.args.gateway or f"http://{host}:{spec.gateway.port}"
+    stats = ctx.args.stats or f"http://{host}:{spec.gateway.stats_port}"
+    roots = [Path(r) for r in ctx.args.node_root]
+    ok = run_checks(spec, gateway.rstrip("/"), stats, roots, lambda r: print(r.line(), flush=True))
+    print("all checks passed" if ok else "some checks FAILED")
+    return 0 if ok else 1
+
+
+def cmd_doctor(ctx: Context) -> int:
+    from olladist.doctor import run_doctor  # noqa: PLC0415
+
+    env = dict(ctx.env)
+    for flag, key in (
+        ("source", "OLLADIST_SOURCE"),
+        ("ref", "OLLADIST_REF"),
+        ("path", "OLLADIST_PATH"),
+    ):
+        value = getattr(ctx.args, flag, None)
+        if value:
+            env[key] = value
+    if ctx.args.spec:
+        env["OLLADIST_SOURCE"] = ctx.args.spec
+    return 0 if run_doctor(ctx.layout, env, ctx.node, print) else 1
 
 
 def cmd_schema(ctx: Context) -> int:
@@ -253,10 +462,43 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--runtime",
             choices=["none", "local", "systemd"],
-            help="what runs the services ($OLLADIST_RUNTIME, default none: files only)",
+            help="what runs the services ($OLLADIST_RUNTIME; default systemd when booted "
+            "with it, else none: files only)",
         )
+        p.set_defaults(default_runtime="none")
         if name == "apply":
             p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p = add("reconcile", cmd_reconcile, "the reconciler daemon (Type=notify under systemd)")
+    p.add_argument("--once", action="store_true", help="reconcile once and exit")
+    p.add_argument(
+        "--runtime",
+        choices=["none", "local", "systemd"],
+        help="what runs the services ($OLLADIST_RUNTIME; default systemd when booted with "
+        "it, else local: olladist runs them itself)",
+    )
+    p.set_defaults(default_runtime="local")
+    p.add_argument(
+        "--interval", type=float, metavar="SECONDS", help="override policy.interval (tests)"
+    )
+    p = add("status", cmd_status, "the last reconcile's result on this node")
+    p.add_argument("--json", action="store_true")
+    p = add("dev", cmd_dev, "run a whole cluster on this machine (the example spec by default)")
+    p.add_argument("--state-dir", metavar="DIR", help="default ~/.local/state/olladist/dev")
+    p.add_argument("--down", action="store_true", help="stop a running dev cluster")
+    p.add_argument("--detach", action="store_true", help="return once converged")
+    p.add_argument("--interval", type=float, default=5.0, help="reconcile interval (seconds)")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for convergence")
+    p = add("check", cmd_check, "end-to-end smoke test of a running cluster through a gateway")
+    p.add_argument("--gateway", metavar="URL", help="default: this node's gateway")
+    p.add_argument("--stats", metavar="URL", help="HAProxy stats listener of that gateway")
+    p.add_argument(
+        "--node-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also check that the node under DIR has converged (repeatable)",
+    )
+    add("doctor", cmd_doctor, "what this machine lacks to run a node, and how to fix it")
     p = add("schema", cmd_schema, "print the JSON Schema of the spec")
     p.add_argument("--part", choices=["cluster", "node", "model"], default="cluster")
     return parser

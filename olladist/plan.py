@@ -31,10 +31,22 @@ class Kind(StrEnum):
     RESTART = "restart"
     RELOAD = "reload"
     STOP = "stop"
+    PULL = "pull"
+    DELETE_MODEL = "delete-model"
+    PRELOAD = "preload"
+    REPORT = "report"  # drift olladist will not correct (policy), shown but not acted on
 
     @property
     def touches_files(self) -> bool:
         return self in (Kind.WRITE, Kind.REMOVE, Kind.ENABLE, Kind.DISABLE)
+
+    @property
+    def is_model(self) -> bool:
+        return self in (Kind.PULL, Kind.DELETE_MODEL, Kind.PRELOAD)
+
+    @property
+    def is_runtime(self) -> bool:
+        return not self.touches_files and not self.is_model and self is not Kind.REPORT
 
 
 @dataclass(frozen=True)
@@ -69,19 +81,24 @@ class Observed:
 class Plan:
     node: str
     actions: tuple[Action, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()  # what was not checked, and why (not drift)
 
     @property
     def drift(self) -> bool:
         return bool(self.actions)
 
     def runtime_actions(self) -> tuple[Action, ...]:
-        return tuple(a for a in self.actions if not a.kind.touches_files)
+        return tuple(a for a in self.actions if a.kind.is_runtime)
+
+    def with_actions(self, more: list[Action]) -> Plan:
+        return Plan(self.node, self.actions + tuple(more), self.notes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "node": self.node,
             "drift": self.drift,
             "actions": [a.to_dict() for a in self.actions],
+            "notes": list(self.notes),
         }
 
 

@@ -156,6 +156,10 @@ class Policy(_Model):
     drift: DriftPolicy = DriftPolicy.CORRECT
     prune_models: bool = False
     interval: Duration = "60s"
+    restart_stagger: Duration = Field(
+        default="10s",
+        description="delay between restart slots; nodes sharing a model restart in turn",
+    )
 
 
 class Capacity(_Model):

@@ -3,6 +3,7 @@
 - ``manifest.json``: every path olladist wrote, so it removes only files it owns;
 - ``pending.json``: runtime actions (restart, reload, ...) of an apply that has written files
   but not yet acted on them, so that a crash between the two does not lose a restart;
+- ``model-errors.json``: why the last pull of a model failed, shown by ``diff`` until it works;
 - ``status.json``: the last reconcile's result, for ``olladist status``.
 Each is written atomically; a missing file means empty, an unreadable one is an error that
 names it.
@@ -65,6 +66,13 @@ class State:
             "pending.json",
             [{"kind": str(a.kind), "target": a.target, "reason": a.reason} for a in actions],
         )
+
+    def model_errors(self) -> dict[str, str]:
+        data = self._read("model-errors.json")
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def set_model_errors(self, errors: dict[str, str]) -> None:
+        self._write("model-errors.json", errors)
 
     def status(self) -> dict[str, Any] | None:
         data = self._read("status.json")

@@ -27,3 +27,6 @@ def need(tool: str) -> str:
 
 def olladist_cmd() -> list[str]:
     return [sys.executable, "-m", "olladist"]
+
+
+from tests.harness.fixtures import sandbox_available, systemd_sandbox  # noqa: E402, F401

@@ -1,0 +1,356 @@
+"""The reconciler daemon: the one-shot reconcile in a loop, with signals handled in one place.
+
+    poll source -> load + validate + render + validate rendered -> plan -> apply or report
+    -> record status and metrics -> wait (interval with jitter, SIGHUP, a source edit, drift)
+
+- A bad commit (invalid spec, failing render, refused signature or rollback) is recorded as
+  the last *attempted* commit with its error; the node keeps the last *applied* commit and
+  keeps correcting drift against it; the next good commit goes through at once.
+- Rendered files are watched: a hand edit is drift within a second, corrected under
+  ``policy.drift: correct`` or only reported under ``report``. A drift that keeps coming back
+  is corrected with a growing delay, and the status says so.
+- systemd: READY=1 after the first attempt, STATUS= one line, WATCHDOG=1 while the loop is
+  alive (also during long pulls); SIGHUP reconciles now; SIGTERM stops cleanly (with
+  ``--runtime local`` it stops every service it started).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from olladist.errors import OlladistError
+from olladist.layout import ETC_DIR, SYSTEMD_DIR, Layout
+from olladist.ollama import Progress
+from olladist.plan import Kind, Plan
+from olladist.reconcile import Desired, execute, full_plan, load_desired, restart_slot
+from olladist.runtime import Runtime
+from olladist.source import DirSource, GitSource
+from olladist.spec import DriftPolicy, duration_ms
+from olladist.state import State
+from olladist.status import Status, write_metrics
+
+log = logging.getLogger("olladist.daemon")
+
+DRIFT_STORM_WINDOW = 60.0  # seconds: corrections of the same drift within it count as a storm
+DRIFT_STORM_FREE = 3  # corrections allowed in the window before backing off
+
+
+class Notifier:
+    """sd_notify when NOTIFY_SOCKET is set; a no-op otherwise."""
+
+    def __init__(self) -> None:
+        self._n: Any = None
+        if os.environ.get("NOTIFY_SOCKET"):
+            import sdnotify  # noqa: PLC0415
+
+            self._n = sdnotify.SystemdNotifier()
+
+    def __call__(self, message: str) -> None:
+        if self._n is not None:
+            self._n.notify(message)
+
+
+@dataclass
+class _DriftGuard:
+    """Backs off when the same drift keeps returning right after it was corrected."""
+
+    times: list[float] = field(default_factory=list)
+    signature: str = ""
+
+    def delay(self, signature: str, now: float) -> float:
+        if signature != self.signature:
+            self.signature, self.times = signature, []
+        self.times = [t for t in self.times if now - t < DRIFT_STORM_WINDOW]
+        self.times.append(now)
+        extra = len(self.times) - DRIFT_STORM_FREE
+        return 0.0 if extra <= 0 else min(300.0, 2.0**extra)
+
+
+class Daemon:
+    def __init__(
+        self,
+        source: GitSource | DirSource,
+        node: str,
+        layout: Layout,
+        runtime: Runtime,
+        *,
+        once: bool = False,
+        interval: float | None = None,
+        on_progress: Callable[[str, Progress], None] | None = None,
+        binary: str | None = None,
+    ) -> None:
+        self.source = source
+        self.binary = binary
+        self.node = node
+        self.layout = layout
+        self.runtime = runtime
+        self.once = once
+        self.interval_override = interval
+        self.state = State(layout)
+        self.status = Status.load(self.state, node)
+        self.notify = Notifier()
+        self.wake: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.alive_at = time.monotonic()
+        self.desired: Desired | None = None
+        self.drift_guard = _DriftGuard()
+        self._user_progress = on_progress
+        self._threads: list[threading.Thread] = []
+
+    # -- signals and watchers ----------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.wake.put("SIGHUP")
+        else:
+            self.stopping.set()
+            self.wake.put("stop")
+
+    def _progress(self, model: str, p: Progress) -> None:
+        self.alive_at = time.monotonic()  # a long pull is progress, not a hang
+        if self._user_progress:
+            self._user_progress(model, p)
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _watch_files(self) -> None:
+        import watchfiles  # noqa: PLC0415
+
+        dirs = [self.layout.real(ETC_DIR), self.layout.real(SYSTEMD_DIR)]
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        for changes in watchfiles.watch(
+            *dirs,
+            stop_event=self.stopping,
+            debounce=100,
+            step=50,
+            rust_timeout=500,
+            yield_on_timeout=False,
+            recursive=True,
+        ):
+            desired = self.desired
+            if desired is None:
+                continue
+            for _, path in changes:
+                node_path = "/" + str(Path(path).relative_to(self.layout.root))
+                f = desired.files.get(node_path)
+                if f is None:
+                    continue
+                try:
+                    current = Path(path).read_text(encoding="utf-8")
+                except OSError:
+                    current = None
+                if current != f.content:
+                    self.wake.put(f"drift:{node_path}")
+                    break
+
+    def _watch_source(self) -> None:
+        assert isinstance(self.source, DirSource)
+        for commit in self.source.watch(stop_event=self.stopping):
+            self.wake.put(f"source:{commit}")
+
+    def _heartbeat(self) -> None:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if not usec:
+            return
+        period = usec / 1e6
+        while not self.stopping.wait(period / 4):
+            if time.monotonic() - self.alive_at < period / 2:
+                self.notify("WATCHDOG=1")
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        handlers = {
+            s: signal.signal(s, self._on_signal)
+            for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            if not self.once:
+                self._start_thread(self._watch_files, "watch-files")
+                self._start_thread(self._heartbeat, "watchdog")
+                if isinstance(self.source, DirSource):
+                    self._start_thread(self._watch_source, "watch-source")
+            ok = self.tick("start")
+            self.notify("READY=1")
+            if self.once:
+                return 0 if ok else 2
+            while not self.stopping.is_set():
+                reason = self._wait()
+                if reason is None:
+                    break
+                self.tick(reason)
+            return 0
+        finally:
+            self.notify("STOPPING=1")
+            self.stopping.set()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            if not self.once and hasattr(self.runtime, "stop_all"):
+                log.info("stopping the services this reconciler started")
+                self.runtime.stop_all()
+
+    def _interval(self) -> float:
+        if self.interval_override is not None:
+            return self.interval_override
+        base = 60.0
+        if self.desired is not None:
+            base = duration_ms(self.desired.spec.policy.interval) / 1000
+        return base * random.uniform(0.9, 1.1)  # jitter: nodes do not poll in lockstep
+
+    def _wait(self) -> str | None:
+        deadline = time.monotonic() + self._interval()
+        supervise = getattr(self.runtime, "supervise", None)
+        while not self.stopping.is_set():
+            self.alive_at = time.monotonic()
+            if supervise is not None:
+                for unit in supervise():
+                    log.warning("%s was not running; started it", unit)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "interval"
+            try:
+                reason = self.wake.get(timeout=min(1.0, left))
+            except queue.Empty:
+                continue
+            if reason == "stop":
+                return None
+            # Coalesce a burst of wake-ups (an editor writing several files) into one tick.
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    if self.wake.get(timeout=0.05) == "stop":
+                        return None
+            return reason
+        return None
+
+    def tick(self, reason: str) -> bool:
+        """One reconcile; returns whether it succeeded. Never raises for olladist errors."""
+        self.alive_at = time.monotonic()
+        if os.environ.get("OLLADIST_TEST_HANG_AFTER_START") and reason != "start":
+            # Test hook for the systemd watchdog: a loop that stops making progress.
+            log.error("test hook: hanging the loop")
+            while not self.stopping.is_set():
+                time.sleep(1)
+        started = time.monotonic()
+        self.status.begin()
+        log.info("reconcile (%s)", reason)
+        try:
+            ok = self._reconcile(reason)
+        except OlladistError as exc:
+            log.error("%s", exc.message)
+            self.status.error(exc.message, exc.hint)
+            ok = False
+        except Exception as exc:  # the loop must survive bugs; they are reported, not fatal
+            log.exception("unexpected error")
+            self.status.error(f"unexpected error: {exc!r}", "please report this as a bug")
+            ok = False
+        self.status.finish(time.monotonic() - started, ok)
+        self.status.save(self.state)
+        write_metrics(self.layout, self.status)
+        self.notify(f"STATUS={self.status.line()}")
+        return ok
+
+    def _reconcile(self, reason: str) -> bool:
+        applied = self.status.applied_commit
+        try:
+            fetched = self.source.poll(accepted=applied or None)
+        except OlladistError as exc:
+            self.status.attempt(self.status.attempted_commit or "", exc.message)
+            self._reconcile_last_good()
+            raise
+        commit = fetched.commit
+        if commit != applied:
+            try:
+                desired = load_desired(
+                    fetched.checkout, self.node, self.layout, commit, binary=self.binary
+                )
+            except OlladistError as exc:
+                self.status.attempt(commit, exc.message)
+                log.error("commit %s refused: %s", commit[:12], exc.message)
+                self._reconcile_last_good()
+                raise
+        elif self.desired is not None and self.desired.commit == commit:
+            desired = self.desired
+        else:
+            desired = load_desired(
+                fetched.checkout, self.node, self.layout, commit, binary=self.binary
+            )
+        self.status.attempt(commit, None)
+        self._converge(desired, reason)
+        return not self.status.errors
+
+    def _reconcile_last_good(self) -> None:
+        """Keep correcting drift against the last applied commit while a bad one is refused."""
+        if self.desired is None and self.status.applied_commit:
+            with contextlib.suppress(OlladistError):
+                checkout = self.source.checkout(self.status.applied_commit)
+                self.desired = load_desired(
+                    checkout,
+                    self.node,
+                    self.layout,
+                    self.status.applied_commit,
+                    binary=self.binary,
+                )
+        if self.desired is not None:
+            self._converge(self.desired, "last-known-good", record_applied=False)
+
+    def _converge(self, desired: Desired, reason: str, record_applied: bool = True) -> None:
+        self.desired = desired
+        policy = desired.spec.policy
+        p = full_plan(desired, self.layout, self.state, self.runtime)
+        self.status.planned(p)
+        if not p.drift:
+            if record_applied:
+                self.status.applied(desired.commit)
+            return
+        if policy.drift is DriftPolicy.REPORT and self.status.applied_commit:
+            log.warning("drift (%d items), policy is report: not correcting", len(p.actions))
+            return
+        if reason.startswith("drift:"):
+            delay = self.drift_guard.delay(_signature(p), time.monotonic())
+            if delay:
+                self.status.note(
+                    f"drift keeps returning ({reason[6:]}); correcting in {delay:.0f}s"
+                )
+                log.warning("drift keeps returning on %s; backing off %.0fs", reason[6:], delay)
+                if self.stopping.wait(delay):
+                    return
+                p = full_plan(desired, self.layout, self.state, self.runtime)
+        self._stagger(desired, p)
+        outcome = execute(
+            p, desired, self.layout, self.state, self.runtime, on_progress=self._progress
+        )
+        for model, why in outcome.model_errors.items():
+            self.status.error(f"model {model}: {why}", None)
+        if record_applied:
+            self.status.applied(desired.commit)
+        self.status.planned(full_plan(desired, self.layout, self.state, self.runtime))
+
+    def _stagger(self, desired: Desired, p: Plan) -> None:
+        restarts = [a for a in p.actions if a.kind is Kind.RESTART and "@" in a.target]
+        if not restarts or not desired.commit:
+            return
+        slot = restart_slot(desired.spec, desired.placement, self.node, desired.commit)
+        delay = slot * duration_ms(desired.spec.policy.restart_stagger) / 1000
+        if delay:
+            log.info("restart slot %d: waiting %.0fs before restarting instances", slot, delay)
+            self.stopping.wait(delay)
+
+
+def _signature(p: Plan) -> str:
+    return "|".join(sorted(f"{a.kind}:{a.target}" for a in p.actions))

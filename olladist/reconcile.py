@@ -1,0 +1,179 @@
+"""One reconcile of one node: spec -> placement -> render -> validate -> observe -> plan -> apply.
+
+``olladist diff`` and ``apply`` run it once; the daemon (``olladist.daemon``) runs it in a loop.
+Nothing is touched until the spec is valid and the render has passed its validators, so a bad
+commit is reported and never half-applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from olladist.apply import apply
+from olladist.errors import ApplyError
+from olladist.files import File
+from olladist.layout import Layout
+from olladist.models import ModelSync, observe_models, plan_models
+from olladist.observe import observe
+from olladist.ollama import OllamaClient, Progress
+from olladist.placement import Placement, place
+from olladist.plan import Action, Kind, Plan, plan
+from olladist.render import render_node
+from olladist.runtime import Runtime
+from olladist.spec import Spec
+from olladist.specload import load_spec
+from olladist.state import State
+from olladist.validators import validate_render
+
+log = logging.getLogger("olladist.reconcile")
+
+
+@dataclass(frozen=True)
+class Desired:
+    commit: str
+    spec: Spec
+    node: str
+    placement: Placement
+    files: dict[str, File]
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    done: list[Action] = field(default_factory=list)
+    model_errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.model_errors
+
+
+def load_desired(
+    spec_dir: Path,
+    node: str,
+    layout: Layout,
+    commit: str = "",
+    *,
+    validate: bool = True,
+    binary: str | None = None,
+) -> Desired:
+    """``binary``: the node-local OLLADIST_OLLAMA_BINARY, which overrides ``ollama.binary``
+    (where the ollama program lives is a fact of the machine, not of the cluster)."""
+    spec = load_spec(spec_dir)
+    if binary:
+        spec = spec.model_copy(update={"ollama": spec.ollama.model_copy(update={"binary": binary})})
+    names = [n.name for n in spec.nodes]
+    if node not in names:
+        from olladist.errors import OlladistError  # noqa: PLC0415
+
+        raise OlladistError(
+            f"node {node!r} is not in the spec (nodes: {', '.join(names)})",
+            hint="pass --node NAME or set OLLADIST_NODE in /etc/olladist/olladist.env",
+        )
+    placement = place(spec)
+    if validate:
+        validate_render(lambda lay: render_node(spec, node, placement, lay))
+    files = render_node(spec, node, placement, layout)
+    return Desired(commit, spec, node, placement, files)
+
+
+def full_plan(desired: Desired, layout: Layout, state: State, runtime: Runtime) -> Plan:
+    p = plan(desired.node, desired.files, observe(layout, desired.files, state))
+    if not runtime.executes:
+        return Plan(p.node, p.actions, ("models not checked: runtime none (nothing runs here)",))
+    node = desired.spec.node(desired.node)
+    if not node.instances:
+        return p
+    starting = any(
+        a.kind is Kind.START and a.target.startswith("olladist-ollama@") for a in p.actions
+    )
+    obs = observe_models(node)
+    if isinstance(obs, str):
+        if starting:
+            return Plan(p.node, p.actions, (f"models checked once the instances run ({obs})",))
+        return p.with_actions([Action(Kind.REPORT, "models", f"cannot observe: {obs}")])
+    return p.with_actions(
+        plan_models(desired.spec, node, desired.placement, obs, state.model_errors())
+    )
+
+
+def wait_healthy(ports: list[int], timeout: float) -> list[int]:
+    """Wait until every instance answers /api/version; returns the ports that never did."""
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    while pending and time.monotonic() < deadline:
+        for port in list(pending):
+            with OllamaClient(f"http://127.0.0.1:{port}", timeout=2.0) as c:
+                if c.healthy():
+                    pending.remove(port)
+        if pending:
+            time.sleep(0.1)
+    return pending
+
+
+def execute(
+    p: Plan,
+    desired: Desired,
+    layout: Layout,
+    state: State,
+    runtime: Runtime,
+    *,
+    on_progress: Callable[[str, Progress], None] | None = None,
+    health_timeout: float = 60.0,
+) -> Outcome:
+    outcome = Outcome(p)
+    outcome.done = apply(p, layout, state, runtime)
+    if not runtime.executes:
+        return outcome
+    node = desired.spec.node(desired.node)
+    if not node.instances:
+        return outcome
+    dead = wait_healthy([i.port for i in node.instances], health_timeout)
+    if len(dead) == len(node.instances):
+        raise ApplyError(
+            f"no instance of node {node.name} answers on 127.0.0.1 ports "
+            f"{', '.join(map(str, dead))} after {health_timeout:.0f}s",
+            hint="see the instance logs (journalctl -u 'olladist-ollama@*', or "
+            "/var/log/olladist/ under the root with --runtime local)",
+        )
+    # Observe again: the plan may have been made before the instances were running.
+    obs = observe_models(node)
+    if isinstance(obs, str):
+        raise ApplyError(f"cannot observe models: {obs}")
+    actions = plan_models(desired.spec, node, desired.placement, obs)
+    sync = ModelSync(desired.spec, node, on_progress=on_progress)
+    result = sync.execute([a for a in actions if a.kind.is_model])
+    outcome.done += result.done
+    outcome.model_errors = result.failed
+    state.set_model_errors(result.failed)
+    return outcome
+
+
+def restart_slot(spec: Spec, placement: Placement, node: str, commit: str) -> int:
+    """This node's restart slot for ``commit``: nodes that share a model never share a slot,
+    so a cluster-wide change never restarts every replica of a model at once. Every node
+    computes the same slots (greedy colouring in an order drawn from the commit)."""
+
+    def rank(name: str) -> bytes:
+        return hashlib.sha256(f"{commit}\0{name}".encode()).digest()
+
+    holders = {a.model: set(a.nodes) for a in placement.assignments}
+    slots: dict[str, int] = {}
+    for name in sorted((n.name for n in spec.nodes), key=rank):
+        taken = {
+            slots[other]
+            for nodes in holders.values()
+            if name in nodes
+            for other in nodes
+            if other in slots
+        }
+        slot = 0
+        while slot in taken:
+            slot += 1
+        slots[name] = slot
+    return slots[node]
