@@ -77,7 +77,7 @@ def load_desired(
         )
     placement = place(spec)
     if validate:
-        validate_render(lambda lay: render_node(spec, node, placement, lay))
+        validate_render(lambda lay: render_node(spec, node, placement, lay), live=layout)
     files = render_node(spec, node, placement, layout)
     return Desired(commit, spec, node, placement, files)
 
