@@ -52,7 +52,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     state.stats.request_started(route.canonical if route is not None else "unmatched")
     status = 500
     try:
-        if state.check_host and not host_allowed(request.host):
+        # The raw header: aiohttp's request.host invents one when it is missing, Ollama does not.
+        if state.check_host and not host_allowed(request.headers.get("Host", "")):
             status = 403
             return web.Response(status=403)
         if state.faults.hang_all and not request.path.startswith(ADMIN_PREFIX):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +30,11 @@ def test_root_version_and_head(sim: Sim) -> None:
         # Bound to loopback, it refuses foreign Host names as Ollama does (DNS-rebinding guard).
         assert c.get("/api/version", headers={"Host": "gpu-a.example.com"}).status_code == 403
         assert c.get("/api/version", headers={"Host": "10.0.0.11:11434"}).status_code == 200
+    # An HTTP/1.0 health check without a Host header (HAProxy's default httpchk) passes.
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=5) as raw:
+        raw.sendall(b"GET /api/version HTTP/1.0\r\n\r\n")
+        status_line = raw.recv(64).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] == b"200", status_line
 
 
 def test_errors_in_ollamas_words(sim: Sim) -> None:
