@@ -192,3 +192,18 @@ def test_fifo_like_ollama_a_pending_swap_holds_later_requests() -> None:
         await s.close()
 
     asyncio.run(main())
+
+
+def test_last_granted_keep_alive_wins() -> None:
+    async def main() -> None:
+        s = scheduler(num_parallel=2)
+        first = await s.acquire(model("a"), keep_alive=0)  # unload when done...
+        second = await s.acquire(model("a"), keep_alive=60)  # ...unless a later request says so
+        s.release(first)
+        s.release(second)
+        assert names(s) == ["a"]
+        s.expire("a")  # an unload request is the last word
+        assert names(s) == []
+        await s.close()
+
+    asyncio.run(main())
