@@ -24,6 +24,8 @@ Simulator-only knobs:
     OLLADIST_SIM_TOKEN_RATE        generated tokens per second per request (200)
     OLLADIST_SIM_PROMPT_RATE       prompt tokens evaluated per second (5000)
     OLLADIST_SIM_RESPONSE_TOKENS   tokens per answer unless num_predict/max_tokens cut it (16)
+    OLLADIST_SIM_VRAM_GB           GPU memory: loaded models must fit in it, so a big model
+                                   evicts others, as on a real GPU (default: no limit)
     OLLADIST_SIM_CATALOGUE         a JSON catalogue replacing the built-in one
     OLLADIST_SIM_FAULTS            faults active from the start (see olladist.sim.faults)
     OLLADIST_SIM_VERSION           version reported by /api/version

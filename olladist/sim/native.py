@@ -139,7 +139,7 @@ async def ps(request: web.Request) -> web.Response:
                     "digest": model.digest,
                     "details": model.details,
                     "expires_at": _expiry_text(expires),
-                    "size_vram": model.size,
+                    "size_vram": runner.size_vram,
                     "context_length": model.context_length,
                 },
             )

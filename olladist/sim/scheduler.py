@@ -2,8 +2,10 @@
 
 Rules (as ``ollama serve`` applies them):
 - a model answers only once loaded; loading takes size / load speed;
-- at most OLLAMA_MAX_LOADED_MODELS are loaded; a new model evicts the least recently used
-  idle one; a model with requests in flight is never evicted, so the newcomer waits;
+- at most OLLAMA_MAX_LOADED_MODELS are loaded, and (if a VRAM size is given) their sizes fit
+  in it; a new model evicts least recently used idle ones until it fits; a model with requests
+  in flight is never evicted, so the newcomer waits; a model larger than VRAM still loads when
+  it is alone, partly "on the CPU" (its size_vram is what fits);
 - each loaded model serves OLLAMA_NUM_PARALLEL requests at once, the rest wait in FIFO order;
 - requests waiting anywhere count against OLLAMA_MAX_QUEUE; past it the answer is a 503;
 - an idle model unloads after its keep-alive: the ``keep_alive`` of the request that got a
@@ -55,6 +57,7 @@ class Runner:
     keep_alive: float | None = 300.0  # set by each request that gets a slot
     last_used: float = 0.0
     expires_at: float | None = None  # wall clock; None = never
+    size_vram: int = 0
     timer: asyncio.TimerHandle | None = None
 
     @property
@@ -85,8 +88,10 @@ class Scheduler:
         max_queue: int,
         load_speed_gbps: float,
         stats: SimStats,
+        vram_bytes: int | None = None,
     ) -> None:
         self.num_parallel = num_parallel
+        self.vram_bytes = vram_bytes
         self.max_loaded = max_loaded
         self.max_queue = max_queue
         self.load_speed_gbps = load_speed_gbps
@@ -221,7 +226,7 @@ class Scheduler:
                 runner.waiters.append(head)
                 self._grant_slots(runner)
                 continue
-            if len(self._runners) >= self.max_loaded:
+            while self._crowded(head.model):
                 victim = min(
                     (r for r in self._runners.values() if r.idle),
                     key=lambda r: r.last_used,
@@ -231,11 +236,34 @@ class Scheduler:
                     return  # every loaded model is busy: wait until one goes idle
                 self._unload(victim, evicted=True)
             self._pending.popleft()
-            runner = Runner(head.model, RunnerState.LOADING, active=1, keep_alive=head.keep_alive)
+            runner = Runner(
+                head.model,
+                RunnerState.LOADING,
+                active=1,
+                keep_alive=head.keep_alive,
+                size_vram=self._vram_share(head.model),
+            )
             self._runners[head.model.name] = runner
             task = asyncio.get_running_loop().create_task(self._load(runner, head))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _vram_used(self) -> int:
+        return sum(r.size_vram for r in self._runners.values())
+
+    def _crowded(self, model: ModelRef) -> bool:
+        """Must something be evicted before ``model`` can load?"""
+        if len(self._runners) >= self.max_loaded:
+            return True
+        if self.vram_bytes is None or not self._runners:
+            return False  # alone, even a model larger than VRAM loads (part of it on CPU)
+        return self._vram_used() + model.size > self.vram_bytes
+
+    def _vram_share(self, model: ModelRef) -> int:
+        """How much of the model sits in VRAM; the rest would run on the CPU, as in Ollama."""
+        if self.vram_bytes is None:
+            return model.size
+        return max(0, min(model.size, self.vram_bytes - self._vram_used()))
 
     async def _load(self, runner: Runner, requester: _Pending) -> None:
         try:

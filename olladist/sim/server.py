@@ -126,6 +126,7 @@ def build_state(config: SimConfig) -> SimState:
             max_queue=config.max_queue,
             load_speed_gbps=config.load_speed_gbps,
             stats=stats,
+            vram_bytes=int(config.vram_gb * 1e9) if config.vram_gb else None,
         ),
         stats=stats,
         faults=config.faults,

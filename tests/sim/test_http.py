@@ -201,6 +201,20 @@ def test_lru_eviction_over_http(sim_factory: SimFactory) -> None:
     assert sim.stats()["evictions_by_model"] == {"qwen2.5:0.5b": 1}
 
 
+def test_vram_limit_over_http(sim_factory: SimFactory) -> None:
+    # 1 GB of "VRAM": qwen2.5:0.5b (0.40 GB) fits; tinyllama (0.64 GB) next to it does not.
+    sim = sim_factory({"OLLADIST_SIM_VRAM_GB": "1"})
+    for model in ("qwen2.5:0.5b", "tinyllama", "llama3.2:1b"):
+        sim.pull(model)
+    with sim.client() as c:
+        c.post("/api/generate", json={"model": "qwen2.5:0.5b"})
+        c.post("/api/generate", json={"model": "tinyllama"})
+        assert [m["name"] for m in c.get("/api/ps").json()["models"]] == ["tinyllama:latest"]
+        c.post("/api/generate", json={"model": "llama3.2:1b"})  # 1.32 GB: partly offloaded
+        (entry,) = c.get("/api/ps").json()["models"]
+    assert (entry["size"], entry["size_vram"]) == (1321098329, 1_000_000_000)
+
+
 def test_queue_full_is_503(sim_factory: SimFactory) -> None:
     sim = sim_factory({"OLLAMA_MAX_QUEUE": "1", "OLLADIST_SIM_TOKEN_RATE": "20"})
     sim.pull("qwen2.5:0.5b")
