@@ -38,6 +38,6 @@ Admin routes, under a prefix no Ollama route uses:
     DELETE /_sim/stats    reset the counters
     GET|POST|DELETE /_sim/faults   read, replace or clear the active faults
 
-Faults (hang, hang_all, crash, slow, error_mid_stream, refuse_pulls, disk_full, optionally
-limited to some models) are documented in ``olladist.sim.faults``.
+Faults (hang, hang_all, crash, crash_mid_stream, slow, error_mid_stream, refuse_pulls,
+disk_full, optionally limited to some models) are documented in ``olladist.sim.faults``.
 """

@@ -201,6 +201,7 @@ def new_generation(state: SimState, job: Job, prompt: str, tokens: int) -> Gener
         started_ns=job.started_ns,
         loaded_ns=time.monotonic_ns(),
         error_after=job.faults.error_mid_stream,
+        crash_after=job.faults.crash_mid_stream,
     )
 
 
