@@ -154,12 +154,12 @@ class DevCluster:
         spec_dir: Path,
         state_dir: Path,
         interval: float = 5.0,
-        out: Any = sys.stdout,
+        out: Any = None,
     ) -> None:
         self.spec_dir = spec_dir
         self.state_dir = state_dir
         self.interval = interval
-        self.out = out
+        self.out = out or sys.stdout
         self.procs: list[Proc] = []
         self._popen: list[subprocess.Popen[bytes]] = []
 
