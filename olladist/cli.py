@@ -55,7 +55,10 @@ class Context:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.layout = Layout(Path(args.root).resolve()) if args.root else Layout()
+        # OLLADIST_ROOT lets a unit (the systemd test sandbox) pass --root through its
+        # EnvironmentFile=, as it passes every other setting.
+        root = args.root or os.environ.get("OLLADIST_ROOT")
+        self.layout = Layout(Path(root).resolve()) if root else Layout()
         env = read_env_file(self.layout.real(ENV_FILE))
         env.update({k: v for k, v in os.environ.items() if k.startswith("OLLADIST_")})
         self.env = env
@@ -294,6 +297,113 @@ def format_status(s: Any) -> str:
     return "\n".join(lines)
 
 
+def cmd_dev(ctx: Context) -> int:
+    import signal  # noqa: PLC0415
+
+    from olladist.dev import DevCluster, default_state_dir  # noqa: PLC0415
+
+    state_dir = Path(ctx.args.state_dir) if ctx.args.state_dir else default_state_dir()
+    spec_dir = Path(ctx.args.spec) if ctx.args.spec else _example_spec()
+    cluster = DevCluster(spec_dir, state_dir.resolve(), interval=ctx.args.interval)
+    if ctx.args.down:
+        cluster.down()
+        print(f"olladist dev: stopped the cluster of {state_dir}")
+        return 0
+    stop = {"now": False}
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stop["now"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        spec = cluster.up(timeout=ctx.args.timeout)
+        print(dev_instructions(spec, cluster))
+        if ctx.args.detach:
+            return 0
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        print("\nolladist dev: stopping", file=sys.stderr)
+        cluster.down()
+        return 0
+    except OlladistError:
+        cluster.down()
+        raise
+
+
+def _example_spec() -> Path:
+    here = Path(__file__).resolve().parent.parent / "examples" / "cluster-spec"
+    if (here / "cluster.yaml").is_file():
+        return here
+    raise OlladistError(
+        "no spec given and the example spec is not next to this installation",
+        hint="pass --spec DIR (a cluster-spec directory, e.g. examples/cluster-spec)",
+    )
+
+
+def dev_instructions(spec: Any, cluster: Any) -> str:
+    first = spec.nodes[0]
+    url = f"http://{first.listen}:{spec.gateway.port}"
+    model = spec.models[0].name if spec.models else "llama3.2:1b"
+    repo = cluster.state_dir / "repo"
+    root = cluster.node_root(first.name)
+    gateways = ", ".join(f"{n.name} http://{n.listen}:{spec.gateway.port}" for n in spec.nodes)
+    roots = " ".join(f"--node-root {cluster.node_root(n.name)}" for n in spec.nodes)
+    return f"""
+The cluster is up. Every node's gateway speaks the Ollama API:
+  {gateways}
+
+Talk to it:
+  curl {url}/api/tags
+  curl {url}/api/generate -d '{{"model": "{model}", "prompt": "Why is the sky blue?"}}'
+  OLLAMA_HOST={url} ollama run {model}            # the official CLI, if installed
+  OpenAI clients: base_url={url}/v1
+
+See drift and status of a node:
+  olladist diff --source {repo} --node {first.name} --root {root} --runtime local
+  olladist status --root {root}
+  olladist check --spec {repo} --gateway {url} {roots}
+
+Change the cluster: edit {repo}, then `git -C {repo} commit -am "..."`; the nodes converge
+within a few seconds. Logs: {cluster.state_dir / "logs"}.
+Stop: Ctrl-C here, or `olladist dev --down` from another terminal.
+"""
+
+
+def cmd_check(ctx: Context) -> int:
+    from olladist.check import run_checks  # noqa: PLC0415
+    from olladist.specload import load_spec  # noqa: PLC0415
+
+    spec = load_spec(ctx.spec_dir())
+    names = [n.name for n in spec.nodes]
+    node = spec.node(ctx.node) if ctx.node in names else spec.nodes[0]
+    host = node.listen if node.loopback else "127.0.0.1"
+    gateway = ctx.args.gateway or f"http://{host}:{spec.gateway.port}"
+    stats = ctx.args.stats or f"http://{host}:{spec.gateway.stats_port}"
+    roots = [Path(r) for r in ctx.args.node_root]
+    ok = run_checks(spec, gateway.rstrip("/"), stats, roots, lambda r: print(r.line(), flush=True))
+    print("all checks passed" if ok else "some checks FAILED")
+    return 0 if ok else 1
+
+
+def cmd_doctor(ctx: Context) -> int:
+    from olladist.doctor import run_doctor  # noqa: PLC0415
+
+    env = dict(ctx.env)
+    for flag, key in (
+        ("source", "OLLADIST_SOURCE"),
+        ("ref", "OLLADIST_REF"),
+        ("path", "OLLADIST_PATH"),
+    ):
+        value = getattr(ctx.args, flag, None)
+        if value:
+            env[key] = value
+    if ctx.args.spec:
+        env["OLLADIST_SOURCE"] = ctx.args.spec
+    return 0 if run_doctor(ctx.layout, env, ctx.node, print) else 1
+
+
 def cmd_schema(ctx: Context) -> int:
     from olladist.schema import schema  # noqa: PLC0415
 
@@ -372,6 +482,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("status", cmd_status, "the last reconcile's result on this node")
     p.add_argument("--json", action="store_true")
+    p = add("dev", cmd_dev, "run a whole cluster on this machine (the example spec by default)")
+    p.add_argument("--state-dir", metavar="DIR", help="default ~/.local/state/olladist/dev")
+    p.add_argument("--down", action="store_true", help="stop a running dev cluster")
+    p.add_argument("--detach", action="store_true", help="return once converged")
+    p.add_argument("--interval", type=float, default=5.0, help="reconcile interval (seconds)")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for convergence")
+    p = add("check", cmd_check, "end-to-end smoke test of a running cluster through a gateway")
+    p.add_argument("--gateway", metavar="URL", help="default: this node's gateway")
+    p.add_argument("--stats", metavar="URL", help="HAProxy stats listener of that gateway")
+    p.add_argument(
+        "--node-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also check that the node under DIR has converged (repeatable)",
+    )
+    add("doctor", cmd_doctor, "what this machine lacks to run a node, and how to fix it")
     p = add("schema", cmd_schema, "print the JSON Schema of the spec")
     p.add_argument("--part", choices=["cluster", "node", "model"], default="cluster")
     return parser

@@ -6,10 +6,15 @@ gateway unit and the instance template into ``/etc/systemd/system`` so that they
 with olladist and, under ``--root``, point into the root.
 
 Under a root other than ``/`` (tests, the systemd sandbox, dev clusters) a rendered unit:
-- has every path under /etc/olladist, /run/olladist and /var/lib/olladist moved into the root;
-- drops ``User=``/``Group=`` (no olladist user need exist), ``StateDirectory=`` and
-  ``RuntimeDirectory=`` (they would create directories outside the root), and ``PrivateTmp=``
-  and ``ProtectHome=`` (the root itself may live under /tmp or /home).
+- has every path under /etc/olladist, /run/olladist, /var/lib/olladist and /etc/systemd/system
+  moved into the root;
+- drops ``User=``/``Group=`` (no olladist user need exist), ``PrivateTmp=`` and
+  ``ProtectHome=`` (the root itself may live under /tmp or /home);
+- replaces ``StateDirectory=`` and ``RuntimeDirectory=``, which would create directories outside
+  the root, with their equivalent inside it: a privileged ``ExecStartPre=+mkdir`` and
+  ``ReadWritePaths=`` (under ``ProtectSystem=strict`` nothing else is writable);
+- keeps ``/tmp`` writable where ``PrivateTmp=`` gave the unit a writable one (the reconciler
+  stages renders there for validation).
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ INSTANCE_TEMPLATE = "olladist-ollama@.service"
 RECONCILE_UNIT = "olladist-reconcile.service"
 RENDERED_UNITS = (GATEWAY_UNIT, INSTANCE_TEMPLATE)
 
-_ROOTED_PREFIXES = ("/etc/olladist", "/run/olladist", "/var/lib/olladist")
-_DROPPED_UNDER_ROOT = re.compile(
-    r"^(User|Group|StateDirectory|RuntimeDirectory|RuntimeDirectoryPreserve|PrivateTmp|ProtectHome)="
-)
+_ROOTED_PREFIXES = ("/etc/olladist", "/run/olladist", "/var/lib/olladist", "/etc/systemd/system")
+_DROPPED_UNDER_ROOT = re.compile(r"^(User|Group|RuntimeDirectoryPreserve|ProtectHome)=")
+# systemd's managed directories and where they live on a node.
+_MANAGED_DIRS = {"StateDirectory": "/var/lib", "RuntimeDirectory": "/run"}
+_MANAGED_DIR = re.compile(rf"^({'|'.join(_MANAGED_DIRS)})=(.*)$")
+_PRIVATE_TMP = re.compile(r"^PrivateTmp=(yes|true|on|1)\s*$")
 
 
 def shipped_unit(name: str) -> str:
@@ -39,13 +46,36 @@ def for_layout(text: str, layout: Layout) -> str:
     if layout.root.as_posix() == "/":
         return text
     out = []
+    dirs: list[str] = []
+    private_tmp = False
     for line in text.splitlines(keepends=True):
+        managed = _MANAGED_DIR.match(line.rstrip("\n"))
+        if managed:
+            base = _MANAGED_DIRS[managed.group(1)]
+            dirs += [layout.path(f"{base}/{d}") for d in managed.group(2).split()]
+            continue
+        if _PRIVATE_TMP.match(line):
+            private_tmp = True
+            continue
         if _DROPPED_UNDER_ROOT.match(line):
             continue
         for prefix in _ROOTED_PREFIXES:
             pattern = rf"(?<![\w/]){re.escape(prefix)}(?=[/\s,]|$)"
             line = re.sub(pattern, layout.path(prefix), line)  # noqa: PLW2901
         out.append(line)
+    extra = []
+    if dirs:
+        extra += [
+            "# Under a root: the directories StateDirectory=/RuntimeDirectory= would make.\n",
+            f"ExecStartPre=+/bin/mkdir -p {' '.join(dirs)}\n",
+            f"ReadWritePaths={' '.join(dirs)}\n",
+        ]
+    if private_tmp:
+        extra += ["# Under a root: /tmp is shared (the root may be in it) but stays writable.\n"]
+        extra += ["ReadWritePaths=/tmp\n"]
+    if extra:
+        at = out.index("[Service]\n") + 1
+        out[at:at] = extra
     return "".join(out)
 
 

@@ -1,8 +1,9 @@
 """Check rendered files with their real validators: ``haproxy -c`` and ``systemd-analyze verify``.
 
 A render is validated in a staging root before anything is applied: the render is written
-there with paths pointing into the staging root (see ``olladist.layout``), and each validator
-runs on it. Any failure raises ``RenderError`` naming the file and the validator's own words.
+there with paths pointing into the staging root (see ``olladist.layout``), together with a copy
+of the node-local secrets the config loads (never rendered), and each validator runs on it.
+Any failure raises ``RenderError`` naming the file and the validator's own words.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from olladist.errors import RenderError, ToolError
 from olladist.files import File, write_atomic
-from olladist.layout import HAPROXY_CFG, SYSTEMD_DIR, Layout
+from olladist.layout import HAPROXY_CFG, SECRETS_DIR, SYSTEMD_DIR, Layout
 
 log = logging.getLogger("olladist.validators")
 
@@ -33,8 +34,9 @@ def _tool(name: str, hint: str) -> str:
 
 def check_haproxy(config: Path) -> None:
     exe = _tool(HAPROXY, "install HAProxy >= 2.6 (Debian/Ubuntu: apt-get install haproxy)")
+    # Not -q: it silences the alerts too, leaving an error without a reason.
     proc = subprocess.run(
-        [exe, "-c", "-q", "-f", str(config)], capture_output=True, text=True, check=False
+        [exe, "-c", "-f", str(config)], capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         out = (proc.stdout + proc.stderr).strip()
@@ -70,14 +72,24 @@ def check_units(unit_dir: Path, units: list[str]) -> None:
 def validate_render(
     render: Callable[[Layout], dict[str, File]],
     staging: Path | None = None,
+    live: Layout | None = None,
+    node_local: tuple[str, ...] = (),
 ) -> None:
-    """Render into a staging root and run every validator on the result."""
+    """Render into a staging root and run every validator on the result. ``live``: the node's
+    layout, whose secrets folder is copied into the staging root (HAProxy opens those files)."""
     with tempfile.TemporaryDirectory(prefix="olladist-validate-") as tmp:
         root = staging or Path(tmp)
         layout = Layout(root)
         files = render(layout)
         for path, f in files.items():
             write_atomic(layout.real(path), f.content.encode(), f.mode)
+        if live is not None and live.real(SECRETS_DIR).is_dir():
+            shutil.copytree(live.real(SECRETS_DIR), layout.real(SECRETS_DIR), dirs_exist_ok=True)
+        for path in node_local:
+            # Node-local files the config loads (API keys, ...) can live anywhere.
+            if live is not None and live.real(path).is_file():
+                layout.real(path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(live.real(path), layout.real(path))
         if HAPROXY_CFG in files:
             check_haproxy(layout.real(HAPROXY_CFG))
         unit_dir = layout.real(SYSTEMD_DIR)

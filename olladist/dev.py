@@ -1,0 +1,306 @@
+"""``olladist dev``: a whole cluster on this one machine.
+
+It puts the spec in a git repository under the dev state directory (created once, then reused,
+so edits committed there are what the cluster follows), starts one reconciler per node with
+``--runtime local`` and a root of its own, waits until every node has converged, and tells
+the user where to point clients. Ctrl-C (or ``olladist dev --down``) stops every process it
+started, by PID, and checks that nothing is left listening.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from olladist.errors import OlladistError, ToolError
+from olladist.layout import STATE_DIR, Layout
+from olladist.ports import who_listens
+from olladist.spec import Spec
+from olladist.specload import load_spec
+from olladist.state import State
+
+DEV_RECORD = "dev.json"
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "olladist" / "dev"
+
+
+def find_binary() -> tuple[str, str]:
+    """The real ollama when installed, else the simulator; and a sentence saying which."""
+    real = shutil.which("ollama")
+    if real:
+        return real, f"using the ollama binary at {real}"
+    sim = Path(sys.executable).parent / "olladist-sim"
+    if not sim.exists():
+        found = shutil.which("olladist-sim")
+        if not found:
+            raise ToolError(
+                "neither ollama nor olladist-sim is installed",
+                hint="install olladist with pip (it ships olladist-sim), or install ollama",
+            )
+        sim = Path(found)
+    return str(sim), f"no ollama binary found: using the simulator {sim}"
+
+
+def check_haproxy() -> str:
+    exe = shutil.which("haproxy")
+    if exe is None:
+        raise ToolError(
+            "haproxy is not installed (olladist's gateway is HAProxy >= 2.6)",
+            hint="Debian/Ubuntu: sudo apt-get install haproxy",
+        )
+    out = subprocess.run([exe, "-v"], capture_output=True, text=True, check=False).stdout
+    version = out.split()[2] if len(out.split()) > 2 else "?"
+    major_minor = tuple(int(x) for x in version.split("-")[0].split(".")[:2] if x.isdigit())
+    if major_minor < (2, 6):
+        raise ToolError(
+            f"haproxy {version} is too old; olladist needs 2.6 or newer",
+            hint="install HAProxy >= 2.6 (Debian 12 and Ubuntu 24.04 ship it)",
+        )
+    return version
+
+
+def spec_ports(spec: Spec) -> list[tuple[str, int, str]]:
+    """Every (address, port, what) the cluster will listen on on this machine."""
+    gw = spec.gateway
+    out = []
+    for node in spec.nodes:
+        addr = node.listen
+        out += [
+            (addr, gw.port, f"gateway of {node.name}"),
+            (addr, gw.peer_port, f"peer frontend of {node.name}"),
+            (addr if node.loopback else "127.0.0.1", gw.stats_port, f"stats of {node.name}"),
+        ]
+        out += [("127.0.0.1", i.port, f"instance {i.name} of {node.name}") for i in node.instances]
+    return out
+
+
+def preflight(spec: Spec) -> None:
+    for node in spec.nodes:
+        if not node.loopback:
+            raise OlladistError(
+                f"node {node.name} listens on {node.listen}, not a loopback address",
+                hint="olladist dev runs every node on this machine: give each node "
+                "`listen: 127.0.0.N` (see examples/cluster-spec)",
+            )
+    taken = []
+    for addr, port, what in spec_ports(spec):
+        holder = who_listens(addr, port)
+        if holder is not None:
+            taken.append(f"{addr}:{port} ({what}) is taken by {holder}")
+    if taken:
+        raise OlladistError(
+            "ports the dev cluster needs are in use:\n  " + "\n  ".join(taken),
+            hint="stop what holds them (a previous `olladist dev`? run `olladist dev --down`), "
+            "or change the ports in the spec",
+        )
+
+
+def ensure_repo(spec_dir: Path, repo: Path) -> str:
+    """Create the dev repository from ``spec_dir`` once; return its HEAD commit."""
+    from dulwich import porcelain  # noqa: PLC0415
+    from dulwich.repo import Repo  # noqa: PLC0415
+
+    if not (repo / ".git").exists():
+        repo.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(spec_dir, repo, dirs_exist_ok=True)
+        with porcelain.init(str(repo)) as r:
+            paths = sorted(str(p) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts)
+            porcelain.add(r, paths=paths)
+            porcelain.commit(
+                r,
+                message=f"olladist dev: cluster spec from {spec_dir}".encode(),
+                author=b"olladist dev <olladist@localhost>",
+                committer=b"olladist dev <olladist@localhost>",
+            )
+    with Repo(str(repo)) as r:
+        return r.head().decode()
+
+
+@dataclass(frozen=True)
+class Proc:
+    node: str
+    pid: int
+    starttime: int
+
+    def alive(self) -> bool:
+        from olladist.runtime.local import _proc_starttime  # noqa: PLC0415
+
+        return _proc_starttime(self.pid) == self.starttime
+
+
+def _record(state_dir: Path) -> list[Proc]:
+    try:
+        data = json.loads((state_dir / DEV_RECORD).read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    return [Proc(p["node"], p["pid"], p["starttime"]) for p in data.get("reconcilers", [])]
+
+
+class DevCluster:
+    def __init__(
+        self,
+        spec_dir: Path,
+        state_dir: Path,
+        interval: float = 5.0,
+        out: Any = None,
+    ) -> None:
+        self.spec_dir = spec_dir
+        self.state_dir = state_dir
+        self.interval = interval
+        self.out = out or sys.stdout
+        self.procs: list[Proc] = []
+        self._popen: list[subprocess.Popen[bytes]] = []
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def node_root(self, node: str) -> Path:
+        return self.state_dir / "nodes" / node
+
+    def up(self, timeout: float = 180.0) -> Spec:
+        if any(p.alive() for p in _record(self.state_dir)):
+            raise OlladistError(
+                f"a dev cluster from {self.state_dir} is already running",
+                hint="stop it first: olladist dev --down",
+            )
+        repo = self.state_dir / "repo"
+        fresh = not (repo / ".git").exists()
+        spec = load_spec(self.spec_dir if fresh else repo)
+        version = check_haproxy()
+        preflight(spec)
+        binary, which = find_binary()
+        head = ensure_repo(self.spec_dir, repo)
+        self.say(
+            f"olladist dev: cluster {spec.cluster}, {len(spec.nodes)} nodes, HAProxy {version}"
+        )
+        self.say(f"  {which}")
+        self.say(f"  spec repository: {repo} ({'created' if fresh else 'reused'}, {head[:12]})")
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OLLADIST_OLLAMA_BINARY": binary, "PYTHONUNBUFFERED": "1"}
+        for node in spec.nodes:
+            log = open(self.state_dir / "logs" / f"{node.name}.log", "ab")  # noqa: SIM115
+            cmd = [
+                sys.executable,
+                "-m",
+                "olladist",
+                "reconcile",
+                "--source",
+                str(repo),
+                "--node",
+                node.name,
+                "--root",
+                str(self.node_root(node.name)),
+                "--runtime",
+                "local",
+                "--interval",
+                str(self.interval),
+            ]
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            log.close()
+            self._popen.append(proc)
+            from olladist.runtime.local import _proc_starttime  # noqa: PLC0415
+
+            start = None
+            while start is None and proc.poll() is None:
+                start = _proc_starttime(proc.pid)
+            self.procs.append(Proc(node.name, proc.pid, start or 0))
+            self.say(f"  started reconciler for {node.name} (pid {proc.pid})")
+        self._save()
+        self.wait_converged(spec, head, timeout)
+        return spec
+
+    def _save(self) -> None:
+        data = {"reconcilers": [p.__dict__ for p in self.procs], "state_dir": str(self.state_dir)}
+        (self.state_dir / DEV_RECORD).write_text(json.dumps(data, indent=2))
+
+    def wait_converged(self, spec: Spec, commit: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        shown: dict[str, str] = {}
+        pending = {n.name for n in spec.nodes}
+        while pending:
+            for name in sorted(pending):
+                proc = next(p for p in self.procs if p.node == name)
+                if not proc.alive():
+                    raise OlladistError(
+                        f"the reconciler of {name} exited",
+                        hint=f"see {self.state_dir / 'logs' / (name + '.log')}",
+                    )
+                status = State(Layout(self.node_root(name))).status() or {}
+                line = _progress_line(status, commit)
+                if line != shown.get(name):
+                    shown[name] = line
+                    self.say(f"  {name}: {line}")
+                if line == "converged":
+                    pending.discard(name)
+            if pending and time.monotonic() > deadline:
+                raise OlladistError(
+                    f"not converged after {timeout:.0f}s: {', '.join(sorted(pending))}",
+                    hint=f"see the logs in {self.state_dir / 'logs'} and `olladist status "
+                    f"--root {self.node_root(sorted(pending)[0])}`",
+                )
+            time.sleep(0.2)
+
+    def down(self) -> None:
+        procs = self.procs or _record(self.state_dir)
+        for p in procs:
+            if p.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for p in procs:
+            while p.alive() and time.monotonic() < deadline:
+                for child in self._popen:
+                    child.poll()
+                time.sleep(0.05)
+            if p.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+        for child in self._popen:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=5)
+        # Each reconciler stops its own services; make sure, by their records, by PID.
+        from olladist.runtime.local import LocalRuntime  # noqa: PLC0415
+
+        nodes = self.state_dir / "nodes"
+        if nodes.is_dir():
+            for root in sorted(nodes.iterdir()):
+                LocalRuntime(Layout(root), stop_timeout=5).stop_all()
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / DEV_RECORD).unlink()
+
+
+def _progress_line(status: dict[str, Any], commit: str) -> str:
+    if not status:
+        return "starting"
+    if status.get("attempted_error"):
+        return f"commit refused: {status['attempted_error']}"
+    errors = status.get("errors") or []
+    drift = status.get("drift") or []
+    if status.get("applied_commit") == commit and status.get("ok") and not drift:
+        return "converged"
+    if errors:
+        return f"error: {errors[0]['message']} (retrying)"
+    return f"converging ({len(drift)} action(s) left)"
+
+
+def state_of(node_root: Path) -> Path:
+    return node_root / STATE_DIR.lstrip("/")

@@ -1,0 +1,193 @@
+"""``olladist doctor``: what this machine lacks to run an olladist node, and how to fix it.
+
+Each finding is one line, ``ok``, ``warn`` or ``FAIL``, with the fix on the next line. Exit 0
+when nothing failed. It only reads: it changes nothing on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from olladist.errors import OlladistError
+from olladist.layout import ENV_FILE, STATE_DIR, Layout
+from olladist.ports import who_listens
+from olladist.runtime.systemd import booted_with_systemd
+from olladist.spec import Spec
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # ok | warn | FAIL
+    what: str
+    fix: str = ""
+
+    def lines(self) -> str:
+        head = f"{self.level:<4} {self.what}"
+        return head + (f"\n     fix: {self.fix}" if self.fix and self.level != "ok" else "")
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    head = text.split("-", maxsplit=1)[0]
+    return tuple(int(x) for x in head.split(".")[:2] if x.isdigit())
+
+
+def check_python() -> Finding:
+    v = sys.version_info
+    if v < (3, 11):
+        return Finding("FAIL", f"Python {v.major}.{v.minor}", "olladist needs Python >= 3.11")
+    return Finding("ok", f"Python {v.major}.{v.minor}.{v.micro}")
+
+
+def check_haproxy() -> Finding:
+    exe = shutil.which("haproxy")
+    if exe is None:
+        return Finding(
+            "FAIL",
+            "haproxy not found",
+            "apt-get install haproxy (Debian 12 / Ubuntu 24.04 ship >= 2.6); RHEL 9's 2.4 is "
+            "too old",
+        )
+    out = subprocess.run([exe, "-v"], capture_output=True, text=True, check=False).stdout.split()
+    version = out[2] if len(out) > 2 else "unknown"
+    if _version_tuple(version) < (2, 6):
+        return Finding("FAIL", f"haproxy {version} at {exe}", "install HAProxy 2.6 or newer")
+    return Finding("ok", f"haproxy {version} at {exe}")
+
+
+def check_systemd() -> list[Finding]:
+    out = []
+    if booted_with_systemd():
+        out.append(Finding("ok", "systemd is PID 1: --runtime systemd"))
+    else:
+        out.append(
+            Finding(
+                "warn",
+                "not booted with systemd",
+                "olladist runs the services itself: --runtime local (containers, dev)",
+            )
+        )
+    for tool in ("systemctl", "systemd-analyze"):
+        if shutil.which(tool) is None:
+            out.append(Finding("FAIL", f"{tool} not found", "apt-get install systemd"))
+    return out
+
+
+def check_binary(spec: Spec | None, env: Mapping[str, str]) -> Finding:
+    binary = env.get("OLLADIST_OLLAMA_BINARY") or (spec.ollama.binary if spec else None)
+    if binary is None:
+        binary = shutil.which("ollama") or "/usr/local/bin/ollama"
+    if os.access(binary, os.X_OK):
+        return Finding("ok", f"ollama binary {binary}")
+    return Finding(
+        "FAIL",
+        f"ollama binary {binary} is missing or not executable",
+        "install Ollama (https://ollama.com/download), or for a node without GPUs set "
+        "OLLADIST_OLLAMA_BINARY=$(command -v olladist-sim) in " + ENV_FILE,
+    )
+
+
+def check_env_file(layout: Layout, env: Mapping[str, str]) -> list[Finding]:
+    path = layout.real(ENV_FILE)
+    out = []
+    if not path.exists():
+        out.append(
+            Finding(
+                "warn",
+                f"{path} does not exist",
+                "create it with OLLADIST_SOURCE=<git URL> and OLLADIST_NODE=<name> "
+                "(see docs/operating.md)",
+            )
+        )
+    if not env.get("OLLADIST_SOURCE"):
+        out.append(Finding("FAIL", "OLLADIST_SOURCE is not set", f"set it in {ENV_FILE}"))
+    else:
+        out.append(Finding("ok", f"source {env['OLLADIST_SOURCE']}"))
+    return out
+
+
+def check_source(env: Mapping[str, str], layout: Layout) -> tuple[Finding, Spec | None]:
+    from olladist.source import source_from_env  # noqa: PLC0415
+    from olladist.specload import load_spec  # noqa: PLC0415
+
+    if not env.get("OLLADIST_SOURCE"):
+        return Finding("warn", "source not checked (OLLADIST_SOURCE unset)"), None
+    with tempfile.TemporaryDirectory(prefix="olladist-doctor-") as tmp:
+        try:
+            src = source_from_env(env, Path(tmp))
+            fetched = src.poll()
+            spec = load_spec(fetched.checkout)
+        except OlladistError as exc:
+            return Finding("FAIL", f"source: {exc.message}", exc.hint or ""), None
+    return Finding("ok", f"source reachable, commit {fetched.commit[:12]}, spec valid"), spec
+
+
+def check_node(spec: Spec | None, node: str) -> Finding:
+    if spec is None:
+        return Finding("warn", "node not checked (no spec)")
+    names = [n.name for n in spec.nodes]
+    if node not in names:
+        return Finding(
+            "FAIL",
+            f"this node ({node}) is not in the spec",
+            f"set OLLADIST_NODE in {ENV_FILE} to one of: {', '.join(names)}",
+        )
+    return Finding("ok", f"node {node} is in the spec")
+
+
+def check_ports(spec: Spec | None, node: str) -> list[Finding]:
+    if spec is None or node not in [n.name for n in spec.nodes]:
+        return []
+    n = spec.node(node)
+    gw = spec.gateway
+    wanted = [(n.listen, gw.port, "gateway"), (n.listen, gw.peer_port, "peer frontend")]
+    wanted += [("127.0.0.1", i.port, f"instance {i.name}") for i in n.instances]
+    out = []
+    for addr, port, what in wanted:
+        holder = who_listens(addr, port)
+        if holder and "haproxy" not in holder and "ollama" not in holder:
+            out.append(
+                Finding("FAIL", f"{addr}:{port} ({what}) is taken by {holder}", "free the port")
+            )
+    if not out:
+        out.append(Finding("ok", "ports are free or held by olladist's own services"))
+    return out
+
+
+def check_permissions(layout: Layout) -> Finding:
+    target = layout.real(STATE_DIR)
+    probe = target if target.exists() else target.parent
+    while not probe.exists():
+        probe = probe.parent
+    if os.access(probe, os.W_OK):
+        return Finding("ok", f"can write {target}")
+    return Finding("FAIL", f"cannot write {target}", "run olladist as root (the unit does)")
+
+
+def check_fds() -> Finding:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        return Finding("warn", f"file descriptor limit {soft}", "raise LimitNOFILE (units do)")
+    return Finding("ok", f"file descriptor limit {soft}")
+
+
+def run_doctor(
+    layout: Layout, env: Mapping[str, str], node: str, emit: Callable[[str], object]
+) -> bool:
+    findings: list[Finding] = [check_python(), check_haproxy(), *check_systemd()]
+    findings += check_env_file(layout, env)
+    src, spec = check_source(env, layout)
+    findings += [src, check_node(spec, node), check_binary(spec, env), *check_ports(spec, node)]
+    findings += [check_permissions(layout), check_fds()]
+    for f in findings:
+        emit(f.lines())
+    failed = sum(f.level == "FAIL" for f in findings)
+    emit(f"{failed} problem(s) found" if failed else "no problems found")
+    return failed == 0

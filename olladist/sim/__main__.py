@@ -1,0 +1,5 @@
+"""``python -m olladist.sim serve``."""
+
+from olladist.sim.cli import main
+
+raise SystemExit(main())

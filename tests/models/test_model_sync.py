@@ -1,0 +1,184 @@
+"""Model sync against two real simulator instances sharing one model store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from olladist.models import ModelSync, observe_models, plan_models
+from olladist.placement import place
+from olladist.plan import Kind
+from olladist.sim.process import SimProcess, start_sim
+from olladist.spec import Spec
+
+pytestmark = pytest.mark.integration
+
+MODELS = ["llama3.2:1b", "qwen2.5:0.5b", "nomic-embed-text"]
+
+
+@dataclass
+class Node:
+    sims: list[SimProcess]
+
+    def spec(self, models: list[dict[str, Any]], **policy: Any) -> Spec:
+        return Spec.model_validate(
+            {
+                "cluster": "t",
+                "policy": policy,
+                "nodes": [
+                    {
+                        "name": "n1",
+                        "address": "127.0.0.1",
+                        "instances": [
+                            {"name": f"i{k}", "port": s.port} for k, s in enumerate(self.sims)
+                        ],
+                    }
+                ],
+                "models": models,
+            }
+        )
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [httpx.get(f"{s.url}/_sim/stats").json() for s in self.sims]
+
+    def pulls(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for st in self.stats():
+            for m, n in st["pulls_by_model"].items():
+                out[m] = out.get(m, 0) + n
+        return out
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    store = tmp_path / "models"
+    env = {"OLLADIST_SIM_QUIET": "1", "OLLADIST_SIM_PULL_GBPS": "50"}
+    sims = [start_sim(tmp_path / f"sim{k}", env, models_dir=store) for k in range(2)]
+    try:
+        yield Node(sims)
+    finally:
+        for s in sims:
+            s.stop()
+
+
+def converge(spec: Spec) -> tuple[list[Any], dict[str, str]]:
+    n = spec.nodes[0]
+    obs = observe_models(n)
+    assert not isinstance(obs, str), obs
+    actions = plan_models(spec, n, place(spec), obs)
+    result = ModelSync(spec, n, backoff=0.01).execute([a for a in actions if a.kind.is_model])
+    return actions, result.failed
+
+
+def drift(spec: Spec, errors: dict[str, str] | None = None) -> list[Any]:
+    obs = observe_models(spec.nodes[0])
+    assert not isinstance(obs, str)
+    return plan_models(spec, spec.nodes[0], place(spec), obs, errors)
+
+
+def test_each_model_is_pulled_once_per_node_then_no_drift(node: Node) -> None:
+    spec = node.spec([{"name": m, "nodes": "all"} for m in MODELS])
+    actions, failed = converge(spec)
+    assert failed == {}
+    assert sorted(a.target for a in actions if a.kind is Kind.PULL) == sorted(
+        ["llama3.2:1b", "qwen2.5:0.5b", "nomic-embed-text:latest"]
+    )
+    assert node.pulls() == {"llama3.2:1b": 1, "qwen2.5:0.5b": 1, "nomic-embed-text:latest": 1}
+    # Both instances see the shared store.
+    for s in node.sims:
+        names = {m["name"] for m in httpx.get(f"{s.url}/api/tags").json()["models"]}
+        assert {"llama3.2:1b", "qwen2.5:0.5b", "nomic-embed-text:latest"} <= names
+    assert drift(spec) == []
+    converge(spec)
+    assert sum(node.pulls().values()) == 3  # idempotent: nothing pulled again
+
+
+def test_extra_model_is_reported_and_pruned_only_with_prune_on(node: Node) -> None:
+    converge(node.spec([{"name": m, "nodes": "all"} for m in MODELS]))
+    smaller = [{"name": m, "nodes": "all"} for m in MODELS[:2]]
+    report = drift(node.spec(smaller))
+    assert [(a.kind, a.target) for a in report] == [(Kind.REPORT, "nomic-embed-text:latest")]
+    assert "prune_models is off" in report[0].reason
+    pruning = node.spec(smaller, prune_models=True)
+    actions, failed = converge(pruning)
+    assert [(a.kind, a.target) for a in actions] == [(Kind.DELETE_MODEL, "nomic-embed-text:latest")]
+    assert failed == {}
+    assert drift(pruning) == []
+
+
+def test_prune_never_deletes_everything(node: Node) -> None:
+    converge(node.spec([{"name": m, "nodes": "all"} for m in MODELS]))
+    empty = node.spec([], prune_models=True)
+    actions = drift(empty)
+    assert {a.kind for a in actions} == {Kind.REPORT}
+    assert all("never deletes every model" in a.reason for a in actions)
+
+
+def test_prune_waits_for_a_loaded_model(node: Node) -> None:
+    converge(node.spec([{"name": m, "nodes": "all"} for m in MODELS]))
+    httpx.post(
+        f"{node.sims[1].url}/api/generate",
+        json={"model": "qwen2.5:0.5b", "stream": False},
+        timeout=30,
+    ).raise_for_status()
+    actions = drift(node.spec([{"name": "llama3.2:1b", "nodes": "all"}], prune_models=True))
+    by_target = {a.target: a for a in actions}
+    assert by_target["qwen2.5:0.5b"].kind is Kind.REPORT
+    assert "loaded on i1" in by_target["qwen2.5:0.5b"].reason
+    assert by_target["nomic-embed-text:latest"].kind is Kind.DELETE_MODEL
+
+
+def test_a_failed_pull_leaves_other_models_and_is_reported(node: Node) -> None:
+    spec = node.spec([{"name": m, "nodes": "all"} for m in MODELS[:2]])
+    converge(spec)
+    for s in node.sims:
+        httpx.post(f"{s.url}/_sim/faults", json={"disk_full": True}).raise_for_status()
+    bigger = node.spec([{"name": m, "nodes": "all"} for m in [*MODELS[:2], "mistral:7b"]])
+    _, failed = converge(bigger)
+    assert list(failed) == ["mistral:7b"]
+    assert "no space left on device" in failed["mistral:7b"]
+    left = drift(bigger, failed)
+    assert [(a.kind, a.target) for a in left] == [(Kind.PULL, "mistral:7b")]
+    assert "last attempt failed" in left[0].reason
+    names = {m["name"] for m in httpx.get(f"{node.sims[0].url}/api/tags").json()["models"]}
+    assert {"llama3.2:1b", "qwen2.5:0.5b"} <= names
+
+
+def test_unknown_model_fails_with_ollamas_error(node: Node) -> None:
+    spec = node.spec([{"name": "no-such-model:1b", "nodes": "all"}])
+    _, failed = converge(spec)
+    assert "no-such-model:1b" in failed
+    assert failed["no-such-model:1b"]
+
+
+def test_digest_pin_mismatch_keeps_the_previous_copy(node: Node) -> None:
+    spec = node.spec([{"name": "llama3.2:1b", "nodes": "all"}])
+    converge(spec)
+    before = httpx.get(f"{node.sims[0].url}/api/tags").json()["models"][0]["digest"]
+    pinned = node.spec([{"name": "llama3.2:1b", "nodes": "all", "digest": "sha256:" + "0" * 64}])
+    actions = drift(pinned)
+    assert [(a.kind, a.target) for a in actions] == [(Kind.PULL, "llama3.2:1b")]
+    assert "differs from pin 000000000000" in actions[0].reason
+    _, failed = converge(pinned)
+    assert "spec pins 000000000000; kept the previous copy" in failed["llama3.2:1b"]
+    tags = httpx.get(f"{node.sims[0].url}/api/tags").json()["models"]
+    assert [(m["name"], m["digest"]) for m in tags] == [("llama3.2:1b", before)]
+
+
+def test_preload_loads_on_every_instance(node: Node) -> None:
+    spec = node.spec([{"name": "llama3.2:1b", "nodes": "all", "preload": True}])
+    actions, failed = converge(spec)
+    assert failed == {}
+    assert sorted(a.target for a in actions if a.kind is Kind.PRELOAD) == [
+        "llama3.2:1b@i0",
+        "llama3.2:1b@i1",
+    ]
+    for s in node.sims:
+        loaded = [m["name"] for m in httpx.get(f"{s.url}/api/ps").json()["models"]]
+        assert loaded == ["llama3.2:1b"]
+    assert drift(spec) == []
