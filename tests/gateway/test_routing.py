@@ -327,3 +327,43 @@ def test_peer_mtls(gw_tmp: Path) -> None:
                 h.post(f"http://{n1.host}:{n1.peer_port}/api/generate", json={"model": "only-b"})
             with pytest.raises(httpx.HTTPError):
                 h.post(f"https://{n1.host}:{n1.peer_port}/api/generate", json={"model": "only-b"})
+
+
+def test_chunked_body_and_expect_100_continue(two_nodes: Cluster) -> None:
+    payload = (
+        '{"messages":[{"content":"' + "x" * (3 * 1024 * 1024) + '"}],"model":"only-b"}'
+    ).encode()
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(payload), 65536):
+            yield payload[i : i + 65536]
+
+    with client() as h:
+        url = two_nodes.gw("n0").url + "/v1/chat/completions"
+        r = h.post(url, content=chunks())  # no Content-Length: chunked
+        assert r.status_code == 200, r.text
+        assert r.json()["body_len"] == len(payload)
+        r = h.post(url, content=payload, headers={"Expect": "100-continue"})
+        assert r.status_code == 200, r.text
+
+
+def test_a_dead_peer_leaves_rotation_and_local_instances_serve(gw_tmp: Path) -> None:
+    spec = make_spec(loopback_hosts(2), {0: [1], 1: [1]}, [{"name": "m", "nodes": ["n0", "n1"]}])
+    with cluster(gw_tmp, spec) as c:
+        n0 = c.gw("n0")
+        wait_until(lambda: all_up(n0))
+        assert {
+            post(c, "n0", "/api/generate", {"model": "m"}).json()["instance"] for _ in range(6)
+        } == {
+            "n0/i0",
+            "n1/i0",
+        }
+        c.gw("n1").proc.kill()
+        c.gw("n1").proc.wait(5)
+        # Requests that pick the dead peer before its checks fail are retried locally.
+        for _ in range(6):
+            r = post(c, "n0", "/api/generate", {"model": "m"})
+            assert r.status_code == 200 and r.json()["instance"] == "n0/i0"
+        wait_until(
+            lambda: not next(s for s in n0.runtime.servers_state() if s.backend == "peers").serving
+        )
