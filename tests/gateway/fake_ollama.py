@@ -43,6 +43,7 @@ def make_app(name: str, line_delay: float) -> web.Application:
             "model": body.get("model", body.get("name")),
             "body_len": len(raw),
             "peer_header": request.headers.get("X-Olladist-Peer"),
+            "host": request.headers.get("Host"),
         }
         lines = int(body.get("lines", 5))
         if body.get("stream") is True:

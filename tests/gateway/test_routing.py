@@ -62,6 +62,14 @@ def test_routes_by_model_to_the_nodes_that_hold_it(two_nodes: Cluster) -> None:
     assert seen == {"n1/i0"}
     # The peer frontend strips the shared secret before the request reaches Ollama.
     assert r.json()["peer_header"] is None
+    # Ollama on loopback refuses unknown Host headers: the gateway always says localhost.
+    with client() as h:
+        r = h.post(
+            two_nodes.gw("n0").url + "/api/generate",
+            json={"model": "only-a:1b"},
+            headers={"Host": "llm.example.com"},
+        )
+    assert r.json()["host"] == "localhost"
 
 
 def test_model_names_are_normalised_like_olladist_names(two_nodes: Cluster) -> None:
