@@ -3,6 +3,7 @@ reloads under streaming load, a refused reload)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -176,3 +177,30 @@ def test_save_server_state_keeps_a_drain_across_reload(one_node: Cluster) -> Non
     state = {(s.backend, s.server): s for s in g.runtime.servers_state()}
     assert state[("instances", "i1")].draining
     assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i0"}
+
+
+@pytest.mark.integration
+def test_drain_waits_for_running_streams(one_node: Cluster) -> None:
+    rt = one_node.gw("n0").runtime
+    body = {"model": "m", "stream": True, "lines": 4, "delay": 0.25}
+    finished: list[tuple[str, float]] = []  # (instance, when its stream ended)
+
+    def stream() -> None:
+        r = gen(one_node, body)
+        finished.append((json.loads(r.text.splitlines()[0])["instance"], time.monotonic()))
+
+    threads = [threading.Thread(target=stream) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    assert rt.active_sessions("i0") + rt.active_sessions("i1") == 4
+    assert not rt.drain("i0", timeout=0.1)  # still streaming: not idle yet, but drained
+    assert rt.drain("i0", timeout=5)
+    drained_at = time.monotonic()
+    for t in threads:
+        t.join(10)
+    on_i0 = [at for inst, at in finished if inst == "n0/i0"]
+    assert on_i0 and all(at <= drained_at for at in on_i0)
+    assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i1"}
+    rt.ready("i0")
+    assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i0", "n0/i1"}
