@@ -271,7 +271,9 @@ class Daemon:
         try:
             fetched = self.source.poll(accepted=applied or None)
         except OlladistError as exc:
-            self.status.attempt(self.status.attempted_commit or "", exc.message)
+            # A refused signature or rollback names the tip it refused.
+            tip = getattr(exc, "commit", None) or getattr(exc, "tip", None)
+            self.status.attempt(tip or self.status.attempted_commit or "", exc.message)
             self._reconcile_last_good()
             raise
         commit = fetched.commit

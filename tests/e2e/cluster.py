@@ -132,9 +132,10 @@ class Cluster:
     def write_spec(self, models: str = DEFAULT_MODELS, policy: str = "") -> None:
         (self.repo / "cluster.yaml").write_text(cluster_yaml(self.node_specs, models, policy))
 
-    def commit(self, message: str, env: dict[str, str] | None = None, *extra: str) -> str:
+    def commit(self, message: str, env: dict[str, str] | None = None, *config: str) -> str:
+        """Commit everything; ``config`` are ``-c key=value`` pairs (signing), ``env`` its env."""
         git(self.repo, "add", "-A")
-        git(self.repo, "commit", "-q", *extra, "-m", message, env=env)
+        git(self.repo, *config, "commit", "-q", *(["-S"] if config else []), "-m", message, env=env)
         return git(self.repo, "rev-parse", "HEAD")
 
     def head(self) -> str:
@@ -230,6 +231,7 @@ def start_cluster(  # noqa: PLR0917
     policy: str = "",
     node_env: dict[str, dict[str, str]] | None = None,
     before_first_commit: Callable[[Path], None] | None = None,
+    commit_with: tuple[list[str], dict[str, str]] | None = None,
 ) -> Cluster:
     a, b = random.randint(100, 250), random.randint(1, 250)
     node_specs = [
@@ -250,7 +252,8 @@ def start_cluster(  # noqa: PLR0917
     cluster.write_spec(models, policy)
     if before_first_commit:
         before_first_commit(repo)
-    head = cluster.commit("initial spec")
+    sign_args, sign_env = commit_with or ([], {})
+    head = cluster.commit("initial spec", sign_env, *sign_args)
     port = free_port()
     err = (base / "http.log").open("wb")
     cluster._server = subprocess.Popen(
