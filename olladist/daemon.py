@@ -8,8 +8,8 @@
   keeps correcting drift against it; the next good commit goes through at once.
 - Rendered files are watched: a hand edit is drift within a second, corrected under
   ``policy.drift: correct`` or only reported under ``report``. A new commit is always applied
-  (it is the operator's intent); ``report`` only concerns divergence between commits. A drift that keeps coming back
-  is corrected with a growing delay, and the status says so.
+  (it is the operator's intent); ``report`` only concerns divergence between commits. A drift
+  that keeps coming back is corrected with a growing delay, and the status says so.
 - systemd: READY=1 after the first attempt, STATUS= one line, WATCHDOG=1 while the loop is
   alive (also during long pulls); SIGHUP reconciles now; SIGTERM stops cleanly (with
   ``--runtime local`` it stops every service it started).

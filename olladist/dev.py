@@ -155,7 +155,11 @@ class DevCluster:
         state_dir: Path,
         interval: float = 5.0,
         out: Any = None,
+        source: str | None = None,
     ) -> None:
+        """``source``: what the nodes follow instead of the dev repository (a plain directory
+        is watched, so an edit converges without a commit)."""
+        self.source = source
         self.spec_dir = spec_dir
         self.state_dir = state_dir
         self.interval = interval
@@ -191,7 +195,7 @@ class DevCluster:
         self.share_peer_secret(spec)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for node in spec.nodes:
-            self.write_env_file(node.name, repo, binary)
+            self.write_env_file(node.name, self.source or str(repo), binary)
             log = open(self.state_dir / "logs" / f"{node.name}.log", "ab")  # noqa: SIM115
             cmd = [
                 sys.executable,
@@ -222,11 +226,11 @@ class DevCluster:
             self.say(f"  started reconciler for {node.name} (pid {proc.pid})")
         self._save()
         deadline = time.monotonic() + timeout
-        self.wait_converged(spec, head, timeout)
+        self.wait_converged(spec, head if self.source is None else None, timeout)
         self.wait_gateways(spec, max(5.0, deadline - time.monotonic()))
         return spec
 
-    def write_env_file(self, node: str, repo: Path, binary: str) -> None:
+    def write_env_file(self, node: str, repo: str, binary: str) -> None:
         """The node-local settings a real node keeps in /etc/olladist/olladist.env, so that
         every olladist command given --root ROOT acts as that node."""
         from olladist.files import write_atomic  # noqa: PLC0415
@@ -279,7 +283,7 @@ class DevCluster:
         data = {"reconcilers": [p.__dict__ for p in self.procs], "state_dir": str(self.state_dir)}
         (self.state_dir / DEV_RECORD).write_text(json.dumps(data, indent=2))
 
-    def wait_converged(self, spec: Spec, commit: str, timeout: float) -> None:
+    def wait_converged(self, spec: Spec, commit: str | None, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         shown: dict[str, str] = {}
         pending = {n.name for n in spec.nodes}
@@ -335,14 +339,15 @@ class DevCluster:
             (self.state_dir / DEV_RECORD).unlink()
 
 
-def _progress_line(status: dict[str, Any], commit: str) -> str:
+def _progress_line(status: dict[str, Any], commit: str | None) -> str:
     if not status:
         return "starting"
     if status.get("attempted_error"):
         return f"commit refused: {status['attempted_error']}"
     errors = status.get("errors") or []
     drift = status.get("drift") or []
-    if status.get("applied_commit") == commit and status.get("ok") and not drift:
+    applied = status.get("applied_commit")
+    if applied and commit in (None, applied) and status.get("ok") and not drift:
         return "converged"
     if errors:
         return f"error: {errors[0]['message']} (retrying)"
