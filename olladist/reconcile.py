@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from olladist.apply import apply
+from olladist.drain import DrainingRuntime
 from olladist.errors import ApplyError, OlladistError
 from olladist.files import File
 from olladist.gateway.render import node_local_files
@@ -137,10 +138,12 @@ def execute(
     health_timeout: float = 60.0,
 ) -> Outcome:
     outcome = Outcome(p)
+    node = desired.spec.node(desired.node)
+    if runtime.executes:
+        runtime = DrainingRuntime(runtime, layout, node)
     outcome.done = apply(p, layout, state, runtime)
     if not runtime.executes:
         return outcome
-    node = desired.spec.node(desired.node)
     if not node.instances:
         return outcome
     dead = wait_healthy([i.port for i in node.instances], health_timeout)
