@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -307,6 +308,28 @@ def test_api_keys(gw_tmp: Path) -> None:
             r = h.post(url + "/api/pull", json={"model": "x"}, headers=ok)
             assert r.status_code == 200
             assert r.json()["instance"] == "n0/i0"
+
+
+def test_public_tls(gw_tmp: Path) -> None:
+    from olladist.gateway.topology import NodeTLS
+    from tests.gateway.certs import make_ca, make_node_cert
+
+    pki = gw_tmp / "pki"
+    pki.mkdir()
+    ca_key, ca = make_ca(pki)
+    cert = make_node_cert(pki, "gateway", ca_key, ca)
+    spec = make_spec(loopback_hosts(1), {0: [1]}, [{"name": "m", "nodes": ["n0"]}])
+    with cluster(gw_tmp, spec, tls={"n0": NodeTLS(public_cert=str(cert))}) as c:
+        g = c.gw("n0")
+        # The certificate names no host: check the chain, not the name.
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.check_hostname = False
+        with httpx.Client(verify=ctx, trust_env=False, timeout=10) as h:
+            r = h.post(f"https://{g.host}:{g.port}/api/generate", json={"model": "m"})
+            assert r.status_code == 200
+            assert r.json()["instance"] == "n0/i0"
+        with client() as h, pytest.raises(httpx.HTTPError):
+            h.post(f"http://{g.host}:{g.port}/api/generate", json={"model": "m"})
 
 
 def test_peer_mtls(gw_tmp: Path) -> None:
