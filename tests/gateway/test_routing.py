@@ -195,6 +195,16 @@ def test_ps_merges_every_local_instance(two_nodes: Cluster) -> None:
     assert [m["name"] for m in ps["models"]] == ["n0/i0-loaded:latest", "n0/i1-loaded:latest"]
 
 
+def test_stats_page_and_prometheus_metrics(two_nodes: Cluster) -> None:
+    g = two_nodes.gw("n0")
+    with client() as h:
+        metrics = h.get(f"http://{g.host}:{g.stats_port}/metrics")
+        page = h.get(f"http://{g.host}:{g.stats_port}/")
+    assert metrics.status_code == 200
+    assert 'haproxy_server_status{proxy="instances",server="i0",state="UP"} 1' in metrics.text
+    assert page.status_code == 200 and "route.least-loaded.n0.n1" in page.text
+
+
 def test_model_affinity_pins_a_model_to_one_instance(two_nodes: Cluster) -> None:
     seen = {
         post(two_nodes, "n0", "/api/generate", {"model": "team/affine:q4"}).json()["instance"]
