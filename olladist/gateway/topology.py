@@ -30,7 +30,7 @@ from enum import StrEnum
 from olladist.errors import RenderError
 from olladist.layout import ADMIN_SOCKET, GATEWAY_DIR, SECRETS_DIR, STATE_DIR, Layout
 from olladist.placement import Placement
-from olladist.spec import Node, Spec, Strategy
+from olladist.spec import Node, Spec, Strategy, Timeouts
 
 # Requests are routed by the model named in the JSON body, so the whole body must fit in one
 # buffer when `model` comes late (the OpenAI SDK sends `messages` first). Buffers are allocated
@@ -162,7 +162,6 @@ class Paths:
     empty_ps_json: str
     ps_lua: str
     peer_secret_map: str
-    min_secret_len: int
     admin_socket: str
     server_state: str
 
@@ -176,7 +175,7 @@ class Topology:
     peer_port: int
     stats_bind: str
     stats_port: int
-    timeouts: dict[str, str]
+    timeouts: Timeouts
     health_interval: str
     health_fall: int
     health_rise: int
@@ -198,6 +197,7 @@ class Topology:
     max_body: int = MAX_BODY
     body_wait: str = BODY_WAIT
     hash_balance_factor: int = HASH_BALANCE_FACTOR
+    min_secret_len: int = MIN_SECRET_LEN
 
     @property
     def default_backend(self) -> str | None:
@@ -293,7 +293,6 @@ def build(
         empty_ps_json=safe_path(f"{gateway_dir}/ps-empty.json"),
         ps_lua=safe_path(f"{gateway_dir}/ps.lua"),
         peer_secret_map=safe_path(layout.path(PEER_SECRET_FILE)),
-        min_secret_len=MIN_SECRET_LEN,
         admin_socket=socket_path(layout.path(ADMIN_SOCKET)),
         server_state=safe_path(layout.path(f"{STATE_DIR}/gateway/servers.state")),
     )
@@ -396,12 +395,7 @@ def build(
         # Nodes of a one-machine cluster each bind their own 127.0.0.N, so stats ports differ.
         stats_bind=listen if node.loopback else "127.0.0.1",
         stats_port=gw.stats_port,
-        timeouts={
-            "connect": gw.timeouts.connect,
-            "client": gw.timeouts.client,
-            "server": gw.timeouts.server,
-            "queue": gw.timeouts.queue,
-        },
+        timeouts=gw.timeouts,
         health_interval=gw.health.interval,
         health_fall=gw.health.fall,
         health_rise=gw.health.rise,
