@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from olladist.gateway.topology import MAX_BODY
 from olladist.names import normalize_model
 from tests.gateway.harness import Cluster, all_up, cluster, loopback_hosts, make_spec, wait_until
 
@@ -110,6 +111,13 @@ def test_openai_key_order_with_a_5_mib_body(two_nodes: Cluster) -> None:
 
 
 def test_a_body_too_large_to_find_the_model_is_413(two_nodes: Cluster) -> None:
+    # Up to MAX_BODY (the limit docs/gateway.md promises) `model` may come last.
+    head, tail = '{"messages":[{"content":"', '"}],"model":"only-b"}'
+    body = head + "x" * (MAX_BODY - len(head) - len(tail)) + tail
+    with client() as h:
+        r = h.post(two_nodes.gw("n0").url + "/v1/chat/completions", content=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["body_len"] == MAX_BODY
     body = '{"messages":[{"content":"' + "x" * (17 * 1024 * 1024) + '"}],"model":"only-b"}'
     with client() as h:
         r = h.post(
