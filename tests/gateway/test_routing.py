@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from olladist.gateway.topology import MAX_BODY
+from olladist.gateway.topology import MAX_BODY, NodeTLS
 from olladist.names import normalize_model
+from tests.gateway.certs import make_ca, make_node_cert
 from tests.gateway.harness import Cluster, all_up, cluster, loopback_hosts, make_spec, wait_until
 
 pytestmark = pytest.mark.integration
@@ -329,9 +330,6 @@ def test_api_keys(gw_tmp: Path) -> None:
 
 
 def test_public_tls(gw_tmp: Path) -> None:
-    from olladist.gateway.topology import NodeTLS
-    from tests.gateway.certs import make_ca, make_node_cert
-
     pki = gw_tmp / "pki"
     pki.mkdir()
     ca_key, ca = make_ca(pki)
@@ -351,9 +349,6 @@ def test_public_tls(gw_tmp: Path) -> None:
 
 
 def test_peer_mtls(gw_tmp: Path) -> None:
-    from olladist.gateway.topology import NodeTLS
-    from tests.gateway.certs import make_ca, make_node_cert
-
     pki = gw_tmp / "pki"
     pki.mkdir()
     ca_key, ca = make_ca(pki)
