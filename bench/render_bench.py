@@ -21,6 +21,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from olladist.gateway.render import write_peer_secret
+from olladist.layout import Layout
 from olladist.placement import place
 from olladist.render import render_node
 from olladist.specload import load_spec
@@ -55,15 +57,29 @@ def write_spec(root: Path, n_nodes: int, n_inst: int, n_models: int) -> None:
         (root / "nodes" / f"node-{i:04d}.yaml").write_text("\n".join(lines) + "\n")
 
 
-def measure(label: str, fn: Callable[[], Any]) -> tuple[Any, float, float]:
+def measure(fn: Callable[[], Any], memory: bool = True) -> tuple[Any, float, float | None]:
+    """Time one run of ``fn`` as it is, then its peak Python heap in a second run under
+    tracemalloc (which slows Python several times, so the two are never mixed)."""
     gc.collect()
-    tracemalloc.start()
     t0 = time.perf_counter()
     result = fn()
     elapsed = time.perf_counter() - t0
+    if not memory:
+        return result, elapsed, None
+    gc.collect()
+    tracemalloc.start()
+    fn()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return result, elapsed, peak / 2**20
+
+
+def render_each(spec: Any, placement: Any) -> int:
+    """Every node renders its own files; nothing is kept, as on a real cluster."""
+    n = 0
+    for node in spec.nodes:
+        n += len(render_node(spec, node.name, placement))
+    return n
 
 
 def main() -> None:
@@ -76,25 +92,27 @@ def main() -> None:
         spec_dir = Path(tmp) / "spec"
         write_spec(spec_dir, args.nodes, args.instances, args.models)
         rows = []
-        spec, t, m = measure("load", lambda: load_spec(spec_dir))
+        spec, t, m = measure(lambda: load_spec(spec_dir))
         rows.append(("load + validate spec (incl. placement check)", t, m))
-        placement, t, m = measure("place", lambda: place(spec))
+        placement, t, m = measure(lambda: place(spec))
         rows.append(("placement", t, m))
-        files, t, m = measure("one", lambda: render_node(spec, "node-0000", placement))
+        files, t, m = measure(lambda: render_node(spec, "node-0000", placement))
         rows.append((f"render one node ({len(files)} files)", t, m))
-        _, t, m = measure("all", lambda: [render_node(spec, n.name, placement) for n in spec.nodes])
-        rows.append((f"render all {len(spec.nodes)} nodes", t, m))
+        _, t, m = measure(lambda: render_each(spec, placement), memory=False)
+        rows.append((f"render every node in turn ({len(spec.nodes)})", t, m))
+        live = Layout(Path(tmp) / "live")
+        write_peer_secret(live)
         _, t, m = measure(
-            "validate",
             lambda: validate_render(
-                lambda layout: render_node(spec, "node-0000", placement, layout)
+                lambda layout: render_node(spec, "node-0000", placement, layout), live=live
             ),
         )
         rows.append(("validate one node (haproxy -c, systemd-analyze)", t, m))
     print(f"spec: {args.nodes} nodes x {args.instances} instances, {args.models + 1} models")
     print(f"{'step':<52} {'seconds':>9} {'peak MiB (py heap)':>19}")
     for label, t, m in rows:
-        print(f"{label:<52} {t:>9.3f} {m:>19.1f}")
+        mem = "-" if m is None else f"{m:.1f}"
+        print(f"{label:<52} {t:>9.3f} {mem:>19}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process peak RSS: {rss:.0f} MiB (pid {os.getpid()})")
 

@@ -14,6 +14,7 @@ then larger models first) so the result does not depend on the order of the spec
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,14 +37,23 @@ class Assignment:
 class Placement:
     assignments: tuple[Assignment, ...]  # sorted by model key
 
-    def nodes_for(self, model_key: str) -> tuple[str, ...]:
+    @functools.cached_property
+    def _by_model(self) -> dict[str, tuple[str, ...]]:
+        return {a.model: a.nodes for a in self.assignments}
+
+    @functools.cached_property
+    def _by_node(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {}
         for a in self.assignments:
-            if a.model == model_key:
-                return a.nodes
-        return ()
+            for n in a.nodes:
+                out.setdefault(n, []).append(a.model)
+        return {n: tuple(ms) for n, ms in out.items()}
+
+    def nodes_for(self, model_key: str) -> tuple[str, ...]:
+        return self._by_model.get(model_key, ())
 
     def models_for(self, node: str) -> tuple[str, ...]:
-        return tuple(a.model for a in self.assignments if node in a.nodes)
+        return self._by_node.get(node, ())
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -7,6 +7,7 @@ turning errors into ``file:line: field: message`` lives in ``olladist.specload``
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from enum import StrEnum
@@ -201,7 +202,7 @@ class Model(_Model):
     preload: bool = False
     strategy: Strategy | None = None
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """The canonical name used for placement, routing and comparison."""
         return normalize_model(self.name)
