@@ -149,6 +149,7 @@ def _known_node(spec: Any, name: str) -> str:
 
 
 def _plan(ctx: Context) -> tuple[Any, Any, Any, Any]:
+    from olladist.nodelocal import NodeLocal  # noqa: PLC0415
     from olladist.reconcile import full_plan, load_desired  # noqa: PLC0415
     from olladist.state import State  # noqa: PLC0415
 
@@ -157,7 +158,7 @@ def _plan(ctx: Context) -> tuple[Any, Any, Any, Any]:
         ctx.node,
         ctx.layout,
         validate=not ctx.args.no_validate,
-        binary=ctx.env.get("OLLADIST_OLLAMA_BINARY"),
+        local=NodeLocal.from_env(ctx.env),
     )
     runtime = make_runtime(ctx)
     state = State(ctx.layout)
@@ -242,6 +243,7 @@ def open_source(ctx: Context) -> Any:
 
 def cmd_reconcile(ctx: Context) -> int:
     from olladist.daemon import Daemon  # noqa: PLC0415
+    from olladist.nodelocal import NodeLocal  # noqa: PLC0415
     from olladist.progress import PullProgress  # noqa: PLC0415
 
     daemon = Daemon(
@@ -252,7 +254,7 @@ def cmd_reconcile(ctx: Context) -> int:
         once=ctx.args.once,
         interval=ctx.args.interval,
         on_progress=PullProgress(),
-        binary=ctx.env.get("OLLADIST_OLLAMA_BINARY"),
+        local=NodeLocal.from_env(ctx.env),
     )
     return daemon.run()
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from olladist.errors import OlladistError
 from olladist.layout import ETC_DIR, SYSTEMD_DIR, Layout
+from olladist.nodelocal import NodeLocal
 from olladist.ollama import Progress
 from olladist.plan import Kind, Plan
 from olladist.reconcile import Desired, execute, full_plan, load_desired, restart_slot
@@ -90,10 +91,10 @@ class Daemon:
         once: bool = False,
         interval: float | None = None,
         on_progress: Callable[[str, Progress], None] | None = None,
-        binary: str | None = None,
+        local: NodeLocal | None = None,
     ) -> None:
         self.source = source
-        self.binary = binary
+        self.local = local or NodeLocal()
         self.node = node
         self.layout = layout
         self.runtime = runtime
@@ -280,7 +281,7 @@ class Daemon:
         if commit != applied:
             try:
                 desired = load_desired(
-                    fetched.checkout, self.node, self.layout, commit, binary=self.binary
+                    fetched.checkout, self.node, self.layout, commit, local=self.local
                 )
             except OlladistError as exc:
                 self.status.attempt(commit, exc.message)
@@ -291,7 +292,7 @@ class Daemon:
             desired = self.desired
         else:
             desired = load_desired(
-                fetched.checkout, self.node, self.layout, commit, binary=self.binary
+                fetched.checkout, self.node, self.layout, commit, local=self.local
             )
         self.status.attempt(commit, None)
         self._converge(desired, reason)
@@ -307,7 +308,7 @@ class Daemon:
                     self.node,
                     self.layout,
                     self.status.applied_commit,
-                    binary=self.binary,
+                    local=self.local,
                 )
         if self.desired is not None:
             self._converge(self.desired, "last-known-good", record_applied=False)

@@ -17,10 +17,12 @@ import time
 
 from olladist.errors import OlladistError, ToolError
 from olladist.gateway.runtime import AdminState, HAProxyRuntime
+from olladist.gateway.topology import SERVER_STATE_FILE
 from olladist.layout import ADMIN_SOCKET, Layout
 from olladist.ollama import OllamaClient
 from olladist.runtime import Runtime
 from olladist.spec import Node
+from olladist.units import GATEWAY_UNIT
 
 log = logging.getLogger("olladist.drain")
 
@@ -49,6 +51,7 @@ class DrainingRuntime:
         self.executes = inner.executes
         self.node = node
         self.haproxy = HAProxyRuntime(layout.real(ADMIN_SOCKET), timeout=3.0)
+        self.state_file = layout.real(SERVER_STATE_FILE)
         self.drain_timeout = drain_timeout
         self.health_timeout = health_timeout
 
@@ -148,6 +151,13 @@ class DrainingRuntime:
         self.inner.start(unit)
 
     def reload(self, unit: str) -> None:
+        if unit == GATEWAY_UNIT and self._gateway_up():
+            # A reload starts a new worker from the config; without the saved states a
+            # drained instance would come back into rotation.
+            try:
+                self.haproxy.save_server_state(self.state_file)
+            except ToolError as exc:
+                log.warning("could not save server states before the reload: %s", exc.message)
         self.inner.reload(unit)
 
     def enable(self, unit: str) -> None:

@@ -21,6 +21,7 @@ from olladist.files import File
 from olladist.gateway.render import node_local_files
 from olladist.layout import Layout
 from olladist.models import ModelSync, observe_models, plan_models
+from olladist.nodelocal import NodeLocal
 from olladist.observe import observe
 from olladist.ollama import OllamaClient, Progress
 from olladist.placement import Placement, place
@@ -62,12 +63,14 @@ def load_desired(
     commit: str = "",
     *,
     validate: bool = True,
-    binary: str | None = None,
+    local: NodeLocal | None = None,
 ) -> Desired:
-    """``binary``: the node-local OLLADIST_OLLAMA_BINARY, which overrides ``ollama.binary``
-    (where the ollama program lives is a fact of the machine, not of the cluster)."""
+    """Load, place, render and (unless told not to) validate the render of ``node``.
+    ``local``: the node-local settings (olladist.env), which git never holds."""
+    local = local or NodeLocal()
     spec = load_spec(spec_dir)
-    if binary:
+    if local.binary:
+        binary = local.binary
         spec = spec.model_copy(update={"ollama": spec.ollama.model_copy(update={"binary": binary})})
     names = [n.name for n in spec.nodes]
     if node not in names:
@@ -76,8 +79,8 @@ def load_desired(
             hint="pass --node NAME or set OLLADIST_NODE in /etc/olladist/olladist.env",
         )
     placement = place(spec)
-    local = node_local_files(spec, node, placement)
-    missing = [p for p in local if not layout.real(p).is_file()]
+    local_files = node_local_files(spec, node, placement)
+    missing = [p for p in local_files if not layout.real(p).is_file()]
     if missing:
         raise OlladistError(
             "node-local files the gateway needs are missing: "
@@ -87,9 +90,11 @@ def load_desired(
         )
     if validate:
         validate_render(
-            lambda lay: render_node(spec, node, placement, lay), live=layout, node_local=local
+            lambda lay: render_node(spec, node, placement, lay, local.tls),
+            live=layout,
+            node_local=local_files,
         )
-    files = render_node(spec, node, placement, layout)
+    files = render_node(spec, node, placement, layout, local.tls)
     return Desired(commit, spec, node, placement, files)
 
 

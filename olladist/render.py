@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 
@@ -16,6 +17,9 @@ from olladist.files import File
 from olladist.layout import ROOT, SYSTEMD_DIR, Layout
 from olladist.placement import Placement, place
 from olladist.spec import Instance, Node, Spec
+
+if TYPE_CHECKING:
+    from olladist.gateway.topology import NodeTLS
 from olladist.units import unit_files
 
 INSTANCE_UNIT = "olladist-ollama@{}.service"
@@ -94,16 +98,17 @@ def render_node(
     node_name: str,
     placement: Placement | None = None,
     layout: Layout = ROOT,
+    tls: NodeTLS | None = None,
 ) -> dict[str, File]:
     """Every file olladist manages on ``node_name``, keyed by node path, sorted. Contents point
-    at real paths under ``layout.root``."""
+    at real paths under ``layout.root``. ``tls``: the node-local certificates, if any."""
     from olladist.gateway.render import gateway_files  # noqa: PLC0415 - gateway imports us
 
     node = spec.node(node_name)
     placement = placement or place(spec)
     files = unit_files(layout)
     files.update(instance_files(spec, node, layout))
-    files.update(gateway_files(spec, node_name, placement, layout))
+    files.update(gateway_files(spec, node_name, placement, layout, tls))
     return dict(sorted(files.items()))
 
 

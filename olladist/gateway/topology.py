@@ -50,6 +50,8 @@ SOCKET_PATH_MAX = 97
 # Node-local: the shared secret peers send, as a one-line HAProxy map ("secret VALUE"). The same
 # file on every node; never rendered, never in git. Mode 0640, group of the gateway's user.
 PEER_SECRET_FILE = f"{SECRETS_DIR}/peer.map"
+# Where HAProxy finds server states (drain, maintenance) again after a reload.
+SERVER_STATE_FILE = f"{STATE_DIR}/gateway/servers.state"
 MIN_SECRET_LEN = 32
 
 # File paths end up unquoted inside sample expressions (`map(PATH)`), where a comma, a
@@ -294,7 +296,7 @@ def build(
         ps_lua=safe_path(f"{gateway_dir}/ps.lua"),
         peer_secret_map=safe_path(layout.path(PEER_SECRET_FILE)),
         admin_socket=socket_path(layout.path(ADMIN_SOCKET)),
-        server_state=safe_path(layout.path(f"{STATE_DIR}/gateway/servers.state")),
+        server_state=safe_path(layout.path(SERVER_STATE_FILE)),
     )
     # TLS paths come from the node's environment and are real paths; the API keys file is a
     # node path from the spec, so it moves under the root like every file olladist owns.
