@@ -2,7 +2,8 @@
 
 A render is validated in a staging root before anything is applied: the render is written
 there with paths pointing into the staging root (see ``olladist.layout``), together with a copy
-of the node-local secrets the config loads (never rendered), and each validator runs on it. Any failure raises ``RenderError`` naming the file and the validator's own words.
+of the node-local secrets the config loads (never rendered), and each validator runs on it.
+Any failure raises ``RenderError`` naming the file and the validator's own words.
 """
 
 from __future__ import annotations
