@@ -84,10 +84,19 @@ class Ports:
     instances: tuple[int, int]
 
 
-def cluster_yaml(address: str, ports: Ports, models: tuple[str, ...], note: str = "") -> str:
+def cluster_yaml(
+    address: str, ports: Ports, models: tuple[str, ...], note: str = "", queue: str = "60s"
+) -> str:
+    """A one-node spec. `note` lands in the instances' environment (a change restarts them),
+    `queue` in the gateway's config (a change reloads it)."""
     spec: dict[str, Any] = {
         "cluster": "sandbox",
-        "gateway": {"port": ports.gateway, "peer_port": ports.peer, "stats_port": ports.stats},
+        "gateway": {
+            "port": ports.gateway,
+            "peer_port": ports.peer,
+            "stats_port": ports.stats,
+            "timeouts": {"queue": queue},
+        },
         "ollama": {
             "env": {"OLLADIST_SIM_QUIET": "1", "OLLADIST_SIM_PULL_GBPS": "100"},
         },
