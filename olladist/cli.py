@@ -55,6 +55,7 @@ class Context:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.commit = ""
         # OLLADIST_ROOT lets a unit (the systemd test sandbox) pass --root through its
         # EnvironmentFile=, as it passes every other setting.
         root = args.root or os.environ.get("OLLADIST_ROOT")
@@ -79,13 +80,19 @@ class Context:
         if spec:
             return Path(spec)
         source = self.setting(getattr(self.args, "source", None), "OLLADIST_SOURCE")
-        if source and "://" not in source and Path(source).is_dir():
-            path = self.setting(getattr(self.args, "path", None), "OLLADIST_PATH", ".")
-            return Path(source) / (path or ".")
-        raise OlladistError(
-            "no spec given",
-            hint=f"pass --spec DIR (a cluster-spec directory) or set OLLADIST_SOURCE in {ENV_FILE}",
-        )
+        if not source:
+            raise OlladistError(
+                "no spec given",
+                hint="pass --spec DIR (a cluster-spec directory) or --source URL, or set "
+                f"OLLADIST_SOURCE in {ENV_FILE}",
+            )
+        # The tip of the node's source, as the reconciler would see it (fetched if it moved).
+        from olladist.state import State  # noqa: PLC0415
+
+        status = State(self.layout).status() or {}
+        fetched = open_source(self).poll(accepted=status.get("applied_commit") or None)
+        self.commit = fetched.commit
+        return Path(fetched.checkout)
 
 
 def cmd_validate(ctx: Context) -> int:
@@ -217,7 +224,7 @@ def open_source(ctx: Context) -> Any:
     spec = ctx.setting(getattr(ctx.args, "spec", None), "OLLADIST_SPEC")
     if spec:
         return DirSource(Path(spec))
-    location = ctx.setting(ctx.args.source, "OLLADIST_SOURCE")
+    location = ctx.setting(getattr(ctx.args, "source", None), "OLLADIST_SOURCE")
     if not location:
         raise OlladistError(
             "no source given",
@@ -226,8 +233,8 @@ def open_source(ctx: Context) -> Any:
     return open_source(
         location,
         state_dir=state_dir,
-        ref=ctx.setting(ctx.args.ref, "OLLADIST_REF", "main") or "main",
-        path=ctx.setting(ctx.args.path, "OLLADIST_PATH", ".") or ".",
+        ref=ctx.setting(getattr(ctx.args, "ref", None), "OLLADIST_REF", "main") or "main",
+        path=ctx.setting(getattr(ctx.args, "path", None), "OLLADIST_PATH", ".") or ".",
         verify=verify_from_env(ctx.env, state_dir),
         allow_rollback=(ctx.env.get("OLLADIST_ALLOW_ROLLBACK", "").lower() in ("1", "true", "yes")),
     )
@@ -361,7 +368,7 @@ Talk to it:
   OpenAI clients: base_url={url}/v1
 
 See drift and status of a node:
-  olladist diff --source {repo} --node {first.name} --root {root} --runtime local
+  olladist diff --root {root}
   olladist status --root {root}
   olladist check --spec {repo} --gateway {url} {roots}
 
@@ -382,6 +389,8 @@ def cmd_check(ctx: Context) -> int:
     gateway = ctx.args.gateway or f"http://{host}:{spec.gateway.port}"
     stats = ctx.args.stats or f"http://{host}:{spec.gateway.stats_port}"
     roots = [Path(r) for r in ctx.args.node_root]
+    if not roots and ctx.args.root:
+        roots = [ctx.layout.root]
     ok = run_checks(spec, gateway.rstrip("/"), stats, roots, lambda r: print(r.line(), flush=True))
     print("all checks passed" if ok else "some checks FAILED")
     return 0 if ok else 1

@@ -7,8 +7,9 @@
   the last *attempted* commit with its error; the node keeps the last *applied* commit and
   keeps correcting drift against it; the next good commit goes through at once.
 - Rendered files are watched: a hand edit is drift within a second, corrected under
-  ``policy.drift: correct`` or only reported under ``report``. A drift that keeps coming back
-  is corrected with a growing delay, and the status says so.
+  ``policy.drift: correct`` or only reported under ``report``. A new commit is always applied
+  (it is the operator's intent); ``report`` only concerns divergence between commits. A drift
+  that keeps coming back is corrected with a growing delay, and the status says so.
 - systemd: READY=1 after the first attempt, STATUS= one line, WATCHDOG=1 while the loop is
   alive (also during long pulls); SIGHUP reconciles now; SIGTERM stops cleanly (with
   ``--runtime local`` it stops every service it started).
@@ -270,7 +271,9 @@ class Daemon:
         try:
             fetched = self.source.poll(accepted=applied or None)
         except OlladistError as exc:
-            self.status.attempt(self.status.attempted_commit or "", exc.message)
+            # A refused signature or rollback names the tip it refused.
+            tip = getattr(exc, "commit", None) or getattr(exc, "tip", None)
+            self.status.attempt(tip or self.status.attempted_commit or "", exc.message)
             self._reconcile_last_good()
             raise
         commit = fetched.commit
@@ -318,7 +321,10 @@ class Daemon:
             if record_applied:
                 self.status.applied(desired.commit)
             return
-        if policy.drift is DriftPolicy.REPORT and self.status.applied_commit:
+        new_commit = desired.commit != self.status.applied_commit
+        if policy.drift is DriftPolicy.REPORT and not new_commit:
+            # A new commit is the operator's intent and is applied; between commits, what
+            # diverges from the applied commit is only reported under `drift: report`.
             log.warning("drift (%d items), policy is report: not correcting", len(p.actions))
             return
         if reason.startswith("drift:"):

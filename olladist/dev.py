@@ -115,7 +115,7 @@ def ensure_repo(spec_dir: Path, repo: Path) -> str:
     if not (repo / ".git").exists():
         repo.mkdir(parents=True, exist_ok=True)
         shutil.copytree(spec_dir, repo, dirs_exist_ok=True)
-        with porcelain.init(str(repo)) as r:
+        with Repo.init(str(repo), default_branch=b"main") as r:
             paths = sorted(str(p) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts)
             porcelain.add(r, paths=paths)
             porcelain.commit(
@@ -154,12 +154,16 @@ class DevCluster:
         spec_dir: Path,
         state_dir: Path,
         interval: float = 5.0,
-        out: Any = sys.stdout,
+        out: Any = None,
+        source: str | None = None,
     ) -> None:
+        """``source``: what the nodes follow instead of the dev repository (a plain directory
+        is watched, so an edit converges without a commit)."""
+        self.source = source
         self.spec_dir = spec_dir
         self.state_dir = state_dir
         self.interval = interval
-        self.out = out
+        self.out = out or sys.stdout
         self.procs: list[Proc] = []
         self._popen: list[subprocess.Popen[bytes]] = []
 
@@ -188,22 +192,18 @@ class DevCluster:
         self.say(f"  {which}")
         self.say(f"  spec repository: {repo} ({'created' if fresh else 'reused'}, {head[:12]})")
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OLLADIST_OLLAMA_BINARY": binary, "PYTHONUNBUFFERED": "1"}
+        self.share_peer_secret(spec)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for node in spec.nodes:
+            self.write_env_file(node.name, self.source or str(repo), binary)
             log = open(self.state_dir / "logs" / f"{node.name}.log", "ab")  # noqa: SIM115
             cmd = [
                 sys.executable,
                 "-m",
                 "olladist",
                 "reconcile",
-                "--source",
-                str(repo),
-                "--node",
-                node.name,
                 "--root",
                 str(self.node_root(node.name)),
-                "--runtime",
-                "local",
                 "--interval",
                 str(self.interval),
             ]
@@ -225,14 +225,65 @@ class DevCluster:
             self.procs.append(Proc(node.name, proc.pid, start or 0))
             self.say(f"  started reconciler for {node.name} (pid {proc.pid})")
         self._save()
-        self.wait_converged(spec, head, timeout)
+        deadline = time.monotonic() + timeout
+        self.wait_converged(spec, head if self.source is None else None, timeout)
+        self.wait_gateways(spec, max(5.0, deadline - time.monotonic()))
         return spec
+
+    def write_env_file(self, node: str, repo: str, binary: str) -> None:
+        """The node-local settings a real node keeps in /etc/olladist/olladist.env, so that
+        every olladist command given --root ROOT acts as that node."""
+        from olladist.files import write_atomic  # noqa: PLC0415
+        from olladist.layout import ENV_FILE  # noqa: PLC0415
+
+        text = (
+            "# written by olladist dev: this node's local settings\n"
+            f"OLLADIST_SOURCE={repo}\n"
+            f"OLLADIST_NODE={node}\n"
+            "OLLADIST_RUNTIME=local\n"
+            f"OLLADIST_OLLAMA_BINARY={binary}\n"
+        )
+        write_atomic(Layout(self.node_root(node)).real(ENV_FILE), text.encode(), 0o644)
+
+    def wait_gateways(self, spec: Spec, timeout: float) -> None:
+        """Converged files are not yet a serving cluster: wait for every gateway's health
+        checks to see its instances and peers up."""
+        import httpx  # noqa: PLC0415
+
+        from olladist.check import check_servers  # noqa: PLC0415
+
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=5.0, trust_env=False) as client:
+            for node in spec.nodes:
+                url = f"http://{node.listen}:{spec.gateway.stats_port}"
+                while True:
+                    result = check_servers(client, url)
+                    if result.ok:
+                        self.say(f"  {node.name}: gateway healthy ({result.detail})")
+                        break
+                    if time.monotonic() > deadline:
+                        raise OlladistError(
+                            f"gateway of {node.name}: {result.detail}",
+                            hint=f"see {self.node_root(node.name) / 'var/log/olladist'}",
+                        )
+                    time.sleep(0.2)
+
+    def share_peer_secret(self, spec: Spec) -> None:
+        """Every node of a cluster needs the same peer secret (node-local, never in git)."""
+        from olladist.gateway.render import write_peer_secret  # noqa: PLC0415
+        from olladist.gateway.topology import PEER_SECRET_FILE  # noqa: PLC0415
+
+        first = write_peer_secret(Layout(self.node_root(spec.nodes[0].name)))
+        for node in spec.nodes[1:]:
+            target = Layout(self.node_root(node.name)).real(PEER_SECRET_FILE)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(first, target)
 
     def _save(self) -> None:
         data = {"reconcilers": [p.__dict__ for p in self.procs], "state_dir": str(self.state_dir)}
         (self.state_dir / DEV_RECORD).write_text(json.dumps(data, indent=2))
 
-    def wait_converged(self, spec: Spec, commit: str, timeout: float) -> None:
+    def wait_converged(self, spec: Spec, commit: str | None, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         shown: dict[str, str] = {}
         pending = {n.name for n in spec.nodes}
@@ -288,14 +339,15 @@ class DevCluster:
             (self.state_dir / DEV_RECORD).unlink()
 
 
-def _progress_line(status: dict[str, Any], commit: str) -> str:
+def _progress_line(status: dict[str, Any], commit: str | None) -> str:
     if not status:
         return "starting"
     if status.get("attempted_error"):
         return f"commit refused: {status['attempted_error']}"
     errors = status.get("errors") or []
     drift = status.get("drift") or []
-    if status.get("applied_commit") == commit and status.get("ok") and not drift:
+    applied = status.get("applied_commit")
+    if applied and commit in (None, applied) and status.get("ok") and not drift:
         return "converged"
     if errors:
         return f"error: {errors[0]['message']} (retrying)"

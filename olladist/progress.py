@@ -25,7 +25,8 @@ def _size(n: int) -> str:
 class PullProgress:
     """Callable for ModelSync(on_progress=...). Thread-safe: pulls run in parallel."""
 
-    def __init__(self, stream: TextIO = sys.stderr, tty: bool | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, tty: bool | None = None) -> None:
+        stream = stream or sys.stderr
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
         self._last: dict[str, str] = {}

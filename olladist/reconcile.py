@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from olladist.apply import apply
-from olladist.errors import ApplyError
+from olladist.drain import DrainingRuntime
+from olladist.errors import ApplyError, OlladistError
 from olladist.files import File
+from olladist.gateway.render import node_local_files
 from olladist.layout import Layout
 from olladist.models import ModelSync, observe_models, plan_models
 from olladist.observe import observe
@@ -69,15 +71,24 @@ def load_desired(
         spec = spec.model_copy(update={"ollama": spec.ollama.model_copy(update={"binary": binary})})
     names = [n.name for n in spec.nodes]
     if node not in names:
-        from olladist.errors import OlladistError  # noqa: PLC0415
-
         raise OlladistError(
             f"node {node!r} is not in the spec (nodes: {', '.join(names)})",
             hint="pass --node NAME or set OLLADIST_NODE in /etc/olladist/olladist.env",
         )
     placement = place(spec)
+    local = node_local_files(spec, node, placement)
+    missing = [p for p in local if not layout.real(p).is_file()]
+    if missing:
+        raise OlladistError(
+            "node-local files the gateway needs are missing: "
+            + ", ".join(str(layout.real(p)) for p in missing),
+            hint="they hold secrets and never come from git: create them on the node "
+            "(docs/gateway.md, 'Node-local files')",
+        )
     if validate:
-        validate_render(lambda lay: render_node(spec, node, placement, lay), live=layout)
+        validate_render(
+            lambda lay: render_node(spec, node, placement, lay), live=layout, node_local=local
+        )
     files = render_node(spec, node, placement, layout)
     return Desired(commit, spec, node, placement, files)
 
@@ -127,10 +138,12 @@ def execute(
     health_timeout: float = 60.0,
 ) -> Outcome:
     outcome = Outcome(p)
+    node = desired.spec.node(desired.node)
+    if runtime.executes:
+        runtime = DrainingRuntime(runtime, layout, node)
     outcome.done = apply(p, layout, state, runtime)
     if not runtime.executes:
         return outcome
-    node = desired.spec.node(desired.node)
     if not node.instances:
         return outcome
     dead = wait_healthy([i.port for i in node.instances], health_timeout)

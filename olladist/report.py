@@ -42,8 +42,9 @@ def format_plan(plan: Plan, color: bool = False) -> str:
     return "\n".join(lines)
 
 
-def print_plan(plan: Plan, stream: TextIO = sys.stdout) -> None:
-    print(format_plan(plan, _color(stream)), file=stream)
+def print_plan(plan: Plan, stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
+    print(format_plan(plan, _color(out)), file=out)
 
 
 def format_placement(placement: Placement, nodes: list[str]) -> str:

@@ -73,6 +73,7 @@ def validate_render(
     render: Callable[[Layout], dict[str, File]],
     staging: Path | None = None,
     live: Layout | None = None,
+    node_local: tuple[str, ...] = (),
 ) -> None:
     """Render into a staging root and run every validator on the result. ``live``: the node's
     layout, whose secrets folder is copied into the staging root (HAProxy opens those files)."""
@@ -84,6 +85,11 @@ def validate_render(
             write_atomic(layout.real(path), f.content.encode(), f.mode)
         if live is not None and live.real(SECRETS_DIR).is_dir():
             shutil.copytree(live.real(SECRETS_DIR), layout.real(SECRETS_DIR), dirs_exist_ok=True)
+        for path in node_local:
+            # Node-local files the config loads (API keys, ...) can live anywhere.
+            if live is not None and live.real(path).is_file():
+                layout.real(path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(live.real(path), layout.real(path))
         if HAPROXY_CFG in files:
             check_haproxy(layout.real(HAPROXY_CFG))
         unit_dir = layout.real(SYSTEMD_DIR)

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from olladist.gateway.render import write_peer_secret
+from olladist.layout import Layout
+from olladist.spec import Spec
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_SPEC = REPO / "examples" / "cluster-spec"
@@ -16,6 +23,17 @@ def example_spec() -> Path:
     return EXAMPLE_SPEC
 
 
+@pytest.fixture
+def short_root() -> Iterator[Path]:
+    """A node root with a short path: HAProxy limits unix socket paths to 97 characters, and
+    the gateway's sockets live under the root (pytest's tmp_path is too long)."""
+    path = Path(tempfile.mkdtemp(prefix="od-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def need(tool: str) -> str:
     """The path of a tool the test needs. CI installs every one of them (.ci/run), so a
     missing tool fails the test there instead of skipping it."""
@@ -23,6 +41,17 @@ def need(tool: str) -> str:
     if found is None:
         pytest.fail(f"{tool} is not installed: run .ci/run's install step or see README")
     return found
+
+
+def node_secrets(layout: Layout, spec: Spec) -> Layout:
+    """The node-local files an operator puts on a node (never rendered): the peer secret and,
+    when the spec names one, the API keys file (sha256 hex of each key, one a line)."""
+    write_peer_secret(layout)
+    if spec.gateway.api_keys_file:
+        keys = layout.real(spec.gateway.api_keys_file)
+        keys.parent.mkdir(parents=True, exist_ok=True)
+        keys.write_text(hashlib.sha256(b"test-key").hexdigest() + "\n")
+    return layout
 
 
 def olladist_cmd() -> list[str]:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from olladist.cli import main
-from tests.conftest import EXAMPLE_SPEC, need
+from olladist.layout import Layout
+from olladist.specload import load_spec
+from tests.conftest import EXAMPLE_SPEC, need, node_secrets
 
 
 @pytest.fixture
@@ -18,6 +20,12 @@ def spec_copy(tmp_path: Path) -> Path:
     dst = tmp_path / "spec"
     shutil.copytree(EXAMPLE_SPEC, dst)
     return dst
+
+
+@pytest.fixture
+def root(short_root: Path, spec_copy: Path) -> Path:
+    node_secrets(Layout(short_root), load_spec(spec_copy))
+    return short_root
 
 
 def run(*args: str) -> int:
@@ -30,10 +38,9 @@ def common(spec: Path, root: Path, node: str = "gpu-a") -> list[str]:
 
 
 def test_apply_then_no_drift(
-    spec_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    spec_copy: Path, root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     need("systemctl")
-    root = tmp_path / "root"
     assert run("diff", *common(spec_copy, root)) == 1
     assert run("apply", *common(spec_copy, root)) == 0
     capsys.readouterr()
@@ -56,9 +63,8 @@ def test_apply_then_no_drift(
 
 
 def test_hand_edit_is_drift_and_apply_restores_it(
-    spec_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    spec_copy: Path, root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = tmp_path / "root"
     assert run("apply", *common(spec_copy, root)) == 0
     dropin = root / "etc/systemd/system/olladist-ollama@gpu0.service.d/10-olladist.conf"
     original = dropin.read_text()
@@ -74,8 +80,7 @@ def test_hand_edit_is_drift_and_apply_restores_it(
     assert run("diff", *common(spec_copy, root)) == 0
 
 
-def test_mode_change_is_drift(spec_copy: Path, tmp_path: Path) -> None:
-    root = tmp_path / "root"
+def test_mode_change_is_drift(spec_copy: Path, root: Path) -> None:
     run("apply", *common(spec_copy, root))
     cfg = root / "etc/olladist/haproxy.cfg"
     mode = cfg.stat().st_mode & 0o777
@@ -86,9 +91,8 @@ def test_mode_change_is_drift(spec_copy: Path, tmp_path: Path) -> None:
 
 
 def test_removed_instance_is_stopped_disabled_and_its_files_removed(
-    spec_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    spec_copy: Path, root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = tmp_path / "root"
     run("apply", *common(spec_copy, root))
     node_file = spec_copy / "nodes" / "gpu-a.yaml"
     node_file.write_text(
@@ -118,15 +122,14 @@ def test_removed_instance_is_stopped_disabled_and_its_files_removed(
     assert run("diff", *common(spec_copy, root)) == 0
 
 
-def test_dry_run_changes_nothing(spec_copy: Path, tmp_path: Path) -> None:
-    root = tmp_path / "root"
+def test_dry_run_changes_nothing(spec_copy: Path, root: Path) -> None:
     assert run("apply", "--dry-run", *common(spec_copy, root)) == 0
     assert not root.exists() or not any(root.rglob("*.cfg"))
 
 
 def test_unknown_node_is_a_clear_error(
-    spec_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    spec_copy: Path, root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run("diff", *common(spec_copy, tmp_path, node="nope")) == 2
+    assert run("diff", *common(spec_copy, root, node="nope")) == 2
     err = capsys.readouterr().err
     assert "error: node 'nope' is not in the spec (nodes: gpu-a, gpu-b, gpu-c)" in err

@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from olladist.files import File
+from olladist.gateway.render import node_local_files
 from olladist.layout import Layout
 from olladist.placement import place
 from olladist.render import render_node, systemd_quote
 from olladist.spec import Spec
 from olladist.specload import load_spec
 from olladist.validators import validate_render
-from tests.conftest import EXAMPLE_SPEC, SPECS, need
+from tests.conftest import EXAMPLE_SPEC, SPECS, need, node_secrets
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SPEC_DIRS = {"example": EXAMPLE_SPEC, "large": SPECS / "large"}
@@ -62,8 +64,17 @@ def test_rendered_files_pass_their_validators(spec_name: str, node: str, tmp_pat
     need("systemd-analyze")
     spec = with_real_binary(load_spec(SPEC_DIRS[spec_name]))
     placement = place(spec)
-    validate_render(lambda layout: render_node(spec, node, placement, layout), staging=tmp_path)
-    assert (tmp_path / "etc/olladist/haproxy.cfg").is_file()
+    live = node_secrets(Layout(tmp_path / "live"), spec)
+    # HAProxy limits unix socket paths to 97 characters: keep the staging root short.
+    with tempfile.TemporaryDirectory(prefix="od-") as short:
+        staging = Path(short)
+        validate_render(
+            lambda layout: render_node(spec, node, placement, layout),
+            staging=staging,
+            live=live,
+            node_local=node_local_files(spec, node, placement),
+        )
+        assert (staging / "etc/olladist/haproxy.cfg").is_file()
 
 
 def test_render_is_deterministic_and_sorted() -> None:

@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from olladist.gateway.render import node_local_files
+from olladist.layout import Layout
 from olladist.placement import place
 from olladist.render import render_node
 from olladist.spec import (
@@ -25,7 +27,7 @@ from olladist.spec import (
     Spec,
 )
 from olladist.validators import validate_render
-from tests.conftest import need
+from tests.conftest import need, node_secrets
 
 names = st.from_regex(NAME_PATTERN, fullmatch=True)
 labels = st.from_regex(LABEL_PATTERN, fullmatch=True)
@@ -84,11 +86,13 @@ def test_hostile_but_legal_specs_render_valid_files(raw: dict[str, Any]) -> None
     need("haproxy")
     spec = Spec.model_validate(raw)
     placement = place(spec)
-    for node in spec.nodes:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="od-live-") as live_dir:
+        live = node_secrets(Layout(Path(live_dir)), spec)
+        for node in spec.nodes:
             validate_render(
                 lambda layout, n=node.name: render_node(spec, n, placement, layout),
-                staging=Path(tmp),
+                live=live,
+                node_local=node_local_files(spec, node.name, placement),
             )
 
 

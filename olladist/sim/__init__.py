@@ -24,6 +24,8 @@ Simulator-only knobs:
     OLLADIST_SIM_TOKEN_RATE        generated tokens per second per request (200)
     OLLADIST_SIM_PROMPT_RATE       prompt tokens evaluated per second (5000)
     OLLADIST_SIM_RESPONSE_TOKENS   tokens per answer unless num_predict/max_tokens cut it (16)
+    OLLADIST_SIM_VRAM_GB           GPU memory: loaded models must fit in it, so a big model
+                                   evicts others, as on a real GPU (default: no limit)
     OLLADIST_SIM_CATALOGUE         a JSON catalogue replacing the built-in one
     OLLADIST_SIM_FAULTS            faults active from the start (see olladist.sim.faults)
     OLLADIST_SIM_VERSION           version reported by /api/version
@@ -36,6 +38,6 @@ Admin routes, under a prefix no Ollama route uses:
     DELETE /_sim/stats    reset the counters
     GET|POST|DELETE /_sim/faults   read, replace or clear the active faults
 
-Faults (hang, hang_all, crash, slow, error_mid_stream, refuse_pulls, disk_full, optionally
-limited to some models) are documented in ``olladist.sim.faults``.
+Faults (hang, hang_all, crash, crash_mid_stream, slow, error_mid_stream, refuse_pulls,
+disk_full, optionally limited to some models) are documented in ``olladist.sim.faults``.
 """

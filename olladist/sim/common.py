@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +14,11 @@ from olladist.sim.catalogue import Catalogue
 from olladist.sim.config import SimConfig, keep_alive_from_json
 from olladist.sim.errors import ApiError, ModelNotFound, SimConfigError
 from olladist.sim.faults import Faults
+from olladist.sim.inference import crash
 from olladist.sim.scheduler import ModelRef, Scheduler
 from olladist.sim.stats import SimStats
 from olladist.sim.store import ModelStore, StoredModel
 
-CRASH_EXIT_STATUS = 70
 NDJSON = "application/x-ndjson"
 
 
@@ -147,9 +145,7 @@ async def inference_faults(state: SimState, model: str | None) -> Faults:
     """Apply hang and crash for an inference request; return the faults in force."""
     faults = state.faults.for_model(model)
     if faults.crash:
-        sys.stderr.write("olladist-sim: fault crash: exiting\n")
-        sys.stderr.flush()
-        os._exit(CRASH_EXIT_STATUS)
+        crash("crash")
     if faults.hang:
         await hang_forever(state)
     return faults

@@ -58,7 +58,7 @@ async def _serve(
     raw = body.get("model")
     if not isinstance(raw, str) or not raw:
         raise ApiError(400, "model is required")
-    job = await start_job(state, body, raw, None)
+    job = await start_job(state, body, raw)
     if "completion" not in state.store.capabilities(job.stored):
         raise ApiError(400, f'"{raw}" does not support chat')
     dialect = make(raw)

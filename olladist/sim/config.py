@@ -135,6 +135,7 @@ class SimConfig:
     token_rate: float = 200.0  # generated tokens per second per request
     prompt_rate: float = 5000.0  # prompt tokens evaluated per second
     response_tokens: int = 16  # tokens per answer unless num_predict says fewer
+    vram_gb: float | None = None  # None: only OLLAMA_MAX_LOADED_MODELS limits what is loaded
     catalogue_file: Path | None = None
     version: str = DEFAULT_VERSION
     quiet: bool = False
@@ -172,6 +173,7 @@ def config_from_env(env: Mapping[str, str] | None = None) -> SimConfig:
         token_rate=_float(env, "OLLADIST_SIM_TOKEN_RATE", 200.0),
         prompt_rate=_float(env, "OLLADIST_SIM_PROMPT_RATE", 5000.0),
         response_tokens=_int(env, "OLLADIST_SIM_RESPONSE_TOKENS", 16, minimum=1),
+        vram_gb=_float(env, "OLLADIST_SIM_VRAM_GB", 0.0) or None,
         catalogue_file=Path(catalogue) if catalogue else None,
         version=env.get("OLLADIST_SIM_VERSION", "").strip() or DEFAULT_VERSION,
         quiet=_bool(env, "OLLADIST_SIM_QUIET"),

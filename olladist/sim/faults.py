@@ -10,6 +10,8 @@ comma list (``hang,slow=4,error_mid_stream=2,models=llama3.2:1b+qwen2.5:0.5b``).
     hang_all          every request except /_sim/* is accepted and never answered
     crash             the next inference request kills the process (exit status 70) before
                       answering: the client sees the connection drop
+    crash_mid_stream=N  streams send N tokens, then the process exits (status 70): the
+                      client sees a stream cut short with no final chunk
     slow=F            loads, prompt evaluation and token generation take F times longer
     error_mid_stream=N  streams send N tokens, then a line {"error": ...} (status stays 200);
                       non-streaming requests get a 500 with that error
@@ -38,6 +40,7 @@ class Faults:
     crash: bool = False
     slow: float = 1.0
     error_mid_stream: int | None = None
+    crash_mid_stream: int | None = None
     refuse_pulls: bool = False
     disk_full: bool = False
     models: tuple[str, ...] = ()
@@ -59,6 +62,7 @@ class Faults:
 
 
 _BOOL_KEYS = {"hang", "hang_all", "crash", "refuse_pulls", "disk_full"}
+_COUNT_KEYS = {"error_mid_stream", "crash_mid_stream"}
 
 
 def _with_flag(faults: Faults, key: str, value: bool) -> Faults:
@@ -79,13 +83,16 @@ def faults_from_mapping(data: Mapping[str, Any]) -> Faults:
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise SimConfigError("fault 'slow' takes a factor > 0")
             faults = replace(faults, slow=float(value))
-        elif key == "error_mid_stream":
+        elif key in _COUNT_KEYS:
             if value is None or value is False:
                 continue
             count = 2 if value is True else value
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                raise SimConfigError("fault 'error_mid_stream' takes a token count >= 0")
-            faults = replace(faults, error_mid_stream=count)
+                raise SimConfigError(f"fault {key!r} takes a token count >= 0")
+            if key == "error_mid_stream":
+                faults = replace(faults, error_mid_stream=count)
+            else:
+                faults = replace(faults, crash_mid_stream=count)
         elif key == "models":
             if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
                 raise SimConfigError("fault 'models' takes a list of model names")
@@ -94,7 +101,7 @@ def faults_from_mapping(data: Mapping[str, Any]) -> Faults:
             except InvalidModelName as exc:
                 raise SimConfigError(str(exc)) from exc
         else:
-            known = ", ".join(sorted([*_BOOL_KEYS, "slow", "error_mid_stream", "models"]))
+            known = ", ".join(sorted([*_BOOL_KEYS, *_COUNT_KEYS, "slow", "models"]))
             raise SimConfigError(f"unknown fault {key!r} (known: {known})")
     return faults
 
@@ -117,10 +124,10 @@ def parse_faults(text: str) -> Faults:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep:
-            items[key] = True if key != "error_mid_stream" else 2
+            items[key] = True
         elif key == "models":
             items[key] = [m for m in raw.split("+") if m]
-        elif key in {"slow", "error_mid_stream"}:
+        elif key in {"slow", *_COUNT_KEYS}:
             try:
                 items[key] = float(raw) if key == "slow" else int(raw)
             except ValueError:

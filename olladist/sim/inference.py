@@ -11,13 +11,15 @@ import asyncio
 import base64
 import hashlib
 import math
+import os
 import random
 import struct
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 _WORDS = (
     "the",
@@ -125,6 +127,16 @@ class Pace:
     slow: float = 1.0  # fault factor
 
 
+CRASH_EXIT_STATUS = 70
+
+
+def crash(fault: str) -> NoReturn:
+    """Exit at once, as a crashed server would: no cleanup, connections simply drop."""
+    sys.stderr.write(f"olladist-sim: fault {fault}: exiting\n")
+    sys.stderr.flush()
+    os._exit(CRASH_EXIT_STATUS)
+
+
 class MidStreamError(Exception):
     """The error_mid_stream fault fired after some tokens."""
 
@@ -148,6 +160,7 @@ class Generation:
         started_ns: int,
         loaded_ns: int,
         error_after: int | None = None,
+        crash_after: int | None = None,
     ) -> None:
         self.model = model
         self.prompt = prompt
@@ -156,6 +169,7 @@ class Generation:
         self.started_ns = started_ns
         self.loaded_ns = loaded_ns
         self.error_after = error_after
+        self.crash_after = crash_after
         self.prompt_eval_count = count_tokens(prompt)
         self.prompt_eval_ns = 0
         self.eval_ns = 0
@@ -174,6 +188,8 @@ class Generation:
         begin_ns = time.monotonic_ns()
         interval = self.pace.slow / self.pace.token_rate
         for index, piece in enumerate(self.pieces):
+            if self.crash_after is not None and index >= self.crash_after:
+                crash("crash_mid_stream")
             if self.error_after is not None and index >= self.error_after:
                 self.eval_ns = time.monotonic_ns() - begin_ns
                 raise MidStreamError(MID_STREAM_MESSAGE)

@@ -139,7 +139,7 @@ async def ps(request: web.Request) -> web.Response:
                     "digest": model.digest,
                     "details": model.details,
                     "expires_at": _expiry_text(expires),
-                    "size_vram": model.size,
+                    "size_vram": runner.size_vram,
                     "context_length": model.context_length,
                 },
             )
@@ -165,13 +165,9 @@ class Job:
     started_ns: int
 
 
-async def start_job(
-    state: SimState, body: dict[str, Any], raw_model: str, capability: str | None
-) -> Job:
+async def start_job(state: SimState, body: dict[str, Any], raw_model: str) -> Job:
     started = time.monotonic_ns()
     stored = find_model(state, raw_model)
-    if capability and capability not in state.store.capabilities(stored):
-        raise ApiError(400, f'"{raw_model}" does not support {capability}')
     return Job(stored, keep_alive(state, body), state.faults.for_model(stored.name.short), started)
 
 
@@ -205,6 +201,7 @@ def new_generation(state: SimState, job: Job, prompt: str, tokens: int) -> Gener
         started_ns=job.started_ns,
         loaded_ns=time.monotonic_ns(),
         error_after=job.faults.error_mid_stream,
+        crash_after=job.faults.crash_mid_stream,
     )
 
 
@@ -234,7 +231,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not raw:
         raise ApiError(400, "model is required")
     prompt = str(body.get("prompt") or "")
-    job = await start_job(state, body, raw, None)
+    job = await start_job(state, body, raw)
     if not prompt and job.keep_alive == 0:
         state.scheduler.expire(job.stored.name.short)
         return json_response(_generate_done(raw, "unload"))
@@ -322,7 +319,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "model is required")
     messages = body.get("messages") or []
     prompt = messages_prompt(messages)
-    job = await start_job(state, body, raw, None)
+    job = await start_job(state, body, raw)
     if not messages and job.keep_alive == 0:
         state.scheduler.expire(job.stored.name.short)
         return json_response(_chat_done(raw, "unload"))
@@ -385,7 +382,7 @@ async def embed(request: web.Request) -> web.Response:
     if not raw:
         raise ApiError(400, "model is required")
     inputs = embed_inputs(body.get("input"))
-    job = await start_job(state, body, raw, None)
+    job = await start_job(state, body, raw)
     async with leased(state, job):
         loaded_ns = time.monotonic_ns()
         if not inputs:

@@ -68,7 +68,7 @@ async def _run(
 ) -> web.StreamResponse:
     state = state_of(request)
     raw = _model(body)
-    job = await start_job(state, body, raw, None)
+    job = await start_job(state, body, raw)
     if "completion" not in state.store.capabilities(job.stored):
         raise ApiError(400, f'"{raw}" does not support {"chat" if chat else "generate"}')
     stream = bool(body.get("stream"))
@@ -148,7 +148,7 @@ async def embeddings(request: web.Request) -> web.Response:
     if body.get("input") in (None, "", []):
         raise ApiError(400, "invalid input")
     inputs = embed_inputs(body.get("input"))
-    job = await start_job(state, body, raw, None)
+    job = await start_job(state, body, raw)
     async with leased(state, job):
         vectors, tokens = await compute_embeddings(state, job, inputs, body)
     as_base64 = body.get("encoding_format") == "base64"

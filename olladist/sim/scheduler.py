@@ -2,12 +2,15 @@
 
 Rules (as ``ollama serve`` applies them):
 - a model answers only once loaded; loading takes size / load speed;
-- at most OLLAMA_MAX_LOADED_MODELS are loaded; a new model evicts the least recently used
-  idle one; a model with requests in flight is never evicted, so the newcomer waits;
+- at most OLLAMA_MAX_LOADED_MODELS are loaded, and (if a VRAM size is given) their sizes fit
+  in it; a new model evicts least recently used idle ones until it fits; a model with requests
+  in flight is never evicted, so the newcomer waits; a model larger than VRAM still loads when
+  it is alone, partly "on the CPU" (its size_vram is what fits);
 - each loaded model serves OLLAMA_NUM_PARALLEL requests at once, the rest wait in FIFO order;
 - requests waiting anywhere count against OLLAMA_MAX_QUEUE; past it the answer is a 503;
-- an idle model unloads after its keep-alive (the last request's ``keep_alive`` wins over
-  OLLAMA_KEEP_ALIVE); 0 unloads as soon as it is idle; a negative value keeps it forever.
+- an idle model unloads after its keep-alive: the ``keep_alive`` of the request that got a
+  slot last (or OLLAMA_KEEP_ALIVE), or 0 after an unload request; 0 unloads as soon as the
+  model is idle; a negative value keeps it forever.
 
 Requests pass the scheduler in arrival order, as through Ollama's pending queue: one for a
 loaded model goes on to that model's slots at once, but while the oldest request waits for a
@@ -50,11 +53,11 @@ class Runner:
     model: ModelRef
     state: RunnerState
     active: int = 0
-    waiters: deque[asyncio.Future[tuple[Runner, bool]]] = field(default_factory=deque)
-    keep_alive: float | None = 300.0
+    waiters: deque[_Pending] = field(default_factory=deque)
+    keep_alive: float | None = 300.0  # set by each request that gets a slot
     last_used: float = 0.0
     expires_at: float | None = None  # wall clock; None = never
-    unload_when_idle: bool = False
+    size_vram: int = 0
     timer: asyncio.TimerHandle | None = None
 
     @property
@@ -66,7 +69,6 @@ class Runner:
 class Lease:
     runner: Runner
     cold: bool  # this request paid for the load
-    keep_alive: float | None
 
 
 @dataclass(eq=False)
@@ -74,6 +76,7 @@ class _Pending:
     model: ModelRef
     future: asyncio.Future[tuple[Runner, bool]]
     slow: float
+    keep_alive: float | None
 
 
 class Scheduler:
@@ -85,8 +88,10 @@ class Scheduler:
         max_queue: int,
         load_speed_gbps: float,
         stats: SimStats,
+        vram_bytes: int | None = None,
     ) -> None:
         self.num_parallel = num_parallel
+        self.vram_bytes = vram_bytes
         self.max_loaded = max_loaded
         self.max_queue = max_queue
         self.load_speed_gbps = load_speed_gbps
@@ -121,18 +126,18 @@ class Scheduler:
             and not runner.waiters
             and runner.active < self.num_parallel
         ):
-            self._take_slot(runner)
-            return Lease(runner, cold=False, keep_alive=keep_alive)
+            self._take_slot(runner, keep_alive)
+            return Lease(runner, cold=False)
         if self._queued >= self.max_queue:
             self.stats.queue_full += 1
             raise QueueFull
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[Runner, bool]] = loop.create_future()
-        pending = _Pending(model, future, slow)
+        pending = _Pending(model, future, slow, keep_alive)
         self._queued += 1
         try:
             if runner is not None and not self._pending:
-                runner.waiters.append(future)
+                runner.waiters.append(pending)
                 self._grant_slots(runner)
             else:
                 self._pending.append(pending)
@@ -141,22 +146,19 @@ class Scheduler:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 # Granted just as the caller gave up: hand the slot back.
-                self.release(Lease(future.result()[0], cold=False, keep_alive=keep_alive))
+                self.release(Lease(future.result()[0], cold=False))
             else:
                 future.cancel()
                 self._dispatch()
             raise
         finally:
             self._queued -= 1
-        return Lease(granted, cold=cold, keep_alive=keep_alive)
+        return Lease(granted, cold=cold)
 
     def release(self, lease: Lease) -> None:
         runner = lease.runner
         runner.active -= 1
-        runner.keep_alive = lease.keep_alive
         runner.last_used = time.monotonic()
-        if runner.keep_alive == 0:
-            runner.unload_when_idle = True
         self._grant_slots(runner)
         if (
             runner.active == 0
@@ -171,7 +173,7 @@ class Scheduler:
         runner = self._runners.get(name)
         if runner is None:
             return
-        runner.unload_when_idle = True
+        runner.keep_alive = 0
         if runner.idle:
             self._unload(runner, evicted=False)
             self._dispatch()
@@ -194,8 +196,9 @@ class Scheduler:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _take_slot(self, runner: Runner) -> None:
+    def _take_slot(self, runner: Runner, keep_alive: float | None) -> None:
         runner.active += 1
+        runner.keep_alive = keep_alive
         runner.expires_at = None
         if runner.timer is not None:
             runner.timer.cancel()
@@ -205,11 +208,11 @@ class Scheduler:
         while runner.state is RunnerState.LOADED and runner.active < self.num_parallel:
             if not runner.waiters:
                 return
-            future = runner.waiters.popleft()
-            if future.done():
+            waiter = runner.waiters.popleft()
+            if waiter.future.done():
                 continue
-            self._take_slot(runner)
-            future.set_result((runner, False))
+            self._take_slot(runner, waiter.keep_alive)
+            waiter.future.set_result((runner, False))
 
     def _dispatch(self) -> None:
         while self._pending:
@@ -220,10 +223,10 @@ class Scheduler:
             runner = self._runners.get(head.model.name)
             if runner is not None:  # another request started this load meanwhile
                 self._pending.popleft()
-                runner.waiters.append(head.future)
+                runner.waiters.append(head)
                 self._grant_slots(runner)
                 continue
-            if len(self._runners) >= self.max_loaded:
+            while self._crowded(head.model):
                 victim = min(
                     (r for r in self._runners.values() if r.idle),
                     key=lambda r: r.last_used,
@@ -233,11 +236,34 @@ class Scheduler:
                     return  # every loaded model is busy: wait until one goes idle
                 self._unload(victim, evicted=True)
             self._pending.popleft()
-            runner = Runner(head.model, RunnerState.LOADING, active=1)
+            runner = Runner(
+                head.model,
+                RunnerState.LOADING,
+                active=1,
+                keep_alive=head.keep_alive,
+                size_vram=self._vram_share(head.model),
+            )
             self._runners[head.model.name] = runner
             task = asyncio.get_running_loop().create_task(self._load(runner, head))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _vram_used(self) -> int:
+        return sum(r.size_vram for r in self._runners.values())
+
+    def _crowded(self, model: ModelRef) -> bool:
+        """Must something be evicted before ``model`` can load?"""
+        if len(self._runners) >= self.max_loaded:
+            return True
+        if self.vram_bytes is None or not self._runners:
+            return False  # alone, even a model larger than VRAM loads (part of it on CPU)
+        return self._vram_used() + model.size > self.vram_bytes
+
+    def _vram_share(self, model: ModelRef) -> int:
+        """How much of the model sits in VRAM; the rest would run on the CPU, as in Ollama."""
+        if self.vram_bytes is None:
+            return model.size
+        return max(0, min(model.size, self.vram_bytes - self._vram_used()))
 
     async def _load(self, runner: Runner, requester: _Pending) -> None:
         try:
@@ -258,7 +284,7 @@ class Scheduler:
         self._dispatch()
 
     def _went_idle(self, runner: Runner) -> None:
-        if runner.unload_when_idle:
+        if runner.keep_alive == 0:
             self._unload(runner, evicted=False)
             return
         if runner.keep_alive is None:

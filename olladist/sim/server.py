@@ -52,7 +52,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     state.stats.request_started(route.canonical if route is not None else "unmatched")
     status = 500
     try:
-        if state.check_host and not host_allowed(request.host):
+        # The raw header: aiohttp's request.host invents one when it is missing, Ollama does not.
+        if state.check_host and not host_allowed(request.headers.get("Host", "")):
             status = 403
             return web.Response(status=403)
         if state.faults.hang_all and not request.path.startswith(ADMIN_PREFIX):
@@ -125,6 +126,7 @@ def build_state(config: SimConfig) -> SimState:
             max_queue=config.max_queue,
             load_speed_gbps=config.load_speed_gbps,
             stats=stats,
+            vram_bytes=int(config.vram_gb * 1e9) if config.vram_gb else None,
         ),
         stats=stats,
         faults=config.faults,

@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from olladist.sim.process import SimProcess, start_sim
 
 from olladist.models import ModelSync, observe_models, plan_models
 from olladist.placement import place
 from olladist.plan import Kind
+from olladist.sim.process import SimProcess, start_sim
 from olladist.spec import Spec
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from olladist.sim.common import CRASH_EXIT_STATUS
+from olladist.sim.inference import CRASH_EXIT_STATUS
 
 from .conftest import Sim, SimFactory
 
@@ -50,6 +50,21 @@ def test_crash_exits_the_process(sim: Sim) -> None:
     set_faults(sim, {"crash": True})
     with sim.client() as c, pytest.raises(httpx.TransportError):
         c.post("/api/generate", json=GEN)
+    assert sim.proc.wait(timeout=10) == CRASH_EXIT_STATUS
+
+
+def test_crash_mid_stream_cuts_the_stream(sim: Sim) -> None:
+    sim.pull("qwen2.5:0.5b")
+    set_faults(sim, {"crash_mid_stream": 3})
+    lines: list[dict[str, object]] = []
+    with (
+        sim.client() as c,
+        pytest.raises(httpx.TransportError),
+        c.stream("POST", "/api/generate", json=GEN) as r,
+    ):
+        assert r.status_code == 200
+        lines.extend(json.loads(x) for x in r.iter_lines() if x)
+    assert len(lines) == 3 and not any(line.get("done") for line in lines)
     assert sim.proc.wait(timeout=10) == CRASH_EXIT_STATUS
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +30,11 @@ def test_root_version_and_head(sim: Sim) -> None:
         # Bound to loopback, it refuses foreign Host names as Ollama does (DNS-rebinding guard).
         assert c.get("/api/version", headers={"Host": "gpu-a.example.com"}).status_code == 403
         assert c.get("/api/version", headers={"Host": "10.0.0.11:11434"}).status_code == 200
+    # An HTTP/1.0 health check without a Host header (HAProxy's default httpchk) passes.
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=5) as raw:
+        raw.sendall(b"GET /api/version HTTP/1.0\r\n\r\n")
+        status_line = raw.recv(64).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] == b"200", status_line
 
 
 def test_errors_in_ollamas_words(sim: Sim) -> None:
@@ -193,6 +199,20 @@ def test_lru_eviction_over_http(sim_factory: SimFactory) -> None:
         loaded = {m["name"] for m in c.get("/api/ps").json()["models"]}
     assert loaded == {"all-minilm:latest", "tinyllama:latest"}
     assert sim.stats()["evictions_by_model"] == {"qwen2.5:0.5b": 1}
+
+
+def test_vram_limit_over_http(sim_factory: SimFactory) -> None:
+    # 1 GB of "VRAM": qwen2.5:0.5b (0.40 GB) fits; tinyllama (0.64 GB) next to it does not.
+    sim = sim_factory({"OLLADIST_SIM_VRAM_GB": "1"})
+    for model in ("qwen2.5:0.5b", "tinyllama", "llama3.2:1b"):
+        sim.pull(model)
+    with sim.client() as c:
+        c.post("/api/generate", json={"model": "qwen2.5:0.5b"})
+        c.post("/api/generate", json={"model": "tinyllama"})
+        assert [m["name"] for m in c.get("/api/ps").json()["models"]] == ["tinyllama:latest"]
+        c.post("/api/generate", json={"model": "llama3.2:1b"})  # 1.32 GB: partly offloaded
+        (entry,) = c.get("/api/ps").json()["models"]
+    assert (entry["size"], entry["size_vram"]) == (1321098329, 1_000_000_000)
 
 
 def test_queue_full_is_503(sim_factory: SimFactory) -> None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from olladist.names import InvalidModelName, normalize_model, parse_model_name, same_model
 
@@ -44,3 +46,31 @@ def test_same_model_and_full_form() -> None:
     assert name.insecure_scheme
     assert name.full == "localhost:5000/me/m:t"
     assert name.path_parts == ("localhost:5000", "me", "m", "t")
+
+
+_part = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,20}", fullmatch=True)
+_tag = st.from_regex(r"[a-z0-9_][a-z0-9_.-]{0,20}", fullmatch=True)
+
+
+@given(
+    host=st.one_of(
+        st.none(), st.from_regex(r"[a-z0-9][a-z0-9.-]{0,20}(:[0-9]{2,5})?", fullmatch=True)
+    ),
+    namespace=st.one_of(st.none(), _part),
+    model=_part,
+    tag=st.one_of(st.none(), _tag),
+)
+def test_normal_form_is_a_fixed_point(
+    host: str | None, namespace: str | None, model: str, tag: str | None
+) -> None:
+    name = model
+    if namespace is not None or host is not None:
+        name = f"{namespace or 'library'}/{name}"
+    if host is not None:
+        name = f"{host}/{name}"
+    if tag is not None:
+        name = f"{name}:{tag}"
+    short = normalize_model(name)
+    assert normalize_model(short) == short
+    assert normalize_model(parse_model_name(name).full) == short
+    assert short.endswith(":" + (tag or "latest"))

@@ -192,3 +192,43 @@ def test_fifo_like_ollama_a_pending_swap_holds_later_requests() -> None:
         await s.close()
 
     asyncio.run(main())
+
+
+def test_last_granted_keep_alive_wins() -> None:
+    async def main() -> None:
+        s = scheduler(num_parallel=2)
+        first = await s.acquire(model("a"), keep_alive=0)  # unload when done...
+        second = await s.acquire(model("a"), keep_alive=60)  # ...unless a later request says so
+        s.release(first)
+        s.release(second)
+        assert names(s) == ["a"]
+        s.expire("a")  # an unload request is the last word
+        assert names(s) == []
+        await s.close()
+
+    asyncio.run(main())
+
+
+def test_vram_limit_evicts_to_fit_and_offloads_a_model_too_big() -> None:
+    async def main() -> None:
+        s = Scheduler(
+            num_parallel=1,
+            max_loaded=10,
+            max_queue=10,
+            load_speed_gbps=100.0,
+            stats=SimStats(),
+            vram_bytes=10 * GB,
+        )
+        for name in ("a", "b"):  # 4 GB each: both fit
+            s.release(await s.acquire(model(name, 4 * GB), keep_alive=60))
+        assert names(s) == ["a", "b"]
+        s.release(await s.acquire(model("c", 4 * GB), keep_alive=60))  # 12 > 10: a goes
+        assert names(s) == ["b", "c"]
+        s.release(await s.acquire(model("big", 16 * GB), keep_alive=60))  # evicts everything
+        assert names(s) == ["big"]
+        (big,) = s.loaded()
+        assert big.size_vram == 10 * GB  # the rest runs "on the CPU"
+        assert s.stats.evictions == {"a": 1, "b": 1, "c": 1}
+        await s.close()
+
+    asyncio.run(main())

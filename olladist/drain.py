@@ -1,0 +1,160 @@
+"""Restart instances without failing requests: drain in HAProxy, wait, restart, wait healthy,
+set ready. Used the same way by every runtime (local and systemd).
+
+    set server instances/INST state drain   (route backends track it, so it spreads)
+    wait until no session is open on INST in any backend (bounded)
+    restart the unit; wait until it answers /api/version
+    set server instances/INST state ready
+
+If the gateway is not running (first start, or it is the gateway being replaced), there is
+nothing to drain and the restart goes ahead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from olladist.errors import OlladistError, ToolError
+from olladist.gateway.runtime import AdminState, HAProxyRuntime
+from olladist.layout import ADMIN_SOCKET, Layout
+from olladist.ollama import OllamaClient
+from olladist.runtime import Runtime
+from olladist.spec import Node
+
+log = logging.getLogger("olladist.drain")
+
+INSTANCES_BACKEND = "instances"
+
+
+def instance_name(unit: str) -> str | None:
+    if unit.startswith("olladist-ollama@") and unit.endswith(".service"):
+        return unit.removeprefix("olladist-ollama@").removesuffix(".service")
+    return None
+
+
+class DrainingRuntime:
+    """Wraps a runtime: restarts and stops of instances go through a drain."""
+
+    def __init__(
+        self,
+        inner: Runtime,
+        layout: Layout,
+        node: Node,
+        drain_timeout: float = 120.0,
+        health_timeout: float = 120.0,
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.executes = inner.executes
+        self.node = node
+        self.haproxy = HAProxyRuntime(layout.real(ADMIN_SOCKET), timeout=3.0)
+        self.drain_timeout = drain_timeout
+        self.health_timeout = health_timeout
+
+    def _gateway_up(self) -> bool:
+        try:
+            self.haproxy.command("show info", attempts=1)
+        except ToolError:
+            return False
+        return True
+
+    def _sessions(self, inst: str) -> int:
+        return sum(s.current_sessions + s.queued for s in self.haproxy.stats() if s.server == inst)
+
+    def drain(self, inst: str) -> bool:
+        """Drain ``inst``; returns whether the gateway knew it (False: nothing to undo)."""
+        if not self._gateway_up():
+            return False
+        try:
+            self.haproxy.set_state(INSTANCES_BACKEND, inst, AdminState.DRAIN)
+        except ToolError as exc:
+            log.warning("cannot drain %s (%s); restarting without it", inst, exc.message)
+            return False
+        deadline = time.monotonic() + self.drain_timeout
+        while (left := self._sessions(inst)) > 0:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "%s still has %d request(s) after %.0fs; restarting anyway",
+                    inst,
+                    left,
+                    self.drain_timeout,
+                )
+                break
+            time.sleep(0.1)
+        log.info("drained %s", inst)
+        return True
+
+    def _ready(self, inst: str) -> None:
+        try:
+            self.haproxy.set_state(INSTANCES_BACKEND, inst, AdminState.READY)
+        except ToolError as exc:
+            log.warning("cannot set %s ready: %s", inst, exc.message)
+
+    def _wait_healthy(self, inst: str) -> None:
+        port = next((i.port for i in self.node.instances if i.name == inst), None)
+        if port is None:
+            return
+        deadline = time.monotonic() + self.health_timeout
+        with OllamaClient(f"http://127.0.0.1:{port}", timeout=2.0) as client:
+            while not client.healthy():
+                if time.monotonic() > deadline:
+                    raise OlladistError(
+                        f"instance {inst} did not answer on 127.0.0.1:{port} within "
+                        f"{self.health_timeout:.0f}s after its restart",
+                        hint="see its log; it stays drained in the gateway until it answers",
+                    )
+                time.sleep(0.1)
+
+    def _wait_gateway_up(self, inst: str) -> None:
+        deadline = time.monotonic() + self.health_timeout
+        while True:
+            try:
+                rows = [
+                    s
+                    for s in self.haproxy.stats()
+                    if s.backend == INSTANCES_BACKEND and s.server == inst
+                ]
+            except ToolError:
+                return
+            if not rows or rows[0].status.startswith("UP"):
+                return
+            if time.monotonic() > deadline:
+                log.warning("the gateway still sees %s as %s", inst, rows[0].status)
+                return
+            time.sleep(0.1)
+
+    def restart(self, unit: str) -> None:
+        inst = instance_name(unit)
+        if inst is None:
+            self.inner.restart(unit)
+            return
+        drained = self.drain(inst)
+        self.inner.restart(unit)
+        self._wait_healthy(inst)
+        if drained:
+            self._ready(inst)
+            # Only once the gateway's own health check sees it up may the next instance go:
+            # otherwise a model held by two instances has none for a moment.
+            self._wait_gateway_up(inst)
+
+    def stop(self, unit: str) -> None:
+        inst = instance_name(unit)
+        if inst is not None:
+            self.drain(inst)
+        self.inner.stop(unit)
+
+    def start(self, unit: str) -> None:
+        self.inner.start(unit)
+
+    def reload(self, unit: str) -> None:
+        self.inner.reload(unit)
+
+    def enable(self, unit: str) -> None:
+        self.inner.enable(unit)
+
+    def disable(self, unit: str) -> None:
+        self.inner.disable(unit)
+
+    def daemon_reload(self) -> None:
+        self.inner.daemon_reload()

@@ -1,0 +1,393 @@
+"""What one node's HAProxy routes where: a pure function of (spec, node, placement).
+
+The template (``templates/haproxy.cfg.j2``) only prints this value; every decision about
+backends, servers, strategies and file paths is made here, where it is typed and unit-tested.
+
+Backends on a node:
+
+- ``instances``: this node's Ollama instances, health-checked (the one place their checks run).
+  It serves what is not routed by model: ``/``, ``/api/version``, ``/api/ps``, and the admin API
+  when ``admin_api: allow`` (the node's model store is shared by all its instances).
+- ``peers``: the peer frontends of the other nodes, health-checked; it only carries traffic on a
+  node without instances.
+- ``route.*``: one per distinct (strategy, nodes holding the model). Models held by the same nodes
+  with the same strategy share one, so an instance is not split into many tiny ``maxconn``
+  budgets. Servers are this node's instances (if it holds the model) and the peers that hold it;
+  each ``track``s its server in ``instances`` or ``peers``, so one check per target feeds every
+  backend, and a drain or maintenance set there spreads to all of them.
+- ``local.<strategy>``: this node's instances alone, for the peer frontend, which never routes
+  onward (no loops).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from olladist.errors import RenderError
+from olladist.layout import ADMIN_SOCKET, GATEWAY_DIR, SECRETS_DIR, STATE_DIR, Layout
+from olladist.placement import Placement
+from olladist.spec import Node, Spec, Strategy
+
+# Requests are routed by the model named in the JSON body, so the whole body must fit in one
+# buffer when `model` comes late (the OpenAI SDK sends `messages` first). Buffers are allocated
+# per stream but their pages are only touched as far as data fills them, so small requests stay
+# cheap; see docs/gateway.md for the measurements.
+BUFSIZE = 16 * 1024 * 1024
+# HAProxy keeps this much of each buffer free for header rewrites.
+MAXREWRITE = 8192
+MAX_BODY = BUFSIZE - MAXREWRITE - 64 * 1024  # what a body may use, with room for headers
+# How long the gateway waits for a request body before routing on what it has.
+BODY_WAIT = "60s"
+# consistent hashing with bounded loads: a server takes at most 125% of the average.
+HASH_BALANCE_FACTOR = 125
+ROUTE_NAME_MAX = 80
+# HAProxy 2.6 refuses longer unix socket paths (sun_path minus its own suffix room).
+SOCKET_PATH_MAX = 97
+# Node-local: the shared secret peers send, as a one-line HAProxy map ("secret VALUE"). The same
+# file on every node; never rendered, never in git. Mode 0640, group of the gateway's user.
+PEER_SECRET_FILE = f"{SECRETS_DIR}/peer.map"
+MIN_SECRET_LEN = 32
+
+# File paths end up unquoted inside sample expressions (`map(PATH)`), where a comma, a
+# parenthesis, a quote or a space would change the meaning; we refuse them instead of escaping.
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./@+-]*$")
+
+
+class PeerAuth(StrEnum):
+    SECRET = "secret"  # noqa: S105 - a mode name; the secret is in a node-local file
+    TLS = "tls"  # mutual TLS with node-local certificates
+
+
+@dataclass(frozen=True)
+class NodeTLS:
+    """Node-local TLS material (paths on the node, never in git), from olladist.env.
+
+    ``peer_cert``/``peer_ca`` switch the peer port to mutual TLS: ``peer_cert`` is a PEM holding
+    this node's certificate and key, ``peer_ca`` the CA that signed every node's certificate.
+    ``public_cert`` (PEM with key) turns on TLS on the public port."""
+
+    peer_cert: str | None = None
+    peer_ca: str | None = None
+    public_cert: str | None = None
+
+
+ENV_PEER_CERT = "OLLADIST_PEER_CERT"
+ENV_PEER_CA = "OLLADIST_PEER_CA"
+ENV_PUBLIC_CERT = "OLLADIST_GATEWAY_CERT"
+
+
+def node_tls_from_env(env: dict[str, str]) -> NodeTLS:
+    def get(key: str) -> str | None:
+        return env.get(key) or None
+
+    tls = NodeTLS(get(ENV_PEER_CERT), get(ENV_PEER_CA), get(ENV_PUBLIC_CERT))
+    if (tls.peer_cert is None) != (tls.peer_ca is None):
+        raise RenderError(
+            f"mutual TLS for peers needs both {ENV_PEER_CERT} and {ENV_PEER_CA}",
+            hint="set both in /etc/olladist/olladist.env, or neither to use the shared secret",
+        )
+    return tls
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    host: str
+    port: int
+    maxconn: int | None = None
+    backup: bool = False
+    peer: bool = False  # a peer gateway (needs peer auth), not a local instance
+    track: str | None = None  # "backend/server" whose health this server follows
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    strategy: Strategy
+    servers: tuple[Server, ...]
+    checked: bool = False  # runs health checks itself (the others track it)
+
+    @property
+    def balance(self) -> str:
+        match self.strategy:
+            case Strategy.ROUND_ROBIN:
+                return "roundrobin"
+            case Strategy.MODEL_AFFINITY:
+                return "hash var(txn.model)"
+            case Strategy.LEAST_LOADED | Strategy.LOCAL_FIRST:
+                return "leastconn"
+
+    @property
+    def has_peers(self) -> bool:
+        return any(s.peer for s in self.servers)
+
+    @property
+    def has_local(self) -> bool:
+        return any(not s.peer for s in self.servers)
+
+    @property
+    def has_backups(self) -> bool:
+        return any(s.backup for s in self.servers)
+
+
+@dataclass(frozen=True)
+class Route:
+    model: str  # canonical key, as `olladist.names.normalize_model` gives it
+    backend: str
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Real paths (under the layout's root) that the config refers to."""
+
+    models_map: str
+    local_map: str
+    peers_acl: str
+    tags_json: str
+    v1_models_json: str
+    empty_ps_json: str
+    peer_secret_map: str
+    min_secret_len: int
+    admin_socket: str
+    server_state: str
+
+
+@dataclass(frozen=True)
+class Topology:
+    cluster: str
+    node: str
+    listen: str
+    port: int
+    peer_port: int
+    stats_bind: str
+    stats_port: int
+    timeouts: dict[str, str]
+    health_interval: str
+    health_fall: int
+    health_rise: int
+    admin_allowed: bool
+    api_keys_file: str | None
+    peer_auth: PeerAuth
+    tls: NodeTLS
+    peer_source: str | None  # source address for connections to peers, so allowlists match
+    allowlist: tuple[str, ...]  # addresses the peer frontend accepts
+    instances: Backend
+    peers: Backend
+    locals: tuple[Backend, ...]
+    routes_backends: tuple[Backend, ...]
+    routes: tuple[Route, ...]
+    local_routes: tuple[Route, ...]
+    paths: Paths
+    bufsize: int = BUFSIZE
+    maxrewrite: int = MAXREWRITE
+    max_body: int = MAX_BODY
+    body_wait: str = BODY_WAIT
+    hash_balance_factor: int = HASH_BALANCE_FACTOR
+
+    @property
+    def default_backend(self) -> str | None:
+        if self.instances.servers:
+            return self.instances.name
+        if self.peers.servers:
+            return self.peers.name
+        return None
+
+    @property
+    def needs_peer_secret(self) -> bool:
+        return self.peer_auth == PeerAuth.SECRET and bool(self.peers.servers)
+
+    @property
+    def has_peer_frontend(self) -> bool:
+        """A node with instances and at least one peer serves the peer port."""
+        return bool(self.instances.servers) and bool(self.peers.servers)
+
+
+def socket_path(path: str) -> str:
+    safe_path(path)
+    if len(path) > SOCKET_PATH_MAX:
+        raise RenderError(
+            f"socket path {path!r} is {len(path)} characters; HAProxy allows {SOCKET_PATH_MAX}",
+            hint="use a shorter --root",
+        )
+    return path
+
+
+def safe_path(path: str) -> str:
+    if not _SAFE_PATH.match(path):
+        raise RenderError(
+            f"path {path!r} has characters the gateway config cannot carry safely",
+            hint="use a --root (and node-local file paths) made of letters, digits and _./@+-",
+        )
+    return path
+
+
+def _peer_server_name(node: str) -> str:
+    # '.' is not allowed in node or instance names, so peer servers never collide with instances.
+    return f"peer.{node}"
+
+
+def _route_name(strategy: Strategy, holders: tuple[str, ...]) -> str:
+    name = f"route.{strategy}.{'.'.join(holders)}"
+    if len(name) <= ROUTE_NAME_MAX:
+        return name
+    digest = hashlib.sha256("\0".join(holders).encode()).hexdigest()[:12]
+    return f"route.{strategy}.{len(holders)}-nodes.{digest}"
+
+
+def _capacity(node: Node) -> int:
+    return sum(i.num_parallel for i in node.instances)
+
+
+def _unspecified(addr: str) -> bool:
+    return ipaddress.ip_address(addr).is_unspecified
+
+
+def build(
+    spec: Spec,
+    node_name: str,
+    placement: Placement,
+    layout: Layout,
+    tls: NodeTLS | None = None,
+) -> Topology:
+    tls = tls or NodeTLS()
+    node = spec.node(node_name)
+    gw = spec.gateway
+    gateway_dir = layout.path(GATEWAY_DIR)
+    paths = Paths(
+        models_map=safe_path(f"{gateway_dir}/models.map"),
+        local_map=safe_path(f"{gateway_dir}/local.map"),
+        peers_acl=safe_path(f"{gateway_dir}/peers.acl"),
+        tags_json=safe_path(f"{gateway_dir}/tags.json"),
+        v1_models_json=safe_path(f"{gateway_dir}/v1-models.json"),
+        empty_ps_json=safe_path(f"{gateway_dir}/ps-empty.json"),
+        peer_secret_map=safe_path(layout.path(PEER_SECRET_FILE)),
+        min_secret_len=MIN_SECRET_LEN,
+        admin_socket=socket_path(layout.path(ADMIN_SOCKET)),
+        server_state=safe_path(layout.path(f"{STATE_DIR}/gateway/servers.state")),
+    )
+    # TLS paths come from the node's environment and are real paths; the API keys file is a
+    # node path from the spec, so it moves under the root like every file olladist owns.
+    for p in (tls.peer_cert, tls.peer_ca, tls.public_cert):
+        if p is not None:
+            safe_path(p)
+    api_keys = safe_path(layout.path(gw.api_keys_file)) if gw.api_keys_file else None
+    least = Strategy.LEAST_LOADED
+
+    instances = Backend(
+        "instances",
+        least,
+        tuple(
+            # No maxconn here: this backend answers /api/version and /api/ps, which must
+            # not queue behind generations.
+            Server(i.name, "127.0.0.1", i.port)
+            for i in node.instances
+        ),
+        checked=True,
+    )
+    others = [n for n in spec.nodes if n.name != node.name and n.instances]
+    by_name = {n.name: n for n in spec.nodes}
+    peers = Backend(
+        "peers",
+        Strategy.ROUND_ROBIN,
+        tuple(
+            Server(_peer_server_name(n.name), n.address, gw.peer_port, peer=True) for n in others
+        ),
+        checked=True,
+    )
+
+    def local_servers(strategy: Strategy) -> list[Server]:
+        return [
+            Server(
+                i.name,
+                "127.0.0.1",
+                i.port,
+                maxconn=i.num_parallel if strategy == least else None,
+                track=f"{instances.name}/{i.name}",
+            )
+            for i in node.instances
+        ]
+
+    groups: dict[tuple[Strategy, tuple[str, ...]], list[str]] = {}
+    local_groups: dict[Strategy, list[str]] = {}
+    for model in spec.models:
+        holders = tuple(sorted(placement.nodes_for(model.key)))
+        if not holders:
+            continue
+        strategy = spec.strategy_for(model)
+        groups.setdefault((strategy, holders), []).append(model.key)
+        if node.name in holders:
+            local_groups.setdefault(strategy, []).append(model.key)
+
+    route_backends: list[Backend] = []
+    routes: list[Route] = []
+    for (strategy, holders), models in sorted(groups.items()):
+        name = _route_name(strategy, holders)
+        servers = local_servers(strategy) if node.name in holders else []
+        has_local = bool(servers)
+        for holder in holders:
+            if holder == node.name:
+                continue
+            peer = by_name[holder]
+            servers.append(
+                Server(
+                    _peer_server_name(holder),
+                    peer.address,
+                    gw.peer_port,
+                    maxconn=_capacity(peer) if strategy == least else None,
+                    backup=strategy == Strategy.LOCAL_FIRST and has_local,
+                    peer=True,
+                    track=f"{peers.name}/{_peer_server_name(holder)}",
+                )
+            )
+        route_backends.append(Backend(name, strategy, tuple(servers)))
+        routes += [Route(m, name) for m in models]
+
+    locals_: list[Backend] = []
+    local_routes: list[Route] = []
+    for strategy, models in sorted(local_groups.items()):
+        name = f"local.{strategy}"
+        locals_.append(Backend(name, strategy, tuple(local_servers(strategy))))
+        local_routes += [Route(m, name) for m in models]
+
+    listen = node.listen
+    allow: set[str] = set()
+    for n in others:
+        allow.add(n.address)
+        if not _unspecified(n.listen):
+            allow.add(n.listen)
+    return Topology(
+        cluster=spec.cluster,
+        node=node.name,
+        listen=listen,
+        port=gw.port,
+        peer_port=gw.peer_port,
+        # Nodes of a one-machine cluster each bind their own 127.0.0.N, so stats ports differ.
+        stats_bind=listen if node.loopback else "127.0.0.1",
+        stats_port=gw.stats_port,
+        timeouts={
+            "connect": gw.timeouts.connect,
+            "client": gw.timeouts.client,
+            "server": gw.timeouts.server,
+            "queue": gw.timeouts.queue,
+        },
+        health_interval=gw.health.interval,
+        health_fall=gw.health.fall,
+        health_rise=gw.health.rise,
+        admin_allowed=gw.admin_api == "allow",
+        api_keys_file=api_keys,
+        peer_auth=PeerAuth.TLS if tls.peer_cert else PeerAuth.SECRET,
+        tls=tls,
+        peer_source=None if _unspecified(listen) else listen,
+        allowlist=tuple(sorted(allow)),
+        instances=instances,
+        peers=peers,
+        locals=tuple(locals_),
+        routes_backends=tuple(route_backends),
+        routes=tuple(sorted(routes, key=lambda r: r.model)),
+        local_routes=tuple(sorted(local_routes, key=lambda r: r.model)),
+        paths=paths,
+    )

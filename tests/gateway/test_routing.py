@@ -1,0 +1,323 @@
+"""Routing through a real HAProxy: two gateways on 127.x addresses, fake Ollama instances.
+
+Node n0 has instances i0 and i1; node n1 has instance i0. ``only-a`` lives on n0, ``only-b`` on
+n1, ``both`` on both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from olladist.names import normalize_model
+from tests.gateway.harness import Cluster, all_up, cluster, loopback_hosts, make_spec, wait_until
+
+pytestmark = pytest.mark.integration
+
+MODELS = [
+    {"name": "only-a:1b", "nodes": ["n0"]},
+    {"name": "only-b", "nodes": ["n1"]},
+    {"name": "registry.ollama.ai/library/Both:7B", "nodes": ["n0", "n1"]},
+    {"name": "team/affine:q4", "nodes": ["n0"], "strategy": "model-affinity"},
+    {"name": "local-first:1b", "nodes": ["n0", "n1"], "strategy": "local-first"},
+]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    hosts = loopback_hosts(2)
+    spec = make_spec(hosts, {0: [2, 2], 1: [2]}, MODELS)
+    with cluster(tmp_path_factory.mktemp("two"), spec) as c:
+        for g in c.gateways.values():
+            wait_until(lambda g=g: all_up(g))
+        yield c
+
+
+def client() -> httpx.Client:
+    return httpx.Client(trust_env=False, timeout=30)
+
+
+def post(c: Cluster, node: str, path: str, body: object, **kw: object) -> httpx.Response:
+    with client() as h:
+        return h.post(c.gw(node).url + path, json=body, **kw)  # type: ignore[arg-type]
+
+
+def test_routes_by_model_to_the_nodes_that_hold_it(two_nodes: Cluster) -> None:
+    seen = set()
+    for _ in range(6):
+        r = post(two_nodes, "n0", "/api/generate", {"model": "only-b", "prompt": "hi"})
+        assert r.status_code == 200, r.text
+        seen.add(r.json()["instance"])
+        r = post(two_nodes, "n1", "/api/chat", {"model": "only-a:1b", "messages": []})
+        assert r.status_code == 200, r.text
+        assert r.json()["instance"].startswith("n0/")
+    assert seen == {"n1/i0"}
+    # The peer frontend strips the shared secret before the request reaches Ollama.
+    assert r.json()["peer_header"] is None
+
+
+def test_model_names_are_normalised_like_olladist_names(two_nodes: Cluster) -> None:
+    for name in (
+        "both:7b",
+        "Both:7B",
+        "library/both:7b",
+        "registry.ollama.ai/library/both:7b",
+        "only-b",
+        "only-b:latest",
+        "registry.ollama.ai/library/only-b",
+    ):
+        assert normalize_model(name) in {"both:7b", "only-b:latest"}
+        r = post(two_nodes, "n0", "/api/embed", {"model": name, "input": "x"})
+        assert r.status_code == 200, (name, r.text)
+    for name in ("both", "registry.ollama.ai/both:7b", "other/both:7b"):
+        r = post(two_nodes, "n0", "/api/embed", {"model": name, "input": "x"})
+        assert r.status_code == 404, name
+
+
+def test_openai_key_order_with_a_5_mib_body(two_nodes: Cluster) -> None:
+    image = "A" * (5 * 1024 * 1024)
+    body = (
+        '{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":'
+        f'"data:image/png;base64,{image}"'
+        '}}]}],"model":"only-b","stream":false}'
+    )
+    with client() as h:
+        r = h.post(
+            two_nodes.gw("n0").url + "/v1/chat/completions",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+    assert r.status_code == 200, r.text
+    assert r.json()["instance"] == "n1/i0"
+    assert r.json()["body_len"] == len(body)
+
+
+def test_a_body_too_large_to_find_the_model_is_413(two_nodes: Cluster) -> None:
+    body = '{"messages":[{"content":"' + "x" * (17 * 1024 * 1024) + '"}],"model":"only-b"}'
+    with client() as h:
+        r = h.post(
+            two_nodes.gw("n0").url + "/v1/chat/completions",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+    assert r.status_code == 413
+    assert "put `model` first" in r.json()["error"]
+    # With `model` first the same size streams through: only the model must fit the buffer.
+    body = '{"model":"only-b","messages":[{"content":"' + "x" * (17 * 1024 * 1024) + '"}]}'
+    with client() as h:
+        r = h.post(two_nodes.gw("n0").url + "/v1/chat/completions", content=body)
+    assert r.status_code == 200
+    assert r.json()["body_len"] == len(body)
+
+
+def test_unknown_model_is_ollamas_404_and_missing_model_400(two_nodes: Cluster) -> None:
+    r = post(two_nodes, "n0", "/api/generate", {"model": 'nope"x', "prompt": "hi"})
+    assert r.status_code == 404
+    assert r.json() == {"error": "model 'nope\"x' not found"}
+    r = post(two_nodes, "n0", "/api/show", {"name": "only-b"})
+    assert r.status_code == 200, r.text
+    r = post(two_nodes, "n0", "/api/chat", {"messages": []})
+    assert r.status_code == 400
+    assert r.json() == {"error": "model is required"}
+    with client() as h:
+        r = h.get(two_nodes.gw("n0").url + "/v1/models/only-b")
+        assert r.status_code == 200
+        assert r.json()["instance"] == "n1/i0"
+        assert h.get(two_nodes.gw("n0").url + "/v1/models/ghost").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/pull"),
+        ("POST", "/api/push"),
+        ("POST", "/api/create"),
+        ("POST", "/api/copy"),
+        ("DELETE", "/api/delete"),
+        ("POST", "/api/blobs/sha256:00"),
+        ("POST", "/api/me"),
+        ("POST", "/api/signout"),
+        ("DELETE", "/api/user/keys/abc"),
+        ("GET", "/api/experimental/x"),
+        ("POST", "/api/%70ull"),
+        ("POST", "//api//pull/"),
+    ],
+)
+def test_admin_api_is_403_by_default(two_nodes: Cluster, method: str, path: str) -> None:
+    with client() as h:
+        r = h.request(method, two_nodes.gw("n0").url + path, json={"model": "only-a:1b"})
+    assert r.status_code == 403
+    assert "admin_api" in r.json()["error"]
+
+
+def test_cluster_view_lists_every_model(two_nodes: Cluster) -> None:
+    with client() as h:
+        tags = h.get(two_nodes.gw("n1").url + "/api/tags").json()
+        models = h.get(two_nodes.gw("n1").url + "/v1/models").json()
+        head = h.head(two_nodes.gw("n1").url + "/api/tags")
+    want = sorted(normalize_model(m["name"]) for m in MODELS)
+    assert [m["name"] for m in tags["models"]] == want
+    assert [m["id"] for m in models["data"]] == want
+    assert head.status_code == 200
+    assert head.content == b""
+
+
+def test_ps_and_version_come_from_this_node(two_nodes: Cluster) -> None:
+    with client() as h:
+        ps = h.get(two_nodes.gw("n1").url + "/api/ps").json()
+        version = h.get(two_nodes.gw("n1").url + "/api/version").json()
+        root = h.get(two_nodes.gw("n1").url + "/")
+    assert ps["models"][0]["name"].startswith("n1/")
+    assert version["instance"] == "n1/i0"
+    assert root.text == "Ollama is running"
+
+
+def test_model_affinity_pins_a_model_to_one_instance(two_nodes: Cluster) -> None:
+    seen = {
+        post(two_nodes, "n0", "/api/generate", {"model": "team/affine:q4"}).json()["instance"]
+        for _ in range(8)
+    }
+    assert len(seen) == 1
+
+
+def test_local_first_stays_local(two_nodes: Cluster) -> None:
+    for node in ("n0", "n1"):
+        for _ in range(4):
+            r = post(two_nodes, node, "/api/generate", {"model": "local-first:1b"})
+            assert r.json()["instance"].startswith(node + "/")
+
+
+def test_streaming_lines_arrive_one_by_one(two_nodes: Cluster) -> None:
+    body = {"model": "only-b", "stream": True, "lines": 5, "delay": 0.2}
+    arrivals = []
+    with client() as h:
+        t0 = time.monotonic()
+        with h.stream("POST", two_nodes.gw("n0").url + "/api/generate", json=body) as r:
+            assert r.headers["content-type"] == "application/x-ndjson"
+            for line in r.iter_lines():
+                if line:
+                    arrivals.append(time.monotonic() - t0)
+                    json.loads(line)
+    assert len(arrivals) == 5
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert arrivals[0] < 0.15, arrivals
+    assert all(g > 0.12 for g in gaps), gaps
+
+
+def test_peer_port_refuses_strangers(two_nodes: Cluster) -> None:
+    n1 = two_nodes.gw("n1")
+    url = f"http://{n1.host}:{n1.peer_port}/api/generate"
+    secret = (two_nodes.base / "etc/olladist/secrets/peer.map").read_text().split()[1]
+    body = {"model": "only-b"}
+    with client() as h:
+        # From this test's own address (127.0.0.1), not a node's: refused whatever it sends.
+        r = h.post(url, json=body, headers={"X-Olladist-Peer": secret})
+        assert r.status_code == 403
+    n0_host = two_nodes.gw("n0").host
+    transport = httpx.HTTPTransport(local_address=n0_host)
+    with httpx.Client(transport=transport, trust_env=False, timeout=10) as h:
+        assert h.post(url, json=body).status_code == 403
+        assert h.post(url, json=body, headers={"X-Olladist-Peer": ""}).status_code == 403
+        assert h.post(url, json=body, headers={"X-Olladist-Peer": "x" * 64}).status_code == 403
+        r = h.post(url, json=body, headers={"X-Olladist-Peer": secret})
+        assert r.status_code == 200
+        assert r.json()["instance"] == "n1/i0"
+        # A peer routes only to its own instances: a model it lacks is 404, never forwarded.
+        r = h.post(url, json={"model": "only-a:1b"}, headers={"X-Olladist-Peer": secret})
+        assert r.status_code == 404
+
+
+def test_least_loaded_queues_then_answers_503_json(gw_tmp: Path) -> None:
+    hosts = loopback_hosts(1)
+    spec = make_spec(
+        hosts,
+        {0: [1]},
+        [{"name": "m", "nodes": ["n0"]}],
+        gateway={"timeouts": {"queue": "500ms", "server": "30s", "connect": "1s"}},
+    )
+    with cluster(gw_tmp, spec) as c:
+        wait_until(lambda: all_up(c.gw("n0")))
+        slow = {"model": "m", "stream": True, "lines": 3, "delay": 0.5}
+        results: list[int] = []
+
+        def hold() -> None:
+            results.append(post(c, "n0", "/api/generate", slow).status_code)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        r = post(c, "n0", "/api/generate", {"model": "m"})
+        waited = time.monotonic() - t0
+        t.join()
+    assert results == [200]
+    assert r.status_code == 503
+    assert r.json()["error"].startswith("server busy")
+    assert 0.4 < waited < 3
+
+
+def test_api_keys(gw_tmp: Path) -> None:
+    good = "sk-test-0123456789"
+    keys = "# sha256 of each key\n" + hashlib.sha256(good.encode()).hexdigest() + "\n"
+    hosts = loopback_hosts(1)
+    spec = make_spec(
+        hosts,
+        {0: [1]},
+        [{"name": "m", "nodes": ["n0"]}],
+        gateway={"api_keys_file": "/etc/olladist/api-keys", "admin_api": "allow"},
+    )
+    with cluster(gw_tmp, spec, local_files={"/etc/olladist/api-keys": keys}) as c:
+        url = c.gw("n0").url
+        with client() as h:
+            r = h.post(url + "/api/generate", json={"model": "m"})
+            assert r.status_code == 401
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert "API key" in r.json()["error"]
+            bad = {"Authorization": "Bearer sk-test-wrong"}
+            r = h.post(url + "/api/generate", json={"model": "m"}, headers=bad)
+            assert r.status_code == 401
+            ok = {"Authorization": f"Bearer {good}"}
+            r = h.post(url + "/api/generate", json={"model": "m"}, headers=ok)
+            assert r.status_code == 200
+            # `/` stays open for load-balancer probes; it says nothing about the cluster.
+            assert h.get(url + "/").status_code == 200
+            # admin_api: allow sends the admin API to this node's own instances.
+            r = h.post(url + "/api/pull", json={"model": "x"}, headers=ok)
+            assert r.status_code == 200
+            assert r.json()["instance"] == "n0/i0"
+
+
+def test_peer_mtls(gw_tmp: Path) -> None:
+    from olladist.gateway.topology import NodeTLS
+    from tests.gateway.certs import make_ca, make_node_cert
+
+    pki = gw_tmp / "pki"
+    pki.mkdir()
+    ca_key, ca = make_ca(pki)
+    tls = {
+        name: NodeTLS(peer_cert=str(make_node_cert(pki, name, ca_key, ca)), peer_ca=str(ca))
+        for name in ("n0", "n1")
+    }
+    spec = make_spec(loopback_hosts(2), {0: [1], 1: [1]}, MODELS)
+    with cluster(gw_tmp, spec, tls=tls) as c:
+        for g in c.gateways.values():
+            wait_until(lambda g=g: all_up(g))
+        r = post(c, "n0", "/api/generate", {"model": "only-b"})
+        assert r.status_code == 200, r.text
+        assert r.json()["instance"] == "n1/i0"
+        n1 = c.gw("n1")
+        # Plain HTTP, or TLS without a client certificate, does not get through.
+        transport = httpx.HTTPTransport(local_address=c.gw("n0").host, verify=False)
+        with httpx.Client(transport=transport, trust_env=False, timeout=5) as h:
+            with pytest.raises(httpx.HTTPError):
+                h.post(f"http://{n1.host}:{n1.peer_port}/api/generate", json={"model": "only-b"})
+            with pytest.raises(httpx.HTTPError):
+                h.post(f"https://{n1.host}:{n1.peer_port}/api/generate", json={"model": "only-b"})
