@@ -96,6 +96,8 @@ def cluster_yaml(
             "peer_port": ports.peer,
             "stats_port": ports.stats,
             "timeouts": {"queue": queue},
+            # Restarts wait for the gateway's check to see the instance up: keep that short.
+            "health": {"interval": "250ms", "rise": 1, "fall": 1},
         },
         "ollama": {
             "env": {"OLLADIST_SIM_QUIET": "1", "OLLADIST_SIM_PULL_GBPS": "100"},

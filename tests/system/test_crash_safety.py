@@ -1,11 +1,11 @@
 """SIGKILL during `olladist apply --runtime systemd`, at random moments, in the sandbox.
 
 Each round switches the node between two specs (A and B differ in the instances' environment,
-so both instances restart, and in the gateway's config, so it reloads), kills the apply after
-a random delay, and checks that every file olladist manages is whole: the content of A or of
-B, never a mix or a truncated file, and its state files still parse. The next apply must then
-converge: files as rendered, nothing left pending, every unit active and running its current
-drop-in.
+so both instances restart, drained in the gateway first, and in the gateway's config, so it
+reloads), kills the apply after a random delay, and checks that every file olladist manages is
+whole: the content of A or of B, never a mix or a truncated file, and its state files still
+parse. The next apply must then converge: files as rendered, nothing left pending, every unit
+active and running its current drop-in, no instance left drained in the gateway.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from olladist.files import File
-from olladist.layout import STATE_DIR
+from olladist.gateway.runtime import HAProxyRuntime
+from olladist.layout import ADMIN_SOCKET, STATE_DIR
 from olladist.reconcile import load_desired
 from olladist.render import instance_dropin_path
 from olladist.units import GATEWAY_UNIT
@@ -111,6 +112,10 @@ def _check_converged(node: SandboxNode, files: dict[str, File]) -> None:
         written = node.layout.real(instance_dropin_path(name)).stat().st_mtime
         assert _started_at(node, unit) >= written - 0.001, unit
     sb.wait_active(GATEWAY_UNIT)
+    # A restart drains the instance in the gateway first: none may be left drained.
+    gateway = HAProxyRuntime(node.layout.real(ADMIN_SOCKET))
+    left = [(s.backend, s.server) for s in gateway.servers_state() if s.draining or s.maintenance]
+    assert not left, f"left drained or in maintenance: {left}"
 
 
 def _phase(node: SandboxNode, target: dict[str, File]) -> str:
