@@ -85,10 +85,16 @@ class Ports:
 
 
 def cluster_yaml(
-    address: str, ports: Ports, models: tuple[str, ...], note: str = "", queue: str = "60s"
+    address: str,
+    ports: Ports,
+    models: tuple[str, ...],
+    *,
+    note: str = "",
+    queue: str = "60s",
+    sim_env: dict[str, str] | None = None,
 ) -> str:
     """A one-node spec. `note` lands in the instances' environment (a change restarts them),
-    `queue` in the gateway's config (a change reloads it)."""
+    `queue` in the gateway's config (a change reloads it), `sim_env` in the simulator's."""
     spec: dict[str, Any] = {
         "cluster": "sandbox",
         "gateway": {
@@ -100,7 +106,7 @@ def cluster_yaml(
             "health": {"interval": "250ms", "rise": 1, "fall": 1},
         },
         "ollama": {
-            "env": {"OLLADIST_SIM_QUIET": "1", "OLLADIST_SIM_PULL_GBPS": "100"},
+            "env": {"OLLADIST_SIM_QUIET": "1", "OLLADIST_SIM_PULL_GBPS": "100", **(sim_env or {})},
         },
         # Long: a test that sees a new commit applied knows a reload did it, not the timer.
         "policy": {"interval": "1h"},
@@ -144,9 +150,14 @@ class SandboxNode:
             out.append(f"--- {log.name}\n" + "\n".join(tail))
         return "\n".join(out)
 
-    def commit(self, models: tuple[str, ...] = MODELS, note: str = "") -> str:
+    def commit(
+        self,
+        models: tuple[str, ...] = MODELS,
+        note: str = "",
+        sim_env: dict[str, str] | None = None,
+    ) -> str:
         (self.upstream / "cluster.yaml").write_text(
-            cluster_yaml(self.address, self.ports, models, note)
+            cluster_yaml(self.address, self.ports, models, note=note, sim_env=sim_env)
         )
         git(self.upstream, "add", "cluster.yaml")
         git(self.upstream, "commit", "-q", "--allow-empty", "-m", f"spec {note}")

@@ -5,12 +5,15 @@ after SIGKILL, and is killed by the watchdog when its loop hangs. The host's /tm
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from olladist.units import GATEWAY_UNIT, RECONCILE_UNIT
@@ -118,3 +121,44 @@ def test_enable_now(node: SandboxNode) -> None:
     sb.wait_for(RECONCILE_UNIT, "NRestarts", str(restarts + 1), timeout=20)
     sb.wait_active(RECONCILE_UNIT)
     assert re.search(rf"{re.escape(RECONCILE_UNIT)}: Watchdog timeout", sb.console_log())
+
+
+def test_watchdog_drain(node: SandboxNode) -> None:
+    """Draining an instance that serves a long stream is progress, not a hang: the watchdog
+    must not kill the reconciler while it waits, and the stream ends whole."""
+    sb = node.sandbox
+    slow = {"OLLADIST_SIM_TOKEN_RATE": "10", "OLLADIST_SIM_RESPONSE_TOKENS": "120"}
+    first = node.commit(note="slow", sim_env=slow)
+    sb.systemctl("enable", "--now", RECONCILE_UNIT)
+    node.wait_converged(first)
+    # 6 s: the loop must show progress every 3 s, far less than the 12 s stream takes.
+    sb.install_file(f"{RECONCILE_UNIT}.d/70-watchdog.conf", "[Service]\nWatchdogSec=6s\n")
+    sb.systemctl("restart", RECONCILE_UNIT)
+    node.wait_converged(first)
+    restarts = sb.show(RECONCILE_UNIT, "NRestarts")
+
+    chunks: list[dict[str, object]] = []
+    started = threading.Event()
+
+    def stream() -> None:
+        url = f"http://{node.address}:{node.ports.gateway}/api/generate"
+        body = {"model": "qwen2.5:0.5b", "prompt": "why is the sky blue?"}
+        with (
+            httpx.Client(trust_env=False, timeout=60) as client,
+            client.stream("POST", url, json=body) as response,
+        ):
+            for line in response.iter_lines():
+                chunks.append(json.loads(line))
+                started.set()
+
+    reader = threading.Thread(target=stream, daemon=True)
+    reader.start()
+    assert started.wait(20), "the stream did not start"
+    second = node.commit(note="restart", sim_env=slow)  # both instances restart, drained first
+    sb.systemctl("reload", RECONCILE_UNIT)
+    node.wait_converged(second, timeout=60)
+    reader.join(30)
+    assert chunks and chunks[-1].get("done") is True, chunks[-3:]
+    assert not [c for c in chunks if "error" in c]
+    assert sb.show(RECONCILE_UNIT, "NRestarts") == restarts
+    assert "Watchdog timeout" not in sb.console_log()
