@@ -155,9 +155,10 @@ class SandboxNode:
         models: tuple[str, ...] = MODELS,
         note: str = "",
         sim_env: dict[str, str] | None = None,
+        queue: str = "60s",
     ) -> str:
         (self.upstream / "cluster.yaml").write_text(
-            cluster_yaml(self.address, self.ports, models, note=note, sim_env=sim_env)
+            cluster_yaml(self.address, self.ports, models, note=note, sim_env=sim_env, queue=queue)
         )
         git(self.upstream, "add", "cluster.yaml")
         git(self.upstream, "commit", "-q", "--allow-empty", "-m", f"spec {note}")

@@ -109,6 +109,13 @@ def test_enable_now(node: SandboxNode) -> None:
     assert _pids(node, INSTANCES) == after
     assert sb.show(GATEWAY_UNIT, "NRestarts") == "0"
 
+    # A gateway stopped by hand cannot be reloaded: a config change starts it instead.
+    sb.systemctl("stop", GATEWAY_UNIT)
+    fourth = node.commit(models=(*MODELS, "tinyllama"), note="reloaded", queue="75s")
+    sb.systemctl("reload", RECONCILE_UNIT)
+    node.wait_converged(fourth, timeout=30)
+    sb.wait_active(GATEWAY_UNIT)
+
     # A loop that hangs stops the heartbeat; the watchdog kills it and systemd restarts it.
     sb.install_file(
         f"{RECONCILE_UNIT}.d/60-hang.conf",
