@@ -129,6 +129,13 @@ def test_enable_now(node: SandboxNode) -> None:
     sb.wait_active(RECONCILE_UNIT)
     assert re.search(rf"{re.escape(RECONCILE_UNIT)}: Watchdog timeout", sb.console_log())
 
+    # Stopping the reconciler (SIGTERM) is clean and leaves the node's services running.
+    sb.systemctl("stop", RECONCILE_UNIT)
+    assert sb.show(RECONCILE_UNIT, "ActiveState") == "inactive"
+    assert sb.show(RECONCILE_UNIT, "Result") == "success"
+    for unit in (*INSTANCES, GATEWAY_UNIT):
+        assert sb.show(unit, "ActiveState") == "active", unit
+
 
 def test_watchdog_drain(node: SandboxNode) -> None:
     """Draining an instance that serves a long stream is progress, not a hang: the watchdog
