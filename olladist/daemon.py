@@ -125,6 +125,11 @@ class Daemon:
         if self._user_progress:
             self._user_progress(model, p)
 
+    def _waiting(self) -> None:
+        # Waiting on a drain or a health check is bounded (drain.py), so it is progress: a
+        # drain that waits for a long stream must not look like a hang to the watchdog.
+        self.alive_at = time.monotonic()
+
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
         t.start()
@@ -340,7 +345,13 @@ class Daemon:
                 p = full_plan(desired, self.layout, self.state, self.runtime)
         self._stagger(desired, p)
         outcome = execute(
-            p, desired, self.layout, self.state, self.runtime, on_progress=self._progress
+            p,
+            desired,
+            self.layout,
+            self.state,
+            self.runtime,
+            on_progress=self._progress,
+            on_wait=self._waiting,
         )
         for model, why in outcome.model_errors.items():
             self.status.error(f"model {model}: {why}", None)

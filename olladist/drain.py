@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from olladist.errors import OlladistError, ToolError
 from olladist.gateway.runtime import AdminState, HAProxyRuntime
@@ -43,10 +44,15 @@ class DrainingRuntime:
         inner: Runtime,
         layout: Layout,
         node: Node,
+        *,
         drain_timeout: float = 120.0,
         health_timeout: float = 120.0,
+        on_wait: Callable[[], None] | None = None,
     ) -> None:
+        """``on_wait`` is called at every poll of the bounded waits below: the daemon counts
+        them as progress, so its watchdog does not take a long drain for a hang."""
         self.inner = inner
+        self.on_wait = on_wait or (lambda: None)
         self.name = inner.name
         self.executes = inner.executes
         self.node = node
@@ -84,6 +90,7 @@ class DrainingRuntime:
                     self.drain_timeout,
                 )
                 break
+            self.on_wait()
             time.sleep(0.1)
         log.info("drained %s", inst)
         return True
@@ -107,6 +114,7 @@ class DrainingRuntime:
                         f"{self.health_timeout:.0f}s after its restart",
                         hint="see its log; it stays drained in the gateway until it answers",
                     )
+                self.on_wait()
                 time.sleep(0.1)
 
     def _wait_gateway_up(self, inst: str) -> None:
@@ -125,6 +133,7 @@ class DrainingRuntime:
             if time.monotonic() > deadline:
                 log.warning("the gateway still sees %s as %s", inst, rows[0].status)
                 return
+            self.on_wait()
             time.sleep(0.1)
 
     def restart(self, unit: str) -> None:

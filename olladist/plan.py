@@ -110,6 +110,14 @@ def instance_of(path: str) -> str | None:
     return None
 
 
+def is_rendered_unit(unit: str) -> bool:
+    """Units whose enablement follows the spec: the gateway and the instances. Not the
+    reconciler itself, which the operator enables (and which must survive its own apply)."""
+    return unit == GATEWAY_UNIT or (
+        unit.startswith(INSTANCE_TEMPLATE.removesuffix(".service")) and unit != INSTANCE_TEMPLATE
+    )
+
+
 def desired_units(desired: dict[str, File]) -> set[str]:
     units = {u for p in desired if (u := instance_of(p))}
     if HAPROXY_CFG in desired:
@@ -153,7 +161,7 @@ def plan(node: str, desired: dict[str, File], observed: Observed) -> Plan:
     stops = [Action(Kind.STOP, u, "instance removed from the spec") for u in removed_units]
     actions[:0] = stops
     for unit in sorted(observed.enabled - want):
-        if unit.startswith("olladist-"):
+        if is_rendered_unit(unit):
             actions.append(Action(Kind.DISABLE, unit, "not in the spec for this node"))
     for unit in sorted(want - observed.enabled):
         actions.append(Action(Kind.ENABLE, unit, "in the spec for this node"))

@@ -118,8 +118,11 @@ def full_plan(desired: Desired, layout: Layout, state: State, runtime: Runtime) 
     )
 
 
-def wait_healthy(ports: list[int], timeout: float) -> list[int]:
-    """Wait until every instance answers /api/version; returns the ports that never did."""
+def wait_healthy(
+    ports: list[int], timeout: float, on_wait: Callable[[], None] | None = None
+) -> list[int]:
+    """Wait until every instance answers /api/version; returns the ports that never did.
+    ``on_wait`` is called at every poll (progress, for the daemon's watchdog)."""
     deadline = time.monotonic() + timeout
     pending = list(ports)
     while pending and time.monotonic() < deadline:
@@ -128,6 +131,8 @@ def wait_healthy(ports: list[int], timeout: float) -> list[int]:
                 if c.healthy():
                     pending.remove(port)
         if pending:
+            if on_wait is not None:
+                on_wait()
             time.sleep(0.1)
     return pending
 
@@ -140,18 +145,21 @@ def execute(
     runtime: Runtime,
     *,
     on_progress: Callable[[str, Progress], None] | None = None,
+    on_wait: Callable[[], None] | None = None,
     health_timeout: float = 60.0,
 ) -> Outcome:
+    """``on_wait``: called while waiting on drains and health checks (bounded waits), which
+    the daemon counts as progress for its watchdog."""
     outcome = Outcome(p)
     node = desired.spec.node(desired.node)
     if runtime.executes:
-        runtime = DrainingRuntime(runtime, layout, node)
+        runtime = DrainingRuntime(runtime, layout, node, on_wait=on_wait)
     outcome.done = apply(p, layout, state, runtime)
     if not runtime.executes:
         return outcome
     if not node.instances:
         return outcome
-    dead = wait_healthy([i.port for i in node.instances], health_timeout)
+    dead = wait_healthy([i.port for i in node.instances], health_timeout, on_wait)
     if len(dead) == len(node.instances):
         raise ApplyError(
             f"no instance of node {node.name} answers on 127.0.0.1 ports "

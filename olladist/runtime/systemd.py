@@ -61,8 +61,10 @@ class SystemdRuntime:
         self._run("restart", unit)
 
     def reload(self, unit: str) -> None:
-        # olladist-gateway.service validates the config in ExecReload before signalling.
-        self._run("reload", unit)
+        # olladist-gateway.service validates the config in ExecReload before signalling. A
+        # unit that is not running (stopped by hand, or failed) cannot be reloaded: it is
+        # started instead, with the new config, rather than failing every reconcile.
+        self._run("reload-or-restart", unit)
 
     def is_active(self, unit: str) -> bool:
         proc = subprocess.run(
