@@ -23,6 +23,7 @@ import pytest
 from olladist.files import File
 from olladist.gateway.runtime import HAProxyRuntime
 from olladist.layout import ADMIN_SOCKET, STATE_DIR
+from olladist.nodelocal import NodeLocal
 from olladist.reconcile import load_desired
 from olladist.render import instance_dropin_path
 from olladist.units import GATEWAY_UNIT
@@ -53,9 +54,8 @@ def _install(node: SandboxNode) -> dict[str, dict[str, File]]:
         (spec_dir / "cluster.yaml").write_text(
             cluster_yaml(node.address, node.ports, MODELS, note=note, queue=queue)
         )
-        desired = load_desired(
-            spec_dir, "n1", node.layout, validate=False, binary=str(VENV_BIN / "olladist-sim")
-        )
+        local = NodeLocal(binary=str(VENV_BIN / "olladist-sim"))
+        desired = load_desired(spec_dir, "n1", node.layout, validate=False, local=local)
         rendered[name] = desired.files
     env = node.layout.real("/etc/olladist/olladist.env")
     log = node.unit_log(UNIT)
