@@ -120,6 +120,8 @@ def test_dev_command_and_tour_work_as_written(tmp_path: Path) -> None:
             dev.wait()
             code = None
         reader.join(timeout=5)
+        if dev.stdout is not None:
+            dev.stdout.close()
         left = processes_under(clone)
         listening = [f"{a}:{p}" for a, p in ports if who_listens(a, p)]
         subprocess.run(["rm", "-rf", str(state)], check=False)
