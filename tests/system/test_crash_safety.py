@@ -23,6 +23,7 @@ import pytest
 from olladist.files import File
 from olladist.gateway.runtime import HAProxyRuntime
 from olladist.layout import ADMIN_SOCKET, STATE_DIR
+from olladist.nodelocal import NodeLocal
 from olladist.reconcile import load_desired
 from olladist.render import instance_dropin_path
 from olladist.units import GATEWAY_UNIT
@@ -54,7 +55,11 @@ def _install(node: SandboxNode) -> dict[str, dict[str, File]]:
             cluster_yaml(node.address, node.ports, MODELS, note=note, queue=queue)
         )
         desired = load_desired(
-            spec_dir, "n1", node.layout, validate=False, binary=str(VENV_BIN / "olladist-sim")
+            spec_dir,
+            "n1",
+            node.layout,
+            validate=False,
+            local=NodeLocal(binary=str(VENV_BIN / "olladist-sim")),
         )
         rendered[name] = desired.files
     env = node.layout.real("/etc/olladist/olladist.env")
