@@ -135,6 +135,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("olladist/ollama.py", "op"): "_fail(op, exc): '{op} at {url}: {detail}', op is a verb",
     ("olladist/placement.py", "problems"): "SpecError(problems): collected one by one",
     ("olladist/placement.py", "msg"): "placement problems: collected one by one",
+    (
+        "olladist/placement.py",
+        "[Problem('cluster.yaml', 0, '.'.join(map(str, loc)), msg) for loc, msg in problems]",
+    ): "place(): the placement problems, collected one by one",
     ("olladist/specload.py", "problems"): "SpecError(problems): collected one by one",
     ("olladist/specload.py", "_pydantic_problems(doc, exc)"): "pydantic's own messages",
     ("olladist/specload.py", "message"): "Located.problem(): builds a Problem from a message",
