@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from olladist.cli import build_parser
 from olladist.docgen import reference
 from olladist.specload import load_spec
-from tests.conftest import REPO
+from tests.conftest import REPO, need
 
 DOCS = REPO / "docs"
 PACKAGE = REPO / "olladist"
@@ -291,10 +292,38 @@ def test_troubleshooting_md_documents_every_error() -> None:
     assert not missing, "docs/troubleshooting.md does not explain:\n  " + "\n  ".join(missing)
 
 
-@pytest.mark.parametrize("name", ["spec.md", "cli.md", "security.md", "troubleshooting.md"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "docs/spec.md",
+        "docs/cli.md",
+        "docs/security.md",
+        "docs/troubleshooting.md",
+        "docs/operating.md",
+        "packaging/README.md",
+    ],
+)
 def test_relative_links_resolve(name: str) -> None:
-    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", _text(name)):
-        assert (DOCS / target).resolve().exists(), f"docs/{name} links to missing {target}"
+    page = REPO / name
+    for target in re.findall(r"\]\(([\w./-]+)(?:#[\w-]*)?\)", page.read_text(encoding="utf-8")):
+        assert (page.parent / target).resolve().exists(), f"{name} links to missing {target}"
+
+
+def test_sysusers_file_creates_the_user_the_units_run_as(tmp_path: Path) -> None:
+    """packaging/olladist.sysusers.conf, applied to an empty root, makes the User= of the
+    shipped gateway and instance units."""
+    (tmp_path / "etc").mkdir()
+    conf = REPO / "packaging" / "olladist.sysusers.conf"
+    subprocess.run(
+        [need("systemd-sysusers"), f"--root={tmp_path}", str(conf)],
+        check=True,
+        capture_output=True,
+    )
+    users = {line.split(":")[0] for line in (tmp_path / "etc/passwd").read_text().splitlines()}
+    for unit in ("olladist-gateway.service", "olladist-ollama@.service"):
+        text = (REPO / "units" / unit).read_text()
+        user = re.search(r"^User=(\S+)$", text, re.M)
+        assert user is not None and user.group(1) in users, unit
 
 
 if __name__ == "__main__":
