@@ -261,9 +261,13 @@ def cmd_reconcile(ctx: Context) -> int:
 
 def cmd_status(ctx: Context) -> int:
     from olladist.state import State  # noqa: PLC0415
-    from olladist.status import Status  # noqa: PLC0415
+    from olladist.status import Status, gateway_health  # noqa: PLC0415
 
     data = State(ctx.layout).status()
+    if data is not None:
+        live = gateway_health(ctx.layout)
+        if live:
+            data["health"] = live  # fresher than the last reconcile's
     if data is None:
         raise OlladistError(
             "no reconcile has run on this node yet",
@@ -274,6 +278,7 @@ def cmd_status(ctx: Context) -> int:
         return 0
     s = Status.load(State(ctx.layout), data.get("node", ctx.node))
     s.errors, s.notes = data.get("errors", []), data.get("notes", [])
+    s.health = data.get("health", [])
     print(format_status(s))
     return 0 if s.ok else 1
 
@@ -298,6 +303,12 @@ def format_status(s: Any) -> str:
         f"drift:      {len(s.drift)} item(s)",
     ]
     lines += [f"  {d['kind']} {d['target']} ({d['reason']})" for d in s.drift]
+    lines.append(f"models:     {', '.join(s.models) or '(none)'}")
+    for h in s.health:
+        lines.append(
+            f"{h['kind']:<10}  {h['name']:<16} {h['status']:<10} sessions {h['sessions']}"
+            f" queued {h['queued']} ({h['check'] or 'no check'})"
+        )
     lines += [f"note:       {n}" for n in s.notes]
     for e in s.errors:
         lines.append(f"error:      {e['message']}")

@@ -41,7 +41,7 @@ from olladist.runtime import Runtime
 from olladist.source import DirSource, GitSource
 from olladist.spec import DriftPolicy, duration_ms
 from olladist.state import State
-from olladist.status import Status, write_metrics
+from olladist.status import Status, gateway_health, write_metrics
 
 log = logging.getLogger("olladist.daemon")
 
@@ -266,6 +266,9 @@ class Daemon:
             log.exception("unexpected error")
             self.status.error(f"unexpected error: {exc!r}", "please report this as a bug")
             ok = False
+        self.status.health = gateway_health(self.layout)
+        if self.desired is not None:
+            self.status.models = list(self.desired.placement.models_for(self.node))
         self.status.finish(time.monotonic() - started, ok)
         self.status.save(self.state)
         write_metrics(self.layout, self.status)

@@ -1,7 +1,9 @@
 """Generate the spec reference (docs/spec.md's tables) from the pydantic models, so the docs
-cannot drift from the code: a test compares the file with this output.
+cannot drift from the code: tests/test_docs.py compares this output with the part of
+docs/spec.md between ``<!-- BEGIN GENERATED -->`` and ``<!-- END GENERATED -->``.
 
-Run: python -m olladist.docgen > docs/spec-reference.md
+Print it: ``python -m olladist.docgen``; rewrite that part of docs/spec.md:
+``python -m tests.test_docs``.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from olladist.nodelocal import NodeLocal
 from olladist.observe import observe
 from olladist.ollama import OllamaClient, Progress
 from olladist.placement import Placement, place
-from olladist.plan import Action, Kind, Plan, plan
+from olladist.plan import Action, Kind, Plan, desired_units, plan
 from olladist.render import render_node
 from olladist.runtime import Runtime
 from olladist.spec import Spec
@@ -102,6 +102,7 @@ def full_plan(desired: Desired, layout: Layout, state: State, runtime: Runtime) 
     p = plan(desired.node, desired.files, observe(layout, desired.files, state))
     if not runtime.executes:
         return Plan(p.node, p.actions, ("models not checked: runtime none (nothing runs here)",))
+    p = p.with_actions(_stopped_units(desired, p, runtime))
     node = desired.spec.node(desired.node)
     if not node.instances:
         return p
@@ -116,6 +117,19 @@ def full_plan(desired: Desired, layout: Layout, state: State, runtime: Runtime) 
     return p.with_actions(
         plan_models(desired.spec, node, desired.placement, obs, state.model_errors())
     )
+
+
+def _stopped_units(desired: Desired, p: Plan, runtime: Runtime) -> list[Action]:
+    """Units that should run but do not (stopped by hand, or failed for good): drift too."""
+    is_active = getattr(runtime, "is_active", None)
+    if is_active is None:
+        return []
+    acted = {a.target for a in p.actions if a.kind in (Kind.START, Kind.RESTART, Kind.STOP)}
+    return [
+        Action(Kind.START, unit, "enabled but not running")
+        for unit in sorted(desired_units(desired.files) - acted)
+        if not is_active(unit)
+    ]
 
 
 def wait_healthy(

@@ -85,7 +85,14 @@ def _ip(v: str) -> str:
 
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lowercase letters, digits, '-'")]
-ModelName = Annotated[str, Field(pattern=MODEL_PATTERN, max_length=200)]
+ModelName = Annotated[
+    str,
+    Field(
+        pattern=MODEL_PATTERN,
+        max_length=200,
+        description="an Ollama model name, [[host/]namespace/]model[:tag]; no tag means :latest",
+    ),
+]
 LabelStr = Annotated[str, Field(pattern=LABEL_PATTERN)]
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, description="e.g. 500ms, 5s, 15m, 1h")]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -120,43 +127,68 @@ class DriftPolicy(StrEnum):
 
 
 class Timeouts(_Model):
-    connect: Duration = "5s"
-    queue: Duration = "60s"
+    connect: Duration = Field(default="5s", description="to open a connection to a server")
+    queue: Duration = Field(
+        default="60s", description="a request waits this long for a free slot, then 503"
+    )
     server: Duration = Field(
         default="15m", description="time to first byte and between bytes; covers cold loads"
     )
-    client: Duration = "15m"
+    client: Duration = Field(default="15m", description="a silent client is cut off after this")
 
 
 class Health(_Model):
-    interval: Duration = "2s"
-    fall: int = Field(default=2, ge=1, le=10)
-    rise: int = Field(default=2, ge=1, le=10)
+    interval: Duration = Field(default="2s", description="between GET /api/version checks")
+    fall: int = Field(default=2, ge=1, le=10, description="failed checks before a server is down")
+    rise: int = Field(default=2, ge=1, le=10, description="passed checks before it is up again")
 
 
 class Gateway(_Model):
-    port: Port = 11434
-    peer_port: Port = 11400
-    stats_port: Port = 8404
-    strategy: Strategy = Strategy.LEAST_LOADED
-    admin_api: AdminApi = AdminApi.DENY
-    api_keys_file: AbsPath | None = Field(
-        default=None, description="node-local file of API keys, one a line; never in git"
+    port: Port = Field(default=11434, description="public port: the Ollama and OpenAI API")
+    peer_port: Port = Field(default=11400, description="gateway-to-gateway port, between nodes")
+    stats_port: Port = Field(
+        default=8404, description="HAProxy stats and /metrics, on 127.0.0.1 (loopback only)"
     )
-    timeouts: Timeouts = Timeouts()
-    health: Health = Health()
+    strategy: Strategy = Field(
+        default=Strategy.LEAST_LOADED, description="how a model's requests spread on its servers"
+    )
+    admin_api: AdminApi = Field(
+        default=AdminApi.DENY,
+        description="deny: pull, push, create, copy, delete through the gateway answer 403",
+    )
+    api_keys_file: AbsPath | None = Field(
+        default=None,
+        description="node-local file of the SHA-256 hex digests of the API keys, one a line; "
+        "never in git",
+    )
+    timeouts: Timeouts = Field(default=Timeouts(), description="gateway timeouts")
+    health: Health = Field(default=Health(), description="health checks of instances and peers")
 
 
 class Ollama(_Model):
-    binary: AbsPath = "/usr/local/bin/ollama"
-    models_dir: AbsPath = "/var/lib/olladist/models"
-    env: Env = Field(default_factory=dict)
+    binary: AbsPath = Field(
+        default="/usr/local/bin/ollama",
+        description="the ollama program; OLLADIST_OLLAMA_BINARY overrides it on a node",
+    )
+    models_dir: AbsPath = Field(
+        default="/var/lib/olladist/models",
+        description="the model store (OLLAMA_MODELS), shared by a node's instances",
+    )
+    env: Env = Field(
+        default_factory=dict, description="environment of every instance (OLLAMA_KEEP_ALIVE, ...)"
+    )
 
 
 class Policy(_Model):
-    drift: DriftPolicy = DriftPolicy.CORRECT
-    prune_models: bool = False
-    interval: Duration = "60s"
+    drift: DriftPolicy = Field(
+        default=DriftPolicy.CORRECT,
+        description="correct or only report divergence from the applied commit; "
+        "a new commit is always applied",
+    )
+    prune_models: bool = Field(
+        default=False, description="delete models a node holds but is not given"
+    )
+    interval: Duration = Field(default="60s", description="how often a node polls the source")
     restart_stagger: Duration = Field(
         default="10s",
         description="delay between restart slots; nodes sharing a model restart in turn",
@@ -169,22 +201,31 @@ class Capacity(_Model):
 
 
 class Instance(_Model):
-    name: Name
-    port: Port
-    gpus: list[Annotated[str, Field(pattern=GPU_PATTERN)]] = Field(default_factory=list)
-    num_parallel: int = Field(default=1, ge=1, le=256)
-    env: Env = Field(default_factory=dict)
+    name: Name = Field(description="unit olladist-ollama@NAME; unique in the node")
+    port: Port = Field(description="its port on 127.0.0.1")
+    gpus: list[Annotated[str, Field(pattern=GPU_PATTERN)]] = Field(
+        default_factory=list,
+        description="GPU indexes or UUIDs (CUDA_VISIBLE_DEVICES); empty: no restriction",
+    )
+    num_parallel: int = Field(
+        default=1, ge=1, le=256, description="OLLAMA_NUM_PARALLEL; least-loaded: the maxconn"
+    )
+    env: Env = Field(default_factory=dict, description="added to ollama.env for this instance")
 
 
 class Node(_Model):
-    name: Name
+    name: Name = Field(description="unique; OLLADIST_NODE (default: hostname) selects it")
     address: Annotated[str, Field(pattern=HOST_PATTERN)] = Field(
         description="where peers reach this node's gateway (IP or DNS name)"
     )
     listen: IPAddress = Field(default="0.0.0.0", description="where its gateway binds")
-    labels: dict[LabelStr, LabelStr] = Field(default_factory=dict)
-    capacity: Capacity = Capacity()
-    instances: list[Instance] = Field(default_factory=list)
+    labels: dict[LabelStr, LabelStr] = Field(
+        default_factory=dict, description="matched by models[].selector"
+    )
+    capacity: Capacity = Field(default=Capacity(), description="limits placement respects")
+    instances: list[Instance] = Field(
+        default_factory=list, description="one ollama serve each; none: a gateway-only node"
+    )
 
     @property
     def loopback(self) -> bool:
@@ -194,13 +235,25 @@ class Node(_Model):
 
 class Model(_Model):
     name: ModelName
-    replicas: int | None = Field(default=None, ge=1, le=1000)
-    nodes: Literal["all"] | list[Name] | None = None
-    selector: dict[LabelStr, LabelStr] | None = None
-    size_gb: float | None = Field(default=None, gt=0)
-    digest: Annotated[str, Field(pattern=DIGEST_PATTERN)] | None = None
-    preload: bool = False
-    strategy: Strategy | None = None
+    replicas: int | None = Field(
+        default=None, ge=1, le=1000, description="how many nodes hold it (default 1)"
+    )
+    nodes: Literal["all"] | list[Name] | None = Field(
+        default=None, description="exact placement: `all`, or a list of node names"
+    )
+    selector: dict[LabelStr, LabelStr] | None = Field(
+        default=None, description="only nodes whose labels include all of these"
+    )
+    size_gb: float | None = Field(
+        default=None, gt=0, description="checked against capacity.vram_gb and disk_gb"
+    )
+    digest: Annotated[str, Field(pattern=DIGEST_PATTERN)] | None = Field(
+        default=None, description="pin: the manifest digest a pull must give"
+    )
+    preload: bool = Field(default=False, description="load it on every instance of its nodes")
+    strategy: Strategy | None = Field(
+        default=None, description="overrides gateway.strategy for this model"
+    )
 
     @functools.cached_property
     def key(self) -> str:
@@ -209,12 +262,12 @@ class Model(_Model):
 
 
 class Spec(_Model):
-    cluster: Name
-    gateway: Gateway = Gateway()
-    ollama: Ollama = Ollama()
-    policy: Policy = Policy()
-    nodes: list[Node] = Field(min_length=1)
-    models: list[Model] = Field(default_factory=list)
+    cluster: Name = Field(description="the cluster's name")
+    gateway: Gateway = Field(default=Gateway(), description="the HAProxy gateway of every node")
+    ollama: Ollama = Field(default=Ollama(), description="how instances run")
+    policy: Policy = Field(default=Policy(), description="how reconcilers behave")
+    nodes: list[Node] = Field(min_length=1, description="the machines")
+    models: list[Model] = Field(default_factory=list, description="what the cluster serves")
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

@@ -36,6 +36,8 @@ class Status:
     errors: list[dict[str, str | None]] = field(default_factory=list)
     runs: int = 0
     failures: int = 0
+    models: list[str] = field(default_factory=list)  # what placement gives this node
+    health: list[dict[str, Any]] = field(default_factory=list)  # gateway's view of servers
 
     @classmethod
     def load(cls, state: State, node: str) -> Status:
@@ -98,6 +100,34 @@ class Status:
         return "; ".join(parts).replace("\n", " ")[:400]
 
 
+def gateway_health(layout: Layout) -> list[dict[str, Any]]:
+    """Health of this node's instances and peers as its gateway sees them (runtime socket);
+    empty when the gateway is not running."""
+    from olladist.errors import ToolError  # noqa: PLC0415
+    from olladist.gateway.runtime import HAProxyRuntime  # noqa: PLC0415
+    from olladist.layout import ADMIN_SOCKET  # noqa: PLC0415
+
+    sock = layout.real(ADMIN_SOCKET)
+    if not sock.exists():
+        return []
+    try:
+        rows = HAProxyRuntime(sock, timeout=2.0).stats()
+    except ToolError:
+        return []
+    return [
+        {
+            "kind": "instance" if r.backend == "instances" else "peer",
+            "name": r.server.removeprefix("peer."),
+            "status": r.status,
+            "sessions": r.current_sessions,
+            "queued": r.queued,
+            "check": r.check_status,
+        }
+        for r in rows
+        if r.backend in ("instances", "peers")
+    ]
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -157,6 +187,14 @@ def metrics_text(s: Status) -> str:
             f"# TYPE {name} {kind}",
             f'{name}{{node="{node}"}} {value}',
         ]
+    out += [
+        "# HELP olladist_server_up 1 when the gateway's health check sees the server up.",
+        "# TYPE olladist_server_up gauge",
+    ]
+    for h in s.health:
+        up = 1 if str(h["status"]).startswith("UP") else 0
+        labels = f'node="{node}",kind="{h["kind"]}",server="{_escape(h["name"])}"'
+        out.append(f"olladist_server_up{{{labels}}} {up}")
     out += [
         "# HELP olladist_applied_commit_info The commit this node last applied.",
         "# TYPE olladist_applied_commit_info gauge",

@@ -11,7 +11,11 @@ import pytest
 
 from olladist.cli import main
 from olladist.layout import Layout
+from olladist.plan import Kind
+from olladist.reconcile import full_plan, load_desired
+from olladist.runtime import FilesOnly
 from olladist.specload import load_spec
+from olladist.state import State
 from tests.conftest import EXAMPLE_SPEC, need, node_secrets
 
 
@@ -133,3 +137,22 @@ def test_unknown_node_is_a_clear_error(
     assert run("diff", *common(spec_copy, root, node="nope")) == 2
     err = capsys.readouterr().err
     assert "error: node 'nope' is not in the spec (nodes: gpu-a, gpu-b, gpu-c)" in err
+
+
+class _StoppedRuntime(FilesOnly):
+    """Files as FilesOnly, but claims to run services, none of which is active."""
+
+    executes = True
+
+    def is_active(self, unit: str) -> bool:
+        return False
+
+
+def test_an_enabled_unit_that_does_not_run_is_drift(spec_copy: Path, root: Path) -> None:
+    assert run("apply", *common(spec_copy, root)) == 0
+    layout = Layout(root)
+    desired = load_desired(spec_copy, "gpu-a", layout, validate=False)
+    p = full_plan(desired, layout, State(layout), _StoppedRuntime(layout))
+    starts = {(a.kind, a.target, a.reason) for a in p.actions if a.kind is Kind.START}
+    assert (Kind.START, "olladist-gateway.service", "enabled but not running") in starts
+    assert (Kind.START, "olladist-ollama@gpu0.service", "enabled but not running") in starts

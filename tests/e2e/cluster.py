@@ -15,12 +15,12 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,9 @@ from olladist.gateway.render import write_peer_secret
 from olladist.gateway.topology import PEER_SECRET_FILE
 from olladist.layout import ENV_FILE, Layout
 from olladist.runtime.local import LocalRuntime
+from tests.harness.gitserver import HttpServer, free_port, serve_git_http
 
 SIM = str(Path(sys.executable).parent / "olladist-sim")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -123,7 +118,7 @@ class Cluster:
     nodes: list[NodeProc]
     interval: float
     env_extra: dict[str, dict[str, str]] = field(default_factory=dict)
-    _server: subprocess.Popen[bytes] | None = None
+    _server_cm: AbstractContextManager[HttpServer] | None = None
     node_specs: list[dict[str, Any]] = field(default_factory=list)
     roots_base: Path | None = None
 
@@ -178,13 +173,8 @@ class Cluster:
     def close(self) -> None:
         for n in self.nodes:
             self.stop_node(n)
-        if self._server is not None:
-            self._server.terminate()
-            try:
-                self._server.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._server.kill()
-                self._server.wait()
+        if self._server_cm is not None:
+            self._server_cm.__exit__(None, None, None)
         if self.roots_base is not None:
             shutil.rmtree(self.roots_base, ignore_errors=True)
 
@@ -254,25 +244,8 @@ def start_cluster(  # noqa: PLR0917
         before_first_commit(repo)
     sign_args, sign_env = commit_with or ([], {})
     head = cluster.commit("initial spec", sign_env, *sign_args)
-    port = free_port()
-    err = (base / "http.log").open("wb")
-    cluster._server = subprocess.Popen(
-        [sys.executable, "-m", "dulwich.web", "-l", "127.0.0.1", "-p", str(port), str(repo)],
-        stdout=subprocess.DEVNULL,
-        stderr=err,
-    )
-    err.close()
-    cluster.url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                cluster.close()
-                raise AssertionError("dulwich.web did not start") from None
-            time.sleep(0.05)
+    cluster._server_cm = serve_git_http(repo, base / "http.log")
+    cluster.url = cluster._server_cm.__enter__().url
     first = write_peer_secret(nodes[0].layout)
     for n in nodes:
         target = n.layout.real(PEER_SECRET_FILE)

@@ -185,6 +185,25 @@ def test_hand_edit_under_drift_report_is_left_and_reported(cluster: Cluster) -> 
     cluster.wait_converged(head, timeout=cluster.interval + 10)
 
 
+def test_status_and_metrics_show_health_models_and_commit(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from olladist.cli import main
+
+    node = cluster.nodes[0]
+    capsys.readouterr()
+    assert main(["status", "--root", str(node.root)]) == 0
+    out = capsys.readouterr().out
+    assert f"applied:    {cluster.head()}" in out
+    assert "instance    i0" in out and "peer        n2" in out
+    assert "UP" in out
+    assert ("models:" in out and "llama3.2:1b" in out) or "qwen2.5:0.5b" in out
+    metrics = (node.root / "var/lib/olladist/olladist.prom").read_text()
+    assert f'olladist_applied_commit_info{{node="n1",commit="{cluster.head()}"}} 1' in metrics
+    assert 'olladist_server_up{node="n1",kind="instance",server="i0"} 1' in metrics
+    assert 'olladist_drift_items{node="n1"} 0' in metrics
+
+
 def test_sigterm_leaves_no_process_of_the_node(cluster: Cluster) -> None:
     node = cluster.nodes[-1]
     pids = node.service_pids()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.harness.gitserver import HttpServer, serve_git_http
 
 
 @pytest.fixture(autouse=True)
@@ -95,60 +94,8 @@ def upstream(tmp_path: Path) -> Upstream:
     return Upstream(path)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class HttpServer:
-    url: str
-    log: Path
-
-    def upload_pack_posts(self) -> int:
-        """How many fetches (POST git-upload-pack) the server has answered."""
-        return sum(
-            1 for line in self.log.read_text().splitlines() if "POST /git-upload-pack" in line
-        )
-
-
 @pytest.fixture
 def http_server(upstream: Upstream, tmp_path: Path) -> Iterator[HttpServer]:
     """`python -m dulwich.web` serving the upstream on 127.0.0.1, stopped by PID."""
-    port = free_port()
-    log = tmp_path / "http.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dulwich.web",
-                "-l",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                str(upstream.path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"dulwich.web did not start: {log.read_text()}") from None
-                time.sleep(0.05)
-        yield HttpServer(f"http://127.0.0.1:{port}/", log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serve_git_http(upstream.path, tmp_path / "http.log") as server:
+        yield server

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from olladist.source import FetchError, GitSource, RollbackRefused, SourceError
-from tests.source.conftest import HttpServer, Upstream, free_port, git
+from tests.harness.gitserver import HttpServer, free_port
+from tests.source.conftest import Upstream, git
 
 CLUSTER = "cluster: lab\n"
 

@@ -54,8 +54,13 @@ def _install(node: SandboxNode) -> dict[str, dict[str, File]]:
         (spec_dir / "cluster.yaml").write_text(
             cluster_yaml(node.address, node.ports, MODELS, note=note, queue=queue)
         )
-        local = NodeLocal(binary=str(VENV_BIN / "olladist-sim"))
-        desired = load_desired(spec_dir, "n1", node.layout, validate=False, local=local)
+        desired = load_desired(
+            spec_dir,
+            "n1",
+            node.layout,
+            validate=False,
+            local=NodeLocal(binary=str(VENV_BIN / "olladist-sim")),
+        )
         rendered[name] = desired.files
     env = node.layout.real("/etc/olladist/olladist.env")
     log = node.unit_log(UNIT)
