@@ -37,6 +37,7 @@ from olladist.units import (
     for_layout,
     shipped_unit,
 )
+from tests.harness.gitserver import serve_git_http
 from tests.harness.systemd_sandbox import SystemdSandbox
 
 REPO = Path(__file__).resolve().parents[2]
@@ -226,31 +227,8 @@ def reconcile_dropin(olladist: str, watchdog: str = TEST_WATCHDOG) -> str:
 @contextmanager
 def http_git_server(repo: Path, log: Path) -> Iterator[str]:
     """`python -m dulwich.web` serving `repo` on 127.0.0.1; stopped by PID."""
-    port = free_port()
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dulwich.web", "-l", "127.0.0.1", "-p", str(port), str(repo)],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"dulwich.web did not start: {log.read_text()}") from None
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serve_git_http(repo, log) as server:
+        yield server.url
 
 
 @contextmanager
