@@ -308,6 +308,12 @@ def test_api_keys_file_turns_on_bearer_auth(cluster: Cluster, clients: Clients) 
             with pytest.raises(ollama.ResponseError) as err:
                 client.generate(model="gemma2:2b", prompt="hi")
             assert err.value.status_code == 401
+        raw = httpx.post(
+            cluster.gateway(0) + "/api/chat", json={"model": "gemma2:2b"}, trust_env=False
+        )
+        assert raw.status_code == 401
+        assert raw.headers["www-authenticate"].startswith("Bearer")
+        assert set(raw.json()) == {"error"}
         assert keyed.generate(model="gemma2:2b", prompt="hi").done
         assert len(keyed.list().models) == len(MODELS)
         assert [c.done for c in keyed.chat(model="llama3.2:1b", messages=[], stream=True)][-1]
@@ -478,11 +484,17 @@ def test_killed_instance_new_requests_succeed_within_two_check_intervals(
     model = next(m for m in CHAT_MODELS if holders(placement, m) == (node.name,))
     pid = node.service_pids()["olladist-ollama@i0.service"]
     rt = HAProxyRuntime(node.layout.real(ADMIN_SOCKET))
+    killed_at: list[float] = []
+
+    def kill() -> None:
+        killed_at.append(time.time())
+        os.kill(pid, signal.SIGKILL)
+
     w = _watch(
         cluster.gateway(0),
         model,
         seconds=3 * HEALTH_INTERVAL,
-        event=lambda: os.kill(pid, signal.SIGKILL),
+        event=kill,
         down=lambda: _server_down(rt, "instances", "i0"),
     )
     # The reconciler may start i0 again before two checks fail: then it is never seen down.
@@ -497,6 +509,8 @@ def test_killed_instance_new_requests_succeed_within_two_check_intervals(
         cluster.interval + 10,
         "the instance to be restarted",
     )
+    record = node.root / "run/olladist/local/olladist-ollama@i0.service.json"
+    print(f"i0 started again by its reconciler {record.stat().st_mtime - killed_at[0]:.2f}s after")
     cluster.wait(lambda: not _server_down(rt, "instances", "i0"), 15, "i0 back up")
 
 
