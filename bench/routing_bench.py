@@ -187,6 +187,7 @@ def run(sc: Scenario, args: argparse.Namespace) -> Result:
             raise
         sim_stats(ports, reset=True)
         gateways = [f"http://{addr}:{spec.gateway.port}" for _, addr, _ in nodes]
+        gateways = gateways[: args.gateways or len(gateways)]
         lat, failed, seconds = asyncio.run(
             drive(gateways, workload(args.requests, args.seed), args.clients, args.deadline)
         )
@@ -211,6 +212,9 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=90.0, help="seconds per scenario")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", help="run the scenarios whose name contains this")
+    ap.add_argument(
+        "--gateways", type=int, default=0, help="clients use the first N nodes' gateways (0: all)"
+    )
     args = ap.parse_args()
     if args.nodes < 2:
         ap.error("placement is per node: placement-aware routing needs --nodes 2 or more")
@@ -220,7 +224,8 @@ def main() -> None:
     print(
         f"{args.nodes} nodes x {args.instances} instances (num_parallel {args.parallel}, "
         f"1 model loaded each, load at {args.load_gbps} GB/s, {args.tokens} tokens at "
-        f"{args.token_rate}/s), {args.requests} requests from {args.clients} clients\n"
+        f"{args.token_rate}/s), {args.requests} requests from {args.clients} clients through "
+        f"{args.gateways or args.nodes} gateway(s)\n"
         f"mix: {mix}\n",
         flush=True,
     )
