@@ -1,0 +1,63 @@
+"""Pure parts of the loop: restart slots across nodes, and the drift-storm back-off."""
+
+from __future__ import annotations
+
+import itertools
+
+from olladist.daemon import DRIFT_STORM_FREE, DRIFT_STORM_WINDOW, _DriftGuard
+from olladist.placement import place
+from olladist.reconcile import restart_slot
+from olladist.spec import Spec
+
+
+def spec(n_nodes: int, models: list[dict[str, object]]) -> Spec:
+    return Spec.model_validate(
+        {
+            "cluster": "c",
+            "nodes": [
+                {
+                    "name": f"n{i}",
+                    "address": f"10.0.0.{i + 1}",
+                    "instances": [{"name": "gpu0", "port": 11435}],
+                }
+                for i in range(n_nodes)
+            ],
+            "models": models,
+        }
+    )
+
+
+def test_nodes_sharing_a_model_never_share_a_restart_slot() -> None:
+    s = spec(8, [{"name": f"m{j}", "replicas": 2} for j in range(12)])
+    p = place(s)
+    for commit in ("a" * 40, "b" * 40, "c" * 40):
+        slots = {n.name: restart_slot(s, p, n.name, commit) for n in s.nodes}
+        for a in p.assignments:
+            held = [slots[n] for n in a.nodes]
+            assert len(set(held)) == len(held), (a.model, held)
+
+
+def test_slots_are_the_same_on_every_node_and_change_with_the_commit() -> None:
+    s = spec(6, [{"name": f"m{j}", "replicas": 2} for j in range(6)])
+    p = place(s)
+    first = [restart_slot(s, p, n.name, "1" * 40) for n in s.nodes]
+    assert first == [restart_slot(s, p, n.name, "1" * 40) for n in s.nodes]
+    orders = {tuple(restart_slot(s, p, n.name, c * 40) for n in s.nodes) for c in "23456789"}
+    assert len(orders) > 1  # who goes first rotates with the commit
+
+
+def test_a_model_on_every_node_puts_every_node_in_its_own_slot() -> None:
+    s = spec(4, [{"name": "embed", "nodes": "all"}])
+    p = place(s)
+    assert sorted(restart_slot(s, p, n.name, "f" * 40) for n in s.nodes) == [0, 1, 2, 3]
+
+
+def test_drift_guard_backs_off_only_when_the_same_drift_keeps_returning() -> None:
+    guard = _DriftGuard()
+    clock = itertools.count(0.0, 1.0)
+    delays = [guard.delay("write:/etc/olladist/haproxy.cfg", next(clock)) for _ in range(6)]
+    assert delays[:DRIFT_STORM_FREE] == [0.0] * DRIFT_STORM_FREE
+    assert delays[DRIFT_STORM_FREE:] == [2.0, 4.0, 8.0]
+    # Other drift starts afresh, and so does the same drift after a quiet window.
+    assert guard.delay("write:/etc/systemd/system/x", 10.0) == 0.0
+    assert guard.delay("write:/etc/systemd/system/x", 10.0 + DRIFT_STORM_WINDOW + 1) == 0.0
