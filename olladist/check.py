@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,19 @@ def check_servers(client: httpx.Client, stats_url: str) -> Result:
     return Result(True, "servers", f"all {len(rows)} checked servers are up")
 
 
-def check_converged(root: Path) -> Result:
+def check_converged(root: Path, settle: float = 15.0) -> Result:
+    """The node under ``root`` has converged, by its reconciler's status. Drift that a
+    reconcile is correcting right now (an instance just restarted) is given ``settle``
+    seconds to clear; drift that stays is a failure."""
+    deadline = time.monotonic() + settle
+    while True:
+        result = _converged_now(root)
+        if result.ok or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
+def _converged_now(root: Path) -> Result:
     status = State(Layout(root)).status()
     name = f"node root {root}"
     if status is None:

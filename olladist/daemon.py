@@ -226,8 +226,12 @@ class Daemon:
         while not self.stopping.is_set():
             self.alive_at = time.monotonic()
             if supervise is not None:
-                for unit in supervise():
+                restarted = supervise()
+                for unit in restarted:
                     log.warning("%s was not running; started it", unit)
+                if restarted:
+                    # A fresh instance has lost its preloaded models: reconcile now.
+                    return "restarted " + ", ".join(restarted)
             left = deadline - time.monotonic()
             if left <= 0:
                 return "interval"
