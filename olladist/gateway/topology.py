@@ -319,11 +319,32 @@ def build(
     )
     others = [n for n in spec.nodes if n.name != node.name and n.instances]
     by_name = {n.name: n for n in spec.nodes}
+
+    groups: dict[tuple[Strategy, tuple[str, ...]], list[str]] = {}
+    local_groups: dict[Strategy, list[str]] = {}
+    for model in spec.models:
+        holders = tuple(sorted(placement.nodes_for(model.key)))
+        if not holders:
+            continue
+        strategy = spec.strategy_for(model)
+        groups.setdefault((strategy, holders), []).append(model.key)
+        if node.name in holders:
+            local_groups.setdefault(strategy, []).append(model.key)
+
+    # model-affinity must pick the same instance whichever gateway a request enters. Each
+    # gateway hashes over the same list (one peer frontend per holder, sorted, this node's own
+    # included), so they agree on the node; that node's peer frontend hashes over its own
+    # instances, so it agrees on the instance. Local requests take one extra loopback hop.
+    via_self = any(
+        s == Strategy.MODEL_AFFINITY and len(h) > 1 and node.name in h for s, h in groups
+    )
+    peer_targets = others + ([node] if via_self else [])
     peers = Backend(
         "peers",
         Strategy.ROUND_ROBIN,
         tuple(
-            Server(_peer_server_name(n.name), n.address, gw.peer_port, peer=True) for n in others
+            Server(_peer_server_name(n.name), n.address, gw.peer_port, peer=True)
+            for n in sorted(peer_targets, key=lambda n: n.name)
         ),
         checked=True,
     )
@@ -340,25 +361,15 @@ def build(
             for i in node.instances
         ]
 
-    groups: dict[tuple[Strategy, tuple[str, ...]], list[str]] = {}
-    local_groups: dict[Strategy, list[str]] = {}
-    for model in spec.models:
-        holders = tuple(sorted(placement.nodes_for(model.key)))
-        if not holders:
-            continue
-        strategy = spec.strategy_for(model)
-        groups.setdefault((strategy, holders), []).append(model.key)
-        if node.name in holders:
-            local_groups.setdefault(strategy, []).append(model.key)
-
     route_backends: list[Backend] = []
     routes: list[Route] = []
     for (strategy, holders), models in sorted(groups.items()):
         name = _route_name(strategy, holders)
-        servers = local_servers(strategy) if node.name in holders else []
+        consistent = strategy == Strategy.MODEL_AFFINITY and len(holders) > 1
+        servers = local_servers(strategy) if node.name in holders and not consistent else []
         has_local = bool(servers)
         for holder in holders:
-            if holder == node.name:
+            if holder == node.name and not consistent:
                 continue
             peer = by_name[holder]
             servers.append(
@@ -384,7 +395,7 @@ def build(
 
     listen = node.listen
     allow: set[str] = set()
-    for n in others:
+    for n in peer_targets:
         allow.add(n.address)
         if not _unspecified(n.listen):
             allow.add(n.listen)

@@ -312,3 +312,20 @@ def test_ipv6_addresses_pass_haproxy_check(gw_tmp: Path) -> None:
     text = cfg.read_text()
     assert "bind [fd00::2]:" in text
     assert "server peer.a [fd00::1]:11400 check source [fd00::2]" in text
+
+
+def test_model_affinity_is_the_same_list_on_every_gateway() -> None:
+    """Every gateway hashes a model over the same servers (one peer frontend per holder, its
+    own included), so the model lands on the same node whichever gateway it entered."""
+    nodes = [node(n, f"10.0.0.{k + 1}", 2) for k, n in enumerate("abc")]
+    spec = spec_of([{"name": "x", "nodes": ["a", "b", "c"], "strategy": "model-affinity"}], nodes)
+    lists = set()
+    for n in "abc":
+        t = topo(spec, n)
+        (b,) = t.routes_backends
+        lists.add(tuple((s.name, s.addr) for s in b.servers))
+        assert f"peer.{n}" in {s.name for s in t.peers.servers}  # its own frontend is checked
+        assert f"10.0.0.{'abc'.index(n) + 1}" in t.allowlist  # and lets it in
+    assert lists == {
+        (("peer.a", "10.0.0.1:11400"), ("peer.b", "10.0.0.2:11400"), ("peer.c", "10.0.0.3:11400"))
+    }
