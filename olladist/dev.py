@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from olladist.errors import OlladistError, ToolError
-from olladist.layout import STATE_DIR, Layout
+from olladist.layout import Layout
 from olladist.ports import who_listens
+from olladist.runtime.local import LocalRuntime, Running
 from olladist.spec import Spec
 from olladist.specload import load_spec
 from olladist.state import State
@@ -130,14 +131,14 @@ def ensure_repo(spec_dir: Path, repo: Path) -> str:
 
 @dataclass(frozen=True)
 class Proc:
+    """A reconciler this dev cluster started: its node and its process identity."""
+
     node: str
     pid: int
     starttime: int
 
     def alive(self) -> bool:
-        from olladist.runtime.local import _proc_starttime  # noqa: PLC0415
-
-        return _proc_starttime(self.pid) == self.starttime
+        return Running(self.pid, self.starttime).alive()
 
 
 def _record(state_dir: Path) -> list[Proc]:
@@ -217,12 +218,13 @@ class DevCluster:
             )
             log.close()
             self._popen.append(proc)
-            from olladist.runtime.local import _proc_starttime  # noqa: PLC0415
-
-            start = None
-            while start is None and proc.poll() is None:
-                start = _proc_starttime(proc.pid)
-            self.procs.append(Proc(node.name, proc.pid, start or 0))
+            running = Running.of(proc)
+            if running is None:
+                raise OlladistError(
+                    f"the reconciler of {node.name} exited at once (status {proc.poll()})",
+                    hint=f"see {self.state_dir / 'logs' / (node.name + '.log')}",
+                )
+            self.procs.append(Proc(node.name, proc.pid, running.starttime))
             self.say(f"  started reconciler for {node.name} (pid {proc.pid})")
         self._save()
         deadline = time.monotonic() + timeout
@@ -329,8 +331,6 @@ class DevCluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
         # Each reconciler stops its own services; make sure, by their records, by PID.
-        from olladist.runtime.local import LocalRuntime  # noqa: PLC0415
-
         nodes = self.state_dir / "nodes"
         if nodes.is_dir():
             for root in sorted(nodes.iterdir()):
@@ -352,7 +352,3 @@ def _progress_line(status: dict[str, Any], commit: str | None) -> str:
     if errors:
         return f"error: {errors[0]['message']} (retrying)"
     return f"converging ({len(drift)} action(s) left)"
-
-
-def state_of(node_root: Path) -> Path:
-    return node_root / STATE_DIR.lstrip("/")

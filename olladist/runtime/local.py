@@ -33,7 +33,7 @@ log = logging.getLogger("olladist.runtime.local")
 LOG_DIR = "/var/log/olladist"
 
 
-def _proc_starttime(pid: int) -> int | None:
+def proc_starttime(pid: int) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
@@ -52,7 +52,14 @@ class Running:
     starttime: int
 
     def alive(self) -> bool:
-        return _proc_starttime(self.pid) == self.starttime
+        return proc_starttime(self.pid) == self.starttime
+
+    @classmethod
+    def of(cls, proc: subprocess.Popen[bytes]) -> Running | None:
+        """The identity of a child just started (None: it already exited). The child exists
+        once Popen returns, so its /proc entry is there unless it died at once."""
+        starttime = proc_starttime(proc.pid)
+        return None if starttime is None else cls(proc.pid, starttime)
 
 
 class LocalRuntime:
@@ -136,18 +143,13 @@ class LocalRuntime:
         finally:
             logfile.close()
         self._children[proc.pid] = proc
-        starttime = None
-        for _ in range(50):
-            starttime = _proc_starttime(proc.pid)
-            if starttime is not None or proc.poll() is not None:
-                break
-            time.sleep(0.01)
-        if starttime is None:
+        running = Running.of(proc)
+        if running is None:
             raise ToolError(
                 f"{unit}: exited at once (status {proc.poll()})",
                 hint=f"see {self.log_dir / (unit + '.log')}",
             )
-        record = {"pid": proc.pid, "starttime": starttime, "argv": commands[0]}
+        record = {"pid": proc.pid, "starttime": running.starttime, "argv": commands[0]}
         write_atomic(self._record_path(unit), json.dumps(record).encode(), 0o644)
         log.info("started %s (pid %d): %s", unit, proc.pid, " ".join(commands[0]))
 
