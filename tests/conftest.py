@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 import tempfile
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from olladist.files import File
 from olladist.gateway.render import write_peer_secret
 from olladist.layout import Layout
 from olladist.spec import Spec
@@ -52,6 +54,21 @@ def node_secrets(layout: Layout, spec: Spec) -> Layout:
         keys.parent.mkdir(parents=True, exist_ok=True)
         keys.write_text(hashlib.sha256(b"test-key").hexdigest() + "\n")
     return layout
+
+
+def assert_golden(base: Path, files: dict[str, File]) -> None:
+    """Rendered ``files`` equal the golden tree under ``base``; with OLLADIST_UPDATE_GOLDEN=1
+    the tree is rewritten first (on purpose: review the diff before committing it)."""
+    if os.environ.get("OLLADIST_UPDATE_GOLDEN") == "1":
+        shutil.rmtree(base, ignore_errors=True)
+        for path, f in files.items():
+            target = base / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(f.content)
+    kept = sorted("/" + str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+    assert kept == list(files), "rendered paths differ from golden; OLLADIST_UPDATE_GOLDEN=1"
+    for path, f in files.items():
+        assert (base / path.lstrip("/")).read_text() == f.content, path
 
 
 def olladist_cmd() -> list[str]:

@@ -5,7 +5,6 @@ Regenerate the golden files on purpose with OLLADIST_UPDATE_GOLDEN=1.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -20,11 +19,10 @@ from olladist.render import render_node, systemd_quote
 from olladist.spec import Spec
 from olladist.specload import load_spec
 from olladist.validators import validate_render
-from tests.conftest import EXAMPLE_SPEC, SPECS, need, node_secrets
+from tests.conftest import EXAMPLE_SPEC, SPECS, assert_golden, need, node_secrets
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SPEC_DIRS = {"example": EXAMPLE_SPEC, "large": SPECS / "large"}
-UPDATE = os.environ.get("OLLADIST_UPDATE_GOLDEN") == "1"
 
 
 def with_real_binary(spec: Spec) -> Spec:
@@ -46,16 +44,7 @@ def cases() -> list[tuple[str, str]]:
 def test_golden(spec_name: str, node: str) -> None:
     spec = load_spec(SPEC_DIRS[spec_name])
     files = render_node(spec, node)
-    base = GOLDEN / spec_name / node
-    if UPDATE:
-        for path, f in files.items():
-            target = base / path.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(f.content)
-    kept = sorted("/" + str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
-    assert kept == list(files), "rendered paths differ from golden; OLLADIST_UPDATE_GOLDEN=1"
-    for path, f in files.items():
-        assert (base / path.lstrip("/")).read_text() == f.content, path
+    assert_golden(GOLDEN / spec_name / node, files)
 
 
 @pytest.mark.parametrize(("spec_name", "node"), cases())

@@ -6,8 +6,6 @@ Regenerate the golden files on purpose with OLLADIST_UPDATE_GOLDEN=1.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -27,11 +25,10 @@ from olladist.layout import ROOT, Layout
 from olladist.placement import place
 from olladist.spec import Spec, Strategy
 from olladist.specload import load_spec
-from tests.conftest import EXAMPLE_SPEC, SPECS
+from tests.conftest import EXAMPLE_SPEC, SPECS, assert_golden
 from tests.gateway.certs import make_ca, make_node_cert
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "gateway"
-UPDATE = os.environ.get("OLLADIST_UPDATE_GOLDEN") == "1"
 TLS_PATHS = NodeTLS(
     peer_cert="/etc/olladist/tls/node.pem",
     peer_ca="/etc/olladist/tls/ca.pem",
@@ -59,17 +56,7 @@ def render_case(case: str, node: str, layout: Layout = ROOT, tls: NodeTLS | None
 @pytest.mark.parametrize(("case", "node"), [c for c in cases() if c[0] == "tls"])
 def test_golden(case: str, node: str) -> None:
     _, files = render_case(case, node)
-    base = GOLDEN / case / node
-    if UPDATE:
-        shutil.rmtree(base, ignore_errors=True)
-        for path, f in files.items():
-            target = base / path.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(f.content)
-    kept = sorted("/" + str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
-    assert kept == list(files), "rendered paths differ from golden; OLLADIST_UPDATE_GOLDEN=1"
-    for path, f in files.items():
-        assert (base / path.lstrip("/")).read_text() == f.content, path
+    assert_golden(GOLDEN / case / node, files)
 
 
 @pytest.fixture(scope="module")

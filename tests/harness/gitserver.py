@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,21 @@ class HttpServer:
         )
 
 
+def wait_listening(
+    port: int, proc: subprocess.Popen[bytes], why: Callable[[], str], timeout: float = 10.0
+) -> None:
+    """Wait until 127.0.0.1:port accepts connections; fail with ``why()`` if ``proc`` dies."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(why()) from None
+            time.sleep(0.05)
+
+
 @contextmanager
 def serve_git_http(repo: Path, log: Path) -> Iterator[HttpServer]:
     """Serve ``repo`` on a free port; the server is stopped by PID on exit."""
@@ -42,15 +57,7 @@ def serve_git_http(repo: Path, log: Path) -> Iterator[HttpServer]:
             stderr=err,
         )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"dulwich.web did not start: {log.read_text()}") from None
-                time.sleep(0.05)
+        wait_listening(port, proc, lambda: f"dulwich.web did not start: {log.read_text()}")
         yield HttpServer(f"http://127.0.0.1:{port}/", log)
     finally:
         proc.terminate()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from olladist.source import FetchError, GitSource, RollbackRefused, SourceError
-from tests.harness.gitserver import HttpServer, free_port
+from tests.harness.gitserver import HttpServer, free_port, wait_listening
 from tests.source.conftest import Upstream, git
 
 CLUSTER = "cluster: lab\n"
@@ -258,14 +258,7 @@ def test_git_protocol(upstream: Upstream, tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "git daemon died"
-                time.sleep(0.05)
+        wait_listening(port, proc, lambda: "git daemon did not start")
         src = GitSource(f"git://127.0.0.1:{port}/upstream", state_dir=tmp_path / "state")
         result = src.poll()
         assert (result.commit, result.fetched) == (sha, True)
