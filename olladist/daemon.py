@@ -31,8 +31,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from olladist.drain import instance_name
 from olladist.errors import OlladistError
 from olladist.layout import ETC_DIR, SYSTEMD_DIR, Layout
+from olladist.models import forget_preloads
 from olladist.nodelocal import NodeLocal
 from olladist.ollama import Progress
 from olladist.plan import Kind, Plan
@@ -231,6 +233,7 @@ class Daemon:
                     log.warning("%s was not running; started it", unit)
                 if restarted:
                     # A fresh instance has lost its preloaded models: reconcile now.
+                    forget_preloads(self.state, [i for u in restarted if (i := instance_name(u))])
                     return "restarted " + ", ".join(restarted)
             left = deadline - time.monotonic()
             if left <= 0:

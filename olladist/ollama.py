@@ -127,15 +127,14 @@ class OllamaClient:
             json={"source": source, "destination": destination},
         )
 
-    def load(self, model: str, timeout: float = 900.0) -> None:
-        """Load ``model`` into memory: a generate with no prompt, as Ollama documents."""
-        self._request(
-            "POST",
-            "/api/generate",
-            f"load {model}",
-            json={"model": model, "stream": False},
-            timeout=timeout,
-        )
+    def load(self, model: str, timeout: float = 900.0, keep_alive: str | None = None) -> None:
+        """Load ``model`` into memory: a generate with no prompt, as Ollama documents.
+        ``keep_alive``: a Go duration ("30m"), "0" or "-1" (forever); None: the server's."""
+        body: dict[str, object] = {"model": model, "stream": False}
+        if keep_alive is not None:
+            # Ollama reads a bare number as seconds and a string as a Go duration.
+            body["keep_alive"] = int(keep_alive) if keep_alive in ("0", "-1") else keep_alive
+        self._request("POST", "/api/generate", f"load {model}", json=body, timeout=timeout)
 
     def pull(
         self,

@@ -20,7 +20,7 @@ from olladist.errors import ApplyError, OlladistError
 from olladist.files import File
 from olladist.gateway.render import node_local_files
 from olladist.layout import Layout
-from olladist.models import ModelSync, observe_models, plan_models
+from olladist.models import ModelSync, memory_of, observe_models, plan_models, remember
 from olladist.nodelocal import NodeLocal
 from olladist.observe import observe
 from olladist.ollama import OllamaClient, Progress
@@ -114,9 +114,10 @@ def full_plan(desired: Desired, layout: Layout, state: State, runtime: Runtime) 
         if starting:
             return Plan(p.node, p.actions, (f"models checked once the instances run ({obs})",))
         return p.with_actions([Action(Kind.REPORT, "models", f"cannot observe: {obs}")])
-    return p.with_actions(
-        plan_models(desired.spec, node, desired.placement, obs, state.model_errors())
+    mp = plan_models(
+        desired.spec, node, desired.placement, obs, memory=memory_of(state), commit=desired.commit
     )
+    return Plan(p.node, p.actions + tuple(mp.actions), p.notes + tuple(mp.notes))
 
 
 def _stopped_units(desired: Desired, p: Plan, runtime: Runtime) -> list[Action]:
@@ -185,12 +186,15 @@ def execute(
     obs = observe_models(node)
     if isinstance(obs, str):
         raise ApplyError(f"cannot observe models: {obs}")
-    actions = plan_models(desired.spec, node, desired.placement, obs)
+    memory = memory_of(state)
+    mp = plan_models(
+        desired.spec, node, desired.placement, obs, memory=memory, commit=desired.commit
+    )
     sync = ModelSync(desired.spec, node, on_progress=on_progress)
-    result = sync.execute([a for a in actions if a.kind.is_model])
+    result = sync.execute([a for a in mp.actions if a.kind.is_model])
     outcome.done += result.done
     outcome.model_errors = result.failed
-    state.set_model_errors(result.failed)
+    remember(state, memory.after(desired.commit, result))
     return outcome
 
 

@@ -95,6 +95,10 @@ ModelName = Annotated[
 ]
 LabelStr = Annotated[str, Field(pattern=LABEL_PATTERN)]
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, description="e.g. 500ms, 5s, 15m, 1h")]
+# Ollama parses keep_alive with Go's time.ParseDuration (no "d"); -1 keeps a model forever.
+KeepAlive = Annotated[
+    str, Field(pattern=r"^(-1|0|[0-9]{1,9}(ms|s|m|h))$", description="e.g. 30m, 24h, 0, -1")
+]
 Port = Annotated[int, Field(ge=1, le=65535)]
 AbsPath = Annotated[str, Field(pattern=PATH_PATTERN, max_length=4096)]
 IPAddress = Annotated[str, AfterValidator(_ip)]
@@ -250,7 +254,14 @@ class Model(_Model):
     digest: Annotated[str, Field(pattern=DIGEST_PATTERN)] | None = Field(
         default=None, description="pin: the manifest digest a pull must give"
     )
-    preload: bool = Field(default=False, description="load it on every instance of its nodes")
+    preload: bool = Field(
+        default=False, description="load it on one instance of each of its nodes after a pull"
+    )
+    keep_alive: KeepAlive | None = Field(
+        default=None,
+        description="how long a preload keeps it loaded when idle: a duration, 0 or -1 "
+        "(forever); default: the instance's OLLAMA_KEEP_ALIVE",
+    )
     strategy: Strategy | None = Field(
         default=None, description="overrides gateway.strategy for this model"
     )

@@ -4,6 +4,8 @@
 - ``pending.json``: runtime actions (restart, reload, ...) of an apply that has written files
   but not yet acted on them, so that a crash between the two does not lose a restart;
 - ``model-errors.json``: why the last pull of a model failed, shown by ``diff`` until it works;
+- ``models.json``: pins the registry did not serve and preloads done, per commit, so that
+  neither is retried every tick (``olladist.models.ModelMemory``);
 - ``status.json``: the last reconcile's result, for ``olladist status``.
 Each is written atomically; a missing file means empty, an unreadable one is an error that
 names it.
@@ -73,6 +75,13 @@ class State:
 
     def set_model_errors(self, errors: dict[str, str]) -> None:
         self._write("model-errors.json", errors)
+
+    def model_records(self) -> dict[str, Any]:
+        data = self._read("models.json")
+        return data if isinstance(data, dict) else {}
+
+    def set_model_records(self, data: dict[str, Any]) -> None:
+        self._write("models.json", data)
 
     def status(self) -> dict[str, Any] | None:
         data = self._read("status.json")

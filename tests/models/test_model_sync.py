@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
-from olladist.models import ModelSync, observe_models, plan_models
+from olladist.models import (
+    PRUNE_PER_TICK,
+    ModelMemory,
+    ModelPlan,
+    ModelSync,
+    observe_models,
+    plan_models,
+)
 from olladist.placement import place
 from olladist.plan import Kind
 from olladist.sim.process import SimProcess, start_sim
@@ -67,18 +75,33 @@ def node(tmp_path: Path) -> Iterator[Node]:
 
 
 def converge(spec: Spec) -> tuple[list[Any], dict[str, str]]:
+    actions, failed, _ = tick(spec, ModelMemory(), "c1")
+    return actions, failed
+
+
+def tick(
+    spec: Spec, memory: ModelMemory, commit: str, timeout: float = 5.0
+) -> tuple[list[Any], dict[str, str], ModelMemory]:
+    """One reconcile tick of the model sync, as olladist.reconcile.execute runs it: observe,
+    plan with what earlier ticks learnt, execute, remember."""
     n = spec.nodes[0]
-    obs = observe_models(n)
+    obs = observe_models(n, timeout=timeout)
     assert not isinstance(obs, str), obs
-    actions = plan_models(spec, n, place(spec), obs)
-    result = ModelSync(spec, n, backoff=0.01).execute([a for a in actions if a.kind.is_model])
-    return actions, result.failed
+    mp = plan_models(spec, n, place(spec), obs, memory=memory, commit=commit)
+    result = ModelSync(spec, n, backoff=0.01).execute([a for a in mp.actions if a.kind.is_model])
+    return mp.actions, result.failed, memory.after(commit, result)
+
+
+def model_plan(
+    spec: Spec, memory: ModelMemory | None = None, commit: str = "c1", timeout: float = 5.0
+) -> ModelPlan:
+    obs = observe_models(spec.nodes[0], timeout=timeout)
+    assert not isinstance(obs, str)
+    return plan_models(spec, spec.nodes[0], place(spec), obs, memory=memory, commit=commit)
 
 
 def drift(spec: Spec, errors: dict[str, str] | None = None) -> list[Any]:
-    obs = observe_models(spec.nodes[0])
-    assert not isinstance(obs, str)
-    return plan_models(spec, spec.nodes[0], place(spec), obs, errors)
+    return model_plan(spec, ModelMemory(errors or {})).actions
 
 
 def test_each_model_is_pulled_once_per_node_then_no_drift(node: Node) -> None:
@@ -170,15 +193,96 @@ def test_digest_pin_mismatch_keeps_the_previous_copy(node: Node) -> None:
     assert [(m["name"], m["digest"]) for m in tags] == [("llama3.2:1b", before)]
 
 
-def test_preload_loads_on_every_instance(node: Node) -> None:
-    spec = node.spec([{"name": "llama3.2:1b", "nodes": "all", "preload": True}])
+def loaded(node: Node) -> dict[str, list[str]]:
+    out = {}
+    for k, s in enumerate(node.sims):
+        out[f"i{k}"] = [m["name"] for m in httpx.get(f"{s.url}/api/ps").json()["models"]]
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["model-affinity", "least-loaded"])
+def test_preload_loads_on_exactly_one_instance(node: Node, strategy: str) -> None:
+    spec = node.spec(
+        [{"name": "llama3.2:1b", "nodes": "all", "preload": True, "strategy": strategy}]
+    )
     actions, failed = converge(spec)
     assert failed == {}
-    assert sorted(a.target for a in actions if a.kind is Kind.PRELOAD) == [
-        "llama3.2:1b@i0",
-        "llama3.2:1b@i1",
-    ]
-    for s in node.sims:
-        loaded = [m["name"] for m in httpx.get(f"{s.url}/api/ps").json()["models"]]
-        assert loaded == ["llama3.2:1b"]
+    preloads = [a.target for a in actions if a.kind is Kind.PRELOAD]
+    assert len(preloads) == 1
+    on = preloads[0].rpartition("@")[2]
+    assert {i: m for i, m in loaded(node).items() if m} == {on: ["llama3.2:1b"]}
     assert drift(spec) == []
+
+
+def test_preload_passes_keep_alive_and_is_not_repeated_after_an_eviction(node: Node) -> None:
+    spec = node.spec([{"name": "llama3.2:1b", "nodes": "all", "preload": True, "keep_alive": "-1"}])
+    actions, failed, memory = tick(spec, ModelMemory(), "c1")
+    assert failed == {}
+    (target,) = [a.target for a in actions if a.kind is Kind.PRELOAD]
+    inst = int(target.rpartition("@")[2].removeprefix("i"))
+    ps = httpx.get(f"{node.sims[inst].url}/api/ps").json()["models"]
+    # keep_alive -1: Ollama keeps it forever and reports an expiry far in the future.
+    assert ps[0]["expires_at"] > "2100"
+    # Ollama evicts it (here: a client unloads it with keep_alive 0).
+    httpx.post(
+        f"{node.sims[inst].url}/api/generate",
+        json={"model": "llama3.2:1b", "keep_alive": 0, "stream": False},
+        timeout=30,
+    ).raise_for_status()
+    for _ in range(50):
+        if not any(loaded(node).values()):
+            break
+        time.sleep(0.05)
+    mp = model_plan(spec, memory, "c1")
+    assert mp.actions == []
+    assert any("has been unloaded since" in n for n in mp.notes), mp.notes
+    # A new commit preloads again.
+    assert [a.kind for a in model_plan(spec, memory, "c2").actions] == [Kind.PRELOAD]
+
+
+def test_a_pin_the_registry_does_not_serve_is_pulled_once_per_commit(node: Node) -> None:
+    pinned = node.spec([{"name": "llama3.2:1b", "nodes": "all", "digest": "sha256:" + "0" * 64}])
+    memory = ModelMemory()
+    for _ in range(10):  # ten reconcile intervals on one commit
+        actions, _, memory = tick(pinned, memory, "c1")
+    assert node.pulls() == {"llama3.2:1b": 1}
+    (report,) = actions
+    assert report.kind is Kind.REPORT
+    assert "not the pin 000000000000" in report.reason
+    assert "not pulled again until the commit or the pin changes" in report.reason
+    # The next commit tries once more.
+    for _ in range(2):
+        _, _, memory = tick(pinned, memory, "c2")
+    assert node.pulls() == {"llama3.2:1b": 2}
+
+
+def test_prune_deletes_nothing_while_an_instance_is_unobservable(node: Node) -> None:
+    converge(node.spec([{"name": m, "nodes": "all"} for m in MODELS]))
+    smaller = node.spec([{"name": MODELS[0], "nodes": "all"}], prune_models=True)
+    # Its /api/ps hangs: what it has loaded is unknown, so nothing may be deleted.
+    httpx.post(f"{node.sims[1].url}/_sim/faults", json={"hang_all": True}).raise_for_status()
+    actions = model_plan(smaller, timeout=1.0).actions
+    assert {a.kind for a in actions} == {Kind.REPORT}
+    assert all("cannot be observed" in a.reason for a in actions), actions
+    # Killed: the same.
+    node.sims[1].stop()
+    actions, failed, _ = tick(smaller, ModelMemory(), "c1", timeout=1.0)
+    assert failed == {}
+    assert {a.kind for a in actions} == {Kind.REPORT}
+    names = {m["name"] for m in httpx.get(f"{node.sims[0].url}/api/tags").json()["models"]}
+    assert {"qwen2.5:0.5b", "nomic-embed-text:latest"} <= names
+
+
+def test_prune_deletes_a_bounded_number_of_models_per_tick(node: Node) -> None:
+    many = [*MODELS, "mistral:7b", "gemma2:2b"]
+    converge(node.spec([{"name": m, "nodes": "all"} for m in many]))
+    keep = node.spec([{"name": many[0], "nodes": "all"}], prune_models=True)
+    memory = ModelMemory()
+    deleted_per_tick = []
+    for _ in range(4):
+        actions, failed, memory = tick(keep, memory, "c1")
+        assert failed == {}
+        deleted_per_tick.append(sum(a.kind is Kind.DELETE_MODEL for a in actions))
+    assert deleted_per_tick == [PRUNE_PER_TICK, PRUNE_PER_TICK, 0, 0]
+    names = {m["name"] for m in httpx.get(f"{node.sims[0].url}/api/tags").json()["models"]}
+    assert names == {"llama3.2:1b"}
