@@ -6,54 +6,19 @@ so that the same commit renders byte-identical files on every run and every mach
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import jinja2
-
-from olladist.errors import RenderError
 from olladist.files import File
+from olladist.gateway.render import gateway_files
+from olladist.gateway.topology import NodeTLS
 from olladist.layout import ROOT, SYSTEMD_DIR, Layout
 from olladist.placement import Placement, place
 from olladist.spec import Instance, Node, Spec
-
-if TYPE_CHECKING:
-    from olladist.gateway.topology import NodeTLS
+from olladist.templating import render_template
 from olladist.units import unit_files
 
 INSTANCE_UNIT = "olladist-ollama@{}.service"
 DROPIN_NAME = "10-olladist.conf"
-
-
-def systemd_quote(value: str) -> str:
-    """Quote one word for a unit file: backslash and double quote escaped, `%` doubled so that
-    systemd does not expand specifiers. The spec already refuses control characters."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-    return f'"{escaped}"'
-
-
-@cache
-def environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("olladist", "templates"),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 - we render config files, not HTML
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["systemd_quote"] = systemd_quote
-    return env
-
-
-def render_template(name: str, **context: object) -> str:
-    try:
-        return environment().get_template(name).render(**context)
-    except jinja2.TemplateSyntaxError as exc:
-        raise RenderError(f"template {exc.name or name}:{exc.lineno}: {exc.message}") from exc
-    except jinja2.UndefinedError as exc:
-        raise RenderError(f"template {name}: {exc.message}") from exc
 
 
 def instance_unit(instance: Instance | str) -> str:
@@ -102,8 +67,6 @@ def render_node(
 ) -> dict[str, File]:
     """Every file olladist manages on ``node_name``, keyed by node path, sorted. Contents point
     at real paths under ``layout.root``. ``tls``: the node-local certificates, if any."""
-    from olladist.gateway.render import gateway_files  # noqa: PLC0415 - gateway imports us
-
     node = spec.node(node_name)
     placement = placement or place(spec)
     files = unit_files(layout)

@@ -15,9 +15,10 @@ from olladist.files import File
 from olladist.gateway.render import node_local_files
 from olladist.layout import Layout
 from olladist.placement import place
-from olladist.render import render_node, systemd_quote
+from olladist.render import render_node
 from olladist.spec import Spec
 from olladist.specload import load_spec
+from olladist.templating import systemd_quote
 from olladist.validators import validate_render
 from tests.conftest import EXAMPLE_SPEC, SPECS, assert_golden, need, node_secrets
 

@@ -14,8 +14,8 @@ from olladist.files import File, write_atomic
 from olladist.gateway.topology import PEER_SECRET_FILE, NodeTLS, Route, Topology, build
 from olladist.layout import GATEWAY_DIR, HAPROXY_CFG, ROOT, Layout
 from olladist.placement import Placement
-from olladist.render import render_template
 from olladist.spec import Spec
+from olladist.templating import render_template
 
 # Ollama reports times like this; a model's real modification time is only known to the
 # instance that holds it, so the cluster view shows a fixed one.
