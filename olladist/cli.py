@@ -125,7 +125,8 @@ def cmd_placement(ctx: Context) -> int:
 
 
 def cmd_render(ctx: Context) -> int:
-    from olladist.render import render_node, write_tree  # noqa: PLC0415
+    from olladist.files import write_tree  # noqa: PLC0415
+    from olladist.render import render_node  # noqa: PLC0415
     from olladist.specload import load_spec  # noqa: PLC0415
 
     spec = load_spec(ctx.spec_dir())

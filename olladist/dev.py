@@ -272,8 +272,8 @@ class DevCluster:
 
     def share_peer_secret(self, spec: Spec) -> None:
         """Every node of a cluster needs the same peer secret (node-local, never in git)."""
-        from olladist.gateway.render import write_peer_secret  # noqa: PLC0415
-        from olladist.gateway.topology import PEER_SECRET_FILE  # noqa: PLC0415
+        from olladist.layout import PEER_SECRET_FILE  # noqa: PLC0415
+        from olladist.nodelocal import write_peer_secret  # noqa: PLC0415
 
         first = write_peer_secret(Layout(self.node_root(spec.nodes[0].name)))
         for node in spec.nodes[1:]:

@@ -18,8 +18,7 @@ from collections.abc import Callable
 
 from olladist.errors import OlladistError, ToolError
 from olladist.gateway.runtime import AdminState, HAProxyRuntime
-from olladist.gateway.topology import SERVER_STATE_FILE
-from olladist.layout import ADMIN_SOCKET, Layout
+from olladist.layout import ADMIN_SOCKET, SERVER_STATE_FILE, Layout
 from olladist.ollama import OllamaClient
 from olladist.runtime import Runtime
 from olladist.spec import Node

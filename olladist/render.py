@@ -6,12 +6,10 @@ so that the same commit renders byte-identical files on every run and every mach
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from olladist.files import File
 from olladist.gateway.render import gateway_files
-from olladist.gateway.topology import NodeTLS
 from olladist.layout import ROOT, SYSTEMD_DIR, Layout
+from olladist.nodelocal import NodeTLS
 from olladist.placement import Placement, place
 from olladist.spec import Instance, Node, Spec
 from olladist.templating import render_template
@@ -73,11 +71,3 @@ def render_node(
     files.update(instance_files(spec, node, layout))
     files.update(gateway_files(spec, node_name, placement, layout, tls))
     return dict(sorted(files.items()))
-
-
-def write_tree(files: dict[str, File], out: Path) -> None:
-    """Write rendered files under ``out`` as they would be under ``/`` (for `olladist render`)."""
-    from olladist.files import under_root, write_atomic  # noqa: PLC0415
-
-    for path, f in files.items():
-        write_atomic(under_root(out, path), f.content.encode(), f.mode)

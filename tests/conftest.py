@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from olladist.files import File
-from olladist.gateway.render import write_peer_secret
 from olladist.layout import Layout
+from olladist.nodelocal import write_peer_secret
 from olladist.spec import Spec
 
 REPO = Path(__file__).resolve().parent.parent

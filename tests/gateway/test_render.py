@@ -13,15 +13,10 @@ import pytest
 
 from olladist.errors import RenderError
 from olladist.files import write_atomic
-from olladist.gateway.render import gateway_files, node_local_files, write_peer_secret
-from olladist.gateway.topology import (
-    PEER_SECRET_FILE,
-    NodeTLS,
-    PeerAuth,
-    build,
-    node_tls_from_env,
-)
-from olladist.layout import ROOT, Layout
+from olladist.gateway.render import gateway_files, node_local_files
+from olladist.gateway.topology import PeerAuth, build
+from olladist.layout import PEER_SECRET_FILE, ROOT, Layout
+from olladist.nodelocal import NodeTLS, node_tls_from_env, write_peer_secret
 from olladist.placement import place
 from olladist.spec import Spec, Strategy
 from olladist.specload import load_spec
