@@ -32,13 +32,13 @@ from types import FrameType
 from typing import Any
 
 from olladist.errors import OlladistError
-from olladist.layout import ETC_DIR, SYSTEMD_DIR, Layout
-from olladist.nodelocal import NodeLocal
+from olladist.layout import ETC_DIR, SYSTEMD_DIR
+from olladist.nodeconfig import NodeConfig
 from olladist.ollama import Progress
 from olladist.plan import Kind, Plan
 from olladist.reconcile import Desired, execute, full_plan, load_desired, restart_slot
 from olladist.runtime import Runtime
-from olladist.source import DirSource, GitSource
+from olladist.source import DirSource
 from olladist.spec import DriftPolicy, duration_ms
 from olladist.state import State
 from olladist.status import Status, gateway_health, write_metrics
@@ -83,20 +83,19 @@ class _DriftGuard:
 class Daemon:
     def __init__(
         self,
-        source: GitSource | DirSource,
-        node: str,
-        layout: Layout,
+        config: NodeConfig,
         runtime: Runtime,
         *,
         once: bool = False,
         interval: float | None = None,
         on_progress: Callable[[str, Progress], None] | None = None,
-        local: NodeLocal | None = None,
     ) -> None:
-        self.source = source
-        self.local = local or NodeLocal()
-        self.node = node
-        self.layout = layout
+        """``config``: the node's configuration (its source, name, root and local settings);
+        ``runtime``: what runs its services."""
+        self.source = config.open_source()
+        self.local = config.local
+        self.node = node = config.node
+        self.layout = layout = config.layout
         self.runtime = runtime
         self.once = once
         self.interval_override = interval
