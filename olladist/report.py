@@ -1,13 +1,19 @@
-"""Human-readable output: plans, placements. JSON output comes from the same values' to_dict."""
+"""Human-readable output: plans, placements, status. JSON output comes from the same values'
+to_dict."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from olladist.placement import Placement
 from olladist.plan import Action, Kind, Plan
+from olladist.status import Status
+
+if TYPE_CHECKING:
+    # Only a type here: importing placement would load pydantic for `olladist status`.
+    from olladist.placement import Placement
 
 
 def _color(stream: TextIO) -> bool:
@@ -57,4 +63,38 @@ def format_placement(placement: Placement, nodes: list[str]) -> str:
     for node in nodes:
         models = placement.models_for(node)
         lines.append(f"  {node}: {', '.join(models) if models else '(none)'}")
+    return "\n".join(lines)
+
+
+def format_status(s: Status) -> str:
+    """``olladist status``: the last reconcile of a node, one fact a line."""
+
+    def when(t: float) -> str:
+        if not t:
+            return "never"
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    lines = [
+        f"node:       {s.node}",
+        f"applied:    {s.applied_commit or 'none'} ({when(s.applied_at)})",
+        f"attempted:  {s.attempted_commit or 'none'} ({when(s.attempted_at)})",
+    ]
+    if s.attempted_error:
+        lines.append(f"refused:    {s.attempted_error}")
+    lines += [
+        f"last run:   {when(s.last_run_at)}, {s.duration_s:.2f}s, " + ("ok" if s.ok else "FAILED"),
+        f"drift:      {len(s.drift)} item(s)",
+    ]
+    lines += [f"  {d['kind']} {d['target']} ({d['reason']})" for d in s.drift]
+    lines.append(f"models:     {', '.join(s.models) or '(none)'}")
+    for h in s.health:
+        lines.append(
+            f"{h['kind']:<10}  {h['name']:<16} {h['status']:<10} sessions {h['sessions']}"
+            f" queued {h['queued']} ({h['check'] or 'no check'})"
+        )
+    lines += [f"note:       {n}" for n in s.notes]
+    for e in s.errors:
+        lines.append(f"error:      {e['message']}")
+        if e.get("hint"):
+            lines.append(f"            hint: {e['hint']}")
     return "\n".join(lines)
