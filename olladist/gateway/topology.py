@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from olladist.errors import RenderError
+from olladist.gateway import INSTANCES_BACKEND, PEERS_BACKEND
 from olladist.layout import (
     ADMIN_SOCKET,
     GATEWAY_DIR,
@@ -278,7 +279,7 @@ def build(
     least = Strategy.LEAST_LOADED
 
     instances = Backend(
-        "instances",
+        INSTANCES_BACKEND,
         least,
         tuple(
             # No maxconn here: this backend answers /api/version and /api/ps, which must
@@ -311,7 +312,7 @@ def build(
     )
     peer_targets = others + ([node] if via_self else [])
     peers = Backend(
-        "peers",
+        PEERS_BACKEND,
         Strategy.ROUND_ROBIN,
         tuple(
             Server(_peer_server_name(n.name), n.address, gw.peer_port, peer=True)
