@@ -11,9 +11,7 @@ One PASS/FAIL line per check; exit 0 only if every check passed:
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from olladist.gateway.runtime import parse_stat
 from olladist.layout import Layout
 from olladist.names import normalize_model
 from olladist.spec import Spec
@@ -109,28 +108,16 @@ def check_unknown_model(client: httpx.Client, base: str) -> Result:
     return Result(False, "unknown model", f"got {r.status_code}: {r.text[:200]}")
 
 
-def parse_stats_csv(text: str) -> list[dict[str, str]]:
-    """HAProxy's ``show stat`` / ``;csv`` output (header line starts with '# ')."""
-    return list(csv.DictReader(io.StringIO(text.lstrip("# "))))
-
-
 def check_servers(client: httpx.Client, stats_url: str) -> Result:
     try:
         r = client.get(f"{stats_url.rstrip('/')}/stats;csv")
         r.raise_for_status()
     except httpx.HTTPError as exc:
         return Result(False, "servers", f"stats at {stats_url}: {exc}")
-    rows = [
-        row
-        for row in parse_stats_csv(r.text)
-        if row.get("svname") not in ("FRONTEND", "BACKEND") and row.get("check_status")
-    ]
+    # The stats page's CSV is the runtime socket's `show stat`: one parser for both.
+    rows = [s for s in parse_stat(r.text) if s.check_status]
     down = sorted(
-        {
-            f"{row['pxname']}/{row['svname']} {row['status']}"
-            for row in rows
-            if not row["status"].startswith("UP")
-        }
+        {f"{s.backend}/{s.server} {s.status}" for s in rows if not s.status.startswith("UP")}
     )
     if down:
         return Result(False, "servers", "not up: " + ", ".join(down))

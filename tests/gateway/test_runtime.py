@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from olladist.check import check_servers
 from olladist.drain import active_sessions, drain_instance, set_ready
 from olladist.errors import ToolError
 from olladist.gateway.runtime import (
@@ -206,3 +207,18 @@ def test_drain_waits_for_running_streams(one_node: Cluster) -> None:
     assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i1"}
     set_ready(rt, "i0")
     assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i0", "n0/i1"}
+
+
+@pytest.mark.integration
+def test_check_servers_reads_the_stats_page_and_names_a_dead_instance(one_node: Cluster) -> None:
+    """`olladist check` reads the stats page's CSV with the runtime socket's parser."""
+    g = one_node.gw("n0")
+    stats = f"http://{g.host}:{g.stats_port}"
+    with httpx.Client(trust_env=False, timeout=10) as h:
+        first = check_servers(h, stats)
+        assert first.ok, first.detail
+        assert first.detail == "all 2 checked servers are up"
+        one_node.fakes["n0/i0"].kill()
+        wait_until(lambda: not check_servers(h, stats).ok, timeout=5)
+        after = check_servers(h, stats)
+    assert after.detail.startswith("not up: instances/i0 DOWN"), after.detail
