@@ -23,7 +23,7 @@ from typing import Any
 
 from olladist.errors import OlladistError, ToolError
 from olladist.files import write_atomic
-from olladist.layout import ENV_FILE, PEER_SECRET_FILE, Layout
+from olladist.layout import ENV_FILE, INSTANCE_HOST, PEER_SECRET_FILE, Layout
 from olladist.nodeconfig import format_env_file
 from olladist.nodelocal import ENV_BINARY, write_peer_secret
 from olladist.ports import who_listens
@@ -86,7 +86,9 @@ def spec_ports(spec: Spec) -> list[tuple[str, int, str]]:
             (addr, gw.peer_port, f"peer frontend of {node.name}"),
             (addr if node.loopback else "127.0.0.1", gw.stats_port, f"stats of {node.name}"),
         ]
-        out += [("127.0.0.1", i.port, f"instance {i.name} of {node.name}") for i in node.instances]
+        out += [
+            (INSTANCE_HOST, i.port, f"instance {i.name} of {node.name}") for i in node.instances
+        ]
     return out
 
 

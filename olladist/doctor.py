@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from olladist.errors import OlladistError
-from olladist.layout import ENV_FILE, STATE_DIR, Layout
+from olladist.layout import ENV_FILE, INSTANCE_HOST, STATE_DIR, Layout
 from olladist.nodeconfig import NodeConfig
 from olladist.ports import who_listens
 from olladist.runtime.systemd import booted_with_systemd
@@ -151,7 +151,7 @@ def check_ports(spec: Spec | None, node: str) -> list[Finding]:
     n = spec.node(node)
     gw = spec.gateway
     wanted = [(n.listen, gw.port, "gateway"), (n.listen, gw.peer_port, "peer frontend")]
-    wanted += [("127.0.0.1", i.port, f"instance {i.name}") for i in n.instances]
+    wanted += [(INSTANCE_HOST, i.port, f"instance {i.name}") for i in n.instances]
     out = []
     for addr, port, what in wanted:
         holder = who_listens(addr, port)

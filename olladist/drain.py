@@ -19,8 +19,8 @@ from collections.abc import Callable
 from olladist.errors import OlladistError, ToolError
 from olladist.gateway import INSTANCES_BACKEND
 from olladist.gateway.runtime import AdminState, HAProxyRuntime
-from olladist.layout import ADMIN_SOCKET, SERVER_STATE_FILE, Layout
-from olladist.ollama import OllamaClient
+from olladist.layout import ADMIN_SOCKET, INSTANCE_HOST, SERVER_STATE_FILE, Layout
+from olladist.ollama import wait_healthy
 from olladist.runtime import Runtime
 from olladist.spec import Node
 from olladist.units import GATEWAY_UNIT
@@ -124,17 +124,12 @@ class DrainingRuntime:
         port = next((i.port for i in self.node.instances if i.name == inst), None)
         if port is None:
             return
-        deadline = time.monotonic() + self.health_timeout
-        with OllamaClient(f"http://127.0.0.1:{port}", timeout=2.0) as client:
-            while not client.healthy():
-                if time.monotonic() > deadline:
-                    raise OlladistError(
-                        f"instance {inst} did not answer on 127.0.0.1:{port} within "
-                        f"{self.health_timeout:.0f}s after its restart",
-                        hint="see its log; it stays drained in the gateway until it answers",
-                    )
-                self.on_wait()
-                time.sleep(0.1)
+        if wait_healthy([port], self.health_timeout, self.on_wait):
+            raise OlladistError(
+                f"instance {inst} did not answer on {INSTANCE_HOST}:{port} within "
+                f"{self.health_timeout:.0f}s after its restart",
+                hint="see its log; it stays drained in the gateway until it answers",
+            )
 
     def _wait_gateway_up(self, inst: str) -> None:
         deadline = time.monotonic() + self.health_timeout

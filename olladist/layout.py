@@ -32,6 +32,10 @@ PEER_SECRET_FILE = f"{SECRETS_DIR}/peer.map"
 SERVER_STATE_FILE = f"{STATE_DIR}/gateway/servers.state"
 
 
+# Instances bind loopback only (render sets OLLAMA_HOST); only the gateway listens outside.
+INSTANCE_HOST = "127.0.0.1"
+
+
 @dataclass(frozen=True)
 class Layout:
     root: Path = Path("/")

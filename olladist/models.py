@@ -22,7 +22,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from olladist.ollama import LoadedModel, OllamaClient, OllamaError, Progress, StoredModel
+from olladist.ollama import (
+    LoadedModel,
+    OllamaClient,
+    OllamaError,
+    Progress,
+    StoredModel,
+    instance_url,
+)
 from olladist.placement import Placement
 from olladist.plan import Action, Kind
 from olladist.spec import Model, Node, Spec
@@ -45,10 +52,6 @@ class ModelsObserved:
 class ModelResult:
     done: list[Action] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # model -> reason
-
-
-def instance_url(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
 
 
 def observe_models(node: Node, timeout: float = 5.0) -> ModelsObserved | str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +18,11 @@ from olladist.drain import DrainingRuntime
 from olladist.errors import ApplyError, OlladistError
 from olladist.files import File
 from olladist.gateway.render import node_local_files
-from olladist.layout import Layout
+from olladist.layout import INSTANCE_HOST, Layout
 from olladist.models import ModelSync, observe_models, plan_models
 from olladist.nodelocal import NodeLocal
 from olladist.observe import observe
-from olladist.ollama import OllamaClient, Progress
+from olladist.ollama import Progress, wait_healthy
 from olladist.placement import Placement, place
 from olladist.plan import Action, Kind, Plan, desired_units, plan
 from olladist.render import render_node
@@ -132,25 +131,6 @@ def _stopped_units(desired: Desired, p: Plan, runtime: Runtime) -> list[Action]:
     ]
 
 
-def wait_healthy(
-    ports: list[int], timeout: float, on_wait: Callable[[], None] | None = None
-) -> list[int]:
-    """Wait until every instance answers /api/version; returns the ports that never did.
-    ``on_wait`` is called at every poll (progress, for the daemon's watchdog)."""
-    deadline = time.monotonic() + timeout
-    pending = list(ports)
-    while pending and time.monotonic() < deadline:
-        for port in list(pending):
-            with OllamaClient(f"http://127.0.0.1:{port}", timeout=2.0) as c:
-                if c.healthy():
-                    pending.remove(port)
-        if pending:
-            if on_wait is not None:
-                on_wait()
-            time.sleep(0.1)
-    return pending
-
-
 def execute(
     p: Plan,
     desired: Desired,
@@ -176,7 +156,7 @@ def execute(
     dead = wait_healthy([i.port for i in node.instances], health_timeout, on_wait)
     if len(dead) == len(node.instances):
         raise ApplyError(
-            f"no instance of node {node.name} answers on 127.0.0.1 ports "
+            f"no instance of node {node.name} answers on {INSTANCE_HOST} ports "
             f"{', '.join(map(str, dead))} after {health_timeout:.0f}s",
             hint="see the instance logs (journalctl -u 'olladist-ollama@*', or "
             "/var/log/olladist/ under the root with --runtime local)",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from olladist.files import File
 from olladist.gateway.render import gateway_files
-from olladist.layout import ROOT, SYSTEMD_DIR, Layout
+from olladist.layout import INSTANCE_HOST, ROOT, SYSTEMD_DIR, Layout
 from olladist.nodelocal import NodeTLS
 from olladist.placement import Placement, place
 from olladist.spec import Instance, Node, Spec
@@ -32,7 +32,7 @@ def instance_env(spec: Spec, instance: Instance, layout: Layout) -> list[tuple[s
     """The instance's environment, sorted: cluster-wide `ollama.env`, the instance's `env` over
     it, then what olladist derives (the spec refuses those keys in `env`)."""
     env = {**spec.ollama.env, **instance.env}
-    env["OLLAMA_HOST"] = f"127.0.0.1:{instance.port}"
+    env["OLLAMA_HOST"] = f"{INSTANCE_HOST}:{instance.port}"
     env["OLLAMA_MODELS"] = layout.path(spec.ollama.models_dir)
     env["OLLAMA_NUM_PARALLEL"] = str(instance.num_parallel)
     if instance.gpus:

@@ -32,6 +32,7 @@ from olladist.gateway import INSTANCES_BACKEND, PEERS_BACKEND
 from olladist.layout import (
     ADMIN_SOCKET,
     GATEWAY_DIR,
+    INSTANCE_HOST,
     PEER_SECRET_FILE,
     SERVER_STATE_FILE,
     Layout,
@@ -284,7 +285,7 @@ def build(
         tuple(
             # No maxconn here: this backend answers /api/version and /api/ps, which must
             # not queue behind generations.
-            Server(i.name, "127.0.0.1", i.port)
+            Server(i.name, INSTANCE_HOST, i.port)
             for i in node.instances
         ),
         checked=True,
@@ -325,7 +326,7 @@ def build(
         return [
             Server(
                 i.name,
-                "127.0.0.1",
+                INSTANCE_HOST,
                 i.port,
                 maxconn=i.num_parallel if strategy == least else None,
                 track=f"{instances.name}/{i.name}",
