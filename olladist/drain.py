@@ -23,15 +23,9 @@ from olladist.layout import ADMIN_SOCKET, INSTANCE_HOST, SERVER_STATE_FILE, Layo
 from olladist.ollama import wait_healthy
 from olladist.runtime import Runtime
 from olladist.spec import Node
-from olladist.units import GATEWAY_UNIT
+from olladist.units import GATEWAY_UNIT, instance_name
 
 log = logging.getLogger("olladist.drain")
-
-
-def instance_name(unit: str) -> str | None:
-    if unit.startswith("olladist-ollama@") and unit.endswith(".service"):
-        return unit.removeprefix("olladist-ollama@").removesuffix(".service")
-    return None
 
 
 def active_sessions(haproxy: HAProxyRuntime, inst: str) -> int:

@@ -30,6 +30,7 @@ from olladist.runtime import Runtime
 from olladist.spec import Spec
 from olladist.specload import load_spec
 from olladist.state import State
+from olladist.units import instance_name
 from olladist.validators import validate_render
 
 log = logging.getLogger("olladist.reconcile")
@@ -105,9 +106,7 @@ def full_plan(desired: Desired, layout: Layout, state: State, runtime: Runtime) 
     node = desired.spec.node(desired.node)
     if not node.instances:
         return p
-    starting = any(
-        a.kind is Kind.START and a.target.startswith("olladist-ollama@") for a in p.actions
-    )
+    starting = any(a.kind is Kind.START and instance_name(a.target) for a in p.actions)
     obs = observe_models(node)
     if isinstance(obs, str):
         if starting:

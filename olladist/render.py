@@ -8,24 +8,12 @@ from __future__ import annotations
 
 from olladist.files import File
 from olladist.gateway.render import gateway_files
-from olladist.layout import INSTANCE_HOST, ROOT, SYSTEMD_DIR, Layout
+from olladist.layout import INSTANCE_HOST, ROOT, Layout
 from olladist.nodelocal import NodeTLS
 from olladist.placement import Placement, place
 from olladist.spec import Instance, Node, Spec
 from olladist.templating import render_template
-from olladist.units import unit_files
-
-INSTANCE_UNIT = "olladist-ollama@{}.service"
-DROPIN_NAME = "10-olladist.conf"
-
-
-def instance_unit(instance: Instance | str) -> str:
-    name = instance if isinstance(instance, str) else instance.name
-    return INSTANCE_UNIT.format(name)
-
-
-def instance_dropin_path(instance: Instance | str) -> str:
-    return f"{SYSTEMD_DIR}/{instance_unit(instance)}.d/{DROPIN_NAME}"
+from olladist.units import instance_dropin_path, unit_files
 
 
 def instance_env(spec: Spec, instance: Instance, layout: Layout) -> list[tuple[str, str]]:
@@ -52,7 +40,7 @@ def instance_files(spec: Spec, node: Node, layout: Layout) -> dict[str, File]:
             models_dir=layout.path(spec.ollama.models_dir),
             env=instance_env(spec, inst, layout),
         )
-        out[instance_dropin_path(inst)] = File(content, 0o644)
+        out[instance_dropin_path(inst.name)] = File(content, 0o644)
     return out
 
 
