@@ -38,7 +38,7 @@ from olladist.ollama import Progress
 from olladist.plan import Kind, Plan
 from olladist.reconcile import Desired, execute, full_plan, load_desired, restart_slot
 from olladist.runtime import Runtime
-from olladist.source import DirSource
+from olladist.source import DirSource, SourceError
 from olladist.spec import DriftPolicy, duration_ms
 from olladist.state import State
 from olladist.status import Status, gateway_health, write_metrics
@@ -207,8 +207,7 @@ class Daemon:
             self.stopping.set()
             for s, h in handlers.items():
                 signal.signal(s, h)
-            if not self.once and hasattr(self.runtime, "stop_all"):
-                log.info("stopping the services this reconciler started")
+            if not self.once:
                 self.runtime.stop_all()
 
     def _interval(self) -> float:
@@ -221,16 +220,14 @@ class Daemon:
 
     def _wait(self) -> str | None:
         deadline = time.monotonic() + self._interval()
-        supervise = getattr(self.runtime, "supervise", None)
         while not self.stopping.is_set():
             self.alive_at = time.monotonic()
-            if supervise is not None:
-                restarted = supervise()
-                for unit in restarted:
-                    log.warning("%s was not running; started it", unit)
-                if restarted:
-                    # A fresh instance has lost its preloaded models: reconcile now.
-                    return "restarted " + ", ".join(restarted)
+            restarted = self.runtime.supervise()
+            for unit in restarted:
+                log.warning("%s was not running; started it", unit)
+            if restarted:
+                # A fresh instance has lost its preloaded models: reconcile now.
+                return "restarted " + ", ".join(restarted)
             left = deadline - time.monotonic()
             if left <= 0:
                 return "interval"
@@ -284,7 +281,7 @@ class Daemon:
             fetched = self.source.poll(accepted=applied or None)
         except OlladistError as exc:
             # A refused signature or rollback names the tip it refused.
-            tip = getattr(exc, "commit", None) or getattr(exc, "tip", None)
+            tip = exc.refused_commit if isinstance(exc, SourceError) else None
             self.status.attempt(tip or self.status.attempted_commit or "", exc.message)
             self._reconcile_last_good()
             raise

@@ -185,3 +185,12 @@ class DrainingRuntime:
 
     def daemon_reload(self) -> None:
         self.inner.daemon_reload()
+
+    def is_active(self, unit: str) -> bool:
+        return self.inner.is_active(unit)
+
+    def supervise(self) -> list[str]:
+        return self.inner.supervise()
+
+    def stop_all(self) -> None:
+        self.inner.stop_all()

@@ -119,14 +119,11 @@ def full_plan(desired: Desired, layout: Layout, state: State, runtime: Runtime) 
 
 def _stopped_units(desired: Desired, p: Plan, runtime: Runtime) -> list[Action]:
     """Units that should run but do not (stopped by hand, or failed for good): drift too."""
-    is_active = getattr(runtime, "is_active", None)
-    if is_active is None:
-        return []
     acted = {a.target for a in p.actions if a.kind in (Kind.START, Kind.RESTART, Kind.STOP)}
     return [
         Action(Kind.START, unit, "enabled but not running")
         for unit in sorted(desired_units(desired.files) - acted)
-        if not is_active(unit)
+        if not runtime.is_active(unit)
     ]
 
 
