@@ -24,8 +24,8 @@ from typing import Any
 from olladist.errors import OlladistError, ToolError
 from olladist.files import write_atomic
 from olladist.layout import ENV_FILE, INSTANCE_HOST, PEER_SECRET_FILE, Layout
-from olladist.nodeconfig import format_env_file
-from olladist.nodelocal import ENV_BINARY, write_peer_secret
+from olladist.nodeconfig import format_env_file, write_peer_secret
+from olladist.nodelocal import ENV_BINARY
 from olladist.ports import who_listens
 from olladist.runtime.local import LocalRuntime, Running
 from olladist.spec import Spec

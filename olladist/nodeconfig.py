@@ -16,6 +16,7 @@ at start-up for every command; what is heavy is imported by the factories that n
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from olladist.errors import OlladistError
-from olladist.layout import ENV_FILE, STATE_DIR, Layout
+from olladist.files import write_atomic
+from olladist.layout import ENV_FILE, PEER_SECRET_FILE, STATE_DIR, Layout
 from olladist.nodelocal import NodeLocal
 
 if TYPE_CHECKING:
@@ -155,3 +157,15 @@ class NodeConfig:
                 )
             return SystemdRuntime()
         raise OlladistError(f"unknown runtime {name!r}", hint="use systemd, local or none")
+
+
+def write_peer_secret(layout: Layout) -> Path:
+    """Create the peer secret file under ``layout`` if it is missing, with a random secret.
+
+    For one-machine clusters and tests, where every node shares the root. On real clusters the
+    operator puts the same file on every node (a per-node random one would lock peers out).
+    The gateway config only names this file: render never writes it."""
+    target = layout.real(PEER_SECRET_FILE)
+    if not target.exists():
+        write_atomic(target, f"secret {secrets.token_hex(32)}\n".encode(), 0o640)
+    return target

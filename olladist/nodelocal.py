@@ -1,24 +1,21 @@
-"""Node-local settings: facts of one machine that never come from git.
+"""Node-local settings: facts of one machine that never come from git, as values.
 
-Read from /etc/olladist/olladist.env (and OLLADIST_* in the environment; see
-``olladist.nodeconfig``, which reads them once):
+Parsed (purely) from the settings ``olladist.nodeconfig`` reads once from
+/etc/olladist/olladist.env and OLLADIST_* in the environment:
 - OLLADIST_OLLAMA_BINARY overrides ``ollama.binary`` (where ollama lives on this machine);
 - OLLADIST_PEER_CERT + OLLADIST_PEER_CA switch peers to mutual TLS, OLLADIST_GATEWAY_CERT
-  serves the public port over TLS (see docs/gateway.md);
-- the peer secret file (``PEER_SECRET_FILE``), which the gateway config names but render never
-  writes.
+  serves the public port over TLS (see docs/gateway.md).
+
+Render takes these values; it never reads the environment itself.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from olladist.errors import RenderError
-from olladist.files import write_atomic
-from olladist.layout import ENV_FILE, PEER_SECRET_FILE, Layout
+from olladist.layout import ENV_FILE
 
 ENV_PEER_CERT = "OLLADIST_PEER_CERT"
 ENV_PEER_CA = "OLLADIST_PEER_CA"
@@ -60,14 +57,3 @@ class NodeLocal:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> NodeLocal:
         return cls(binary=env.get(ENV_BINARY) or None, tls=node_tls_from_env(env))
-
-
-def write_peer_secret(layout: Layout) -> Path:
-    """Create the peer secret file under ``layout`` if it is missing, with a random secret.
-
-    For one-machine clusters and tests, where every node shares the root. On real clusters the
-    operator puts the same file on every node (a per-node random one would lock peers out)."""
-    target = layout.real(PEER_SECRET_FILE)
-    if not target.exists():
-        write_atomic(target, f"secret {secrets.token_hex(32)}\n".encode(), 0o640)
-    return target

@@ -12,7 +12,7 @@ import pytest
 
 from olladist.files import File
 from olladist.layout import Layout
-from olladist.nodelocal import write_peer_secret
+from olladist.nodeconfig import write_peer_secret
 from olladist.spec import Spec
 
 REPO = Path(__file__).resolve().parent.parent

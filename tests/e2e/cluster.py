@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from olladist.layout import ENV_FILE, PEER_SECRET_FILE, Layout
-from olladist.nodelocal import write_peer_secret
+from olladist.nodeconfig import write_peer_secret
 from olladist.runtime.local import LocalRuntime
 from tests.harness.gitserver import HttpServer, free_port, serve_git_http
 

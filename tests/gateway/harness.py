@@ -23,7 +23,8 @@ from olladist.files import write_atomic
 from olladist.gateway.render import gateway_files
 from olladist.gateway.runtime import HAProxyRuntime
 from olladist.layout import ADMIN_SOCKET, GATEWAY_RUN_DIR, MASTER_SOCKET, STATE_DIR, Layout
-from olladist.nodelocal import NodeTLS, write_peer_secret
+from olladist.nodeconfig import write_peer_secret
+from olladist.nodelocal import NodeTLS
 from olladist.placement import place
 from olladist.spec import Spec
 

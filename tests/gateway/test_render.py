@@ -16,7 +16,8 @@ from olladist.files import write_atomic
 from olladist.gateway.render import gateway_files, node_local_files
 from olladist.gateway.topology import PeerAuth, build
 from olladist.layout import PEER_SECRET_FILE, ROOT, Layout
-from olladist.nodelocal import NodeTLS, node_tls_from_env, write_peer_secret
+from olladist.nodeconfig import write_peer_secret
+from olladist.nodelocal import NodeTLS, node_tls_from_env
 from olladist.placement import place
 from olladist.spec import Spec, Strategy
 from olladist.specload import load_spec
