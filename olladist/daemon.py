@@ -248,11 +248,6 @@ class Daemon:
     def tick(self, reason: str) -> bool:
         """One reconcile; returns whether it succeeded. Never raises for olladist errors."""
         self.alive_at = time.monotonic()
-        if os.environ.get("OLLADIST_TEST_HANG_AFTER_START") and reason != "start":
-            # Test hook for the systemd watchdog: a loop that stops making progress.
-            log.error("test hook: hanging the loop")
-            while not self.stopping.is_set():
-                time.sleep(1)
         started = time.monotonic()
         self.status.begin()
         log.info("reconcile (%s)", reason)
