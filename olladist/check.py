@@ -2,7 +2,8 @@
 
 One PASS/FAIL line per check; exit 0 only if every check passed:
 - the gateway answers (``/api/version``);
-- ``/api/tags`` lists every model the spec places;
+- ``/api/tags`` lists every model the spec places, and each listed model is held where the
+  gateway routes it (``/api/show`` answers);
 - every placed model answers a tiny request (generate, or embed for embedding models);
 - an unplaced model gets Ollama's 404;
 - every server of the gateway (local instances, peers) is up, from HAProxy's stats;
@@ -59,7 +60,21 @@ def check_tags(client: httpx.Client, base: str, spec: Spec) -> Result:
     missing = sorted(want - have)
     if missing:
         return Result(False, "tags", f"/api/tags lacks {', '.join(missing)}")
-    return Result(True, "tags", f"/api/tags lists all {len(want)} models of the spec")
+    # A gateway's list can come from the spec rather than from the instances (the rendered
+    # cluster view does), so a listed model is asked for where the gateway routes it: an
+    # instance that lacks it answers 404.
+    unserved = []
+    for model in sorted(have):
+        try:
+            shown = client.post(f"{base}/api/show", json={"model": model})
+        except httpx.HTTPError as exc:
+            unserved.append(f"{model} ({exc})")
+            continue
+        if shown.status_code != 200:
+            unserved.append(f"{model} (/api/show: {shown.status_code})")
+    if unserved:
+        return Result(False, "tags", f"/api/tags lists models not held: {', '.join(unserved)}")
+    return Result(True, "tags", f"/api/tags lists all {len(want)} models of the spec, each held")
 
 
 def _is_embedding(client: httpx.Client, base: str, model: str) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from olladist.check import check_tags
 from olladist.models import ModelSync, observe_models, plan_models
 from olladist.placement import place
 from olladist.plan import Kind
@@ -152,8 +153,8 @@ def test_a_failed_pull_leaves_other_models_and_is_reported(node: Node) -> None:
 def test_unknown_model_fails_with_ollamas_error(node: Node) -> None:
     spec = node.spec([{"name": "no-such-model:1b", "nodes": "all"}])
     _, failed = converge(spec)
-    assert "no-such-model:1b" in failed
-    assert failed["no-such-model:1b"]
+    # What Ollama says when the registry has no such model, passed on as it came.
+    assert "pull model manifest: file does not exist" in failed["no-such-model:1b"]
 
 
 def test_digest_pin_mismatch_keeps_the_previous_copy(node: Node) -> None:
@@ -182,3 +183,18 @@ def test_preload_loads_on_every_instance(node: Node) -> None:
         loaded = [m["name"] for m in httpx.get(f"{s.url}/api/ps").json()["models"]]
         assert loaded == ["llama3.2:1b"]
     assert drift(spec) == []
+
+
+def test_check_tags_passes_on_what_is_held_and_names_what_is_not(node: Node) -> None:
+    """`olladist check`'s tags check, against a real (simulated) Ollama: it fails on a model
+    the spec wants and the store lacks, which a list rendered from the spec never could."""
+    held = node.spec([{"name": "llama3.2:1b", "nodes": "all"}])
+    converge(held)
+    wanted = node.spec([{"name": m, "nodes": "all"} for m in ("llama3.2:1b", "qwen2.5:0.5b")])
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        ok = check_tags(client, node.sims[0].url, held)
+        bad = check_tags(client, node.sims[0].url, wanted)
+    assert ok.ok, ok.detail
+    assert ok.detail == "/api/tags lists all 1 models of the spec, each held"
+    assert not bad.ok
+    assert bad.detail == "/api/tags lacks qwen2.5:0.5b"
