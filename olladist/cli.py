@@ -22,7 +22,7 @@ from olladist.errors import OlladistError, SpecError
 from olladist.files import write_tree
 from olladist.layout import ENV_FILE, Layout
 from olladist.nodeconfig import FLAG_SETTINGS, NodeConfig
-from olladist.report import format_placement, format_status, print_plan
+from olladist.report import format_placement, format_status, format_unplanned, print_plan
 from olladist.state import State
 from olladist.status import Status, gateway_health
 
@@ -159,6 +159,8 @@ def cmd_apply(ctx: Context) -> int:
     if ctx.args.dry_run or not p.drift:
         return 0
     outcome = execute(p, desired, ctx.layout, state, runtime, on_progress=PullProgress())
+    if unplanned := format_unplanned(p, outcome.done):
+        print(unplanned)
     skipped = [a for a in p.runtime_actions() if not runtime.executes]
     print(f"applied {len(outcome.done) - len(skipped)} action(s)")
     for a in skipped:

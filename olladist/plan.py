@@ -3,6 +3,16 @@
 ``diff`` prints a plan, ``apply --dry-run`` prints it and stops, ``apply`` executes the same
 list, so what is shown and what is done cannot disagree. An empty plan means no drift.
 
+One exception, on purpose: the model actions (``pull``, ``delete-model``, ``preload``). The
+model store and what is loaded can only be observed through a running instance, and the plan
+is made before the instances it starts or restarts run: a new node's store cannot be read
+yet (the plan notes "models checked once the instances run"), and a restarted instance has
+nothing loaded, so its preloads are not in the plan. ``reconcile.execute`` therefore applies
+the file and unit actions of the plan, waits until the instances answer, observes the store
+again and runs the model actions of that observation. They equal the plan's model actions
+whenever the plan starts or restarts no instance and the store did not change in between;
+``olladist apply`` prints the model actions that were not in the plan it showed.
+
 Planning is pure: it takes the rendered files, what was observed on the node, and what the
 previous apply left pending, and returns actions in the order they must run.
 """

@@ -157,7 +157,8 @@ def execute(
             hint="see the instance logs (journalctl -u 'olladist-ollama@*', or "
             "/var/log/olladist/ under the root with --runtime local)",
         )
-    # Observe again: the plan may have been made before the instances were running.
+    # Observe again: the plan may have been made before the instances were running, and a
+    # restarted instance has lost what it had loaded (olladist.plan says why models differ).
     obs = observe_models(node)
     if isinstance(obs, str):
         raise ApplyError(f"cannot observe models: {obs}")

@@ -53,6 +53,17 @@ def print_plan(plan: Plan, stream: TextIO | None = None) -> None:
     print(format_plan(plan, _color(out)), file=out)
 
 
+def format_unplanned(plan: Plan, done: list[Action]) -> str:
+    """The model actions ``apply`` ran that the printed plan did not hold (they were planned
+    once the instances answered; see olladist.plan); empty when there were none."""
+    shown = {(a.kind, a.target) for a in plan.actions}
+    extra = [a for a in done if a.kind.is_model and (a.kind, a.target) not in shown]
+    if not extra:
+        return ""
+    lines = ["model actions planned once the instances answered (not in the plan above):"]
+    return "\n".join(lines + [format_action(a) for a in extra])
+
+
 def format_placement(placement: Placement, nodes: list[str]) -> str:
     width = max([len(a.model) for a in placement.assignments] + [5])
     lines = [f"{'MODEL':<{width}}  NODES  WHY"]
