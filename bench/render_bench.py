@@ -21,8 +21,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from olladist.gateway.render import write_peer_secret
 from olladist.layout import Layout
+from olladist.nodeconfig import write_peer_secret
 from olladist.placement import place
 from olladist.render import render_node
 from olladist.specload import load_spec

@@ -2,7 +2,8 @@
 
 One PASS/FAIL line per check; exit 0 only if every check passed:
 - the gateway answers (``/api/version``);
-- ``/api/tags`` lists every model the spec places;
+- ``/api/tags`` lists every model the spec places, and each listed model is held where the
+  gateway routes it (``/api/show`` answers);
 - every placed model answers a tiny request (generate, or embed for embedding models);
 - an unplaced model gets Ollama's 404;
 - every server of the gateway (local instances, peers) is up, from HAProxy's stats;
@@ -11,9 +12,7 @@ One PASS/FAIL line per check; exit 0 only if every check passed:
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from olladist.gateway.runtime import parse_stat
 from olladist.layout import Layout
 from olladist.names import normalize_model
 from olladist.spec import Spec
@@ -60,7 +60,21 @@ def check_tags(client: httpx.Client, base: str, spec: Spec) -> Result:
     missing = sorted(want - have)
     if missing:
         return Result(False, "tags", f"/api/tags lacks {', '.join(missing)}")
-    return Result(True, "tags", f"/api/tags lists all {len(want)} models of the spec")
+    # A gateway's list can come from the spec rather than from the instances (the rendered
+    # cluster view does), so a listed model is asked for where the gateway routes it: an
+    # instance that lacks it answers 404.
+    unserved = []
+    for model in sorted(have):
+        try:
+            shown = client.post(f"{base}/api/show", json={"model": model})
+        except httpx.HTTPError as exc:
+            unserved.append(f"{model} ({exc})")
+            continue
+        if shown.status_code != 200:
+            unserved.append(f"{model} (/api/show: {shown.status_code})")
+    if unserved:
+        return Result(False, "tags", f"/api/tags lists models not held: {', '.join(unserved)}")
+    return Result(True, "tags", f"/api/tags lists all {len(want)} models of the spec, each held")
 
 
 def _is_embedding(client: httpx.Client, base: str, model: str) -> bool:
@@ -109,28 +123,16 @@ def check_unknown_model(client: httpx.Client, base: str) -> Result:
     return Result(False, "unknown model", f"got {r.status_code}: {r.text[:200]}")
 
 
-def parse_stats_csv(text: str) -> list[dict[str, str]]:
-    """HAProxy's ``show stat`` / ``;csv`` output (header line starts with '# ')."""
-    return list(csv.DictReader(io.StringIO(text.lstrip("# "))))
-
-
 def check_servers(client: httpx.Client, stats_url: str) -> Result:
     try:
         r = client.get(f"{stats_url.rstrip('/')}/stats;csv")
         r.raise_for_status()
     except httpx.HTTPError as exc:
         return Result(False, "servers", f"stats at {stats_url}: {exc}")
-    rows = [
-        row
-        for row in parse_stats_csv(r.text)
-        if row.get("svname") not in ("FRONTEND", "BACKEND") and row.get("check_status")
-    ]
+    # The stats page's CSV is the runtime socket's `show stat`: one parser for both.
+    rows = [s for s in parse_stat(r.text) if s.check_status]
     down = sorted(
-        {
-            f"{row['pxname']}/{row['svname']} {row['status']}"
-            for row in rows
-            if not row["status"].startswith("UP")
-        }
+        {f"{s.backend}/{s.server} {s.status}" for s in rows if not s.status.startswith("UP")}
     )
     if down:
         return Result(False, "servers", "not up: " + ", ".join(down))

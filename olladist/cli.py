@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import socket
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -20,77 +19,56 @@ from typing import Any
 
 from olladist import __version__
 from olladist.errors import OlladistError, SpecError
+from olladist.files import write_tree
 from olladist.layout import ENV_FILE, Layout
+from olladist.nodeconfig import FLAG_SETTINGS, NodeConfig
+from olladist.report import format_placement, format_status, format_unplanned, print_plan
+from olladist.state import State
+from olladist.status import Status, gateway_health
+
+# The imports left inside the commands below are the heavy ones (pydantic via the spec,
+# jinja2, httpx, dulwich). `python -X importtime -m olladist --help` (best of 7, on a busy
+# 2-core machine): olladist.cli takes 0.08 s as it is, 0.39 s with those at the top, so every
+# `--help`, `status` or mistyped flag would wait 0.3 s for parsers it never uses. The light
+# modules (state, status, report, files, nodeconfig) are imported here.
 
 log = logging.getLogger("olladist")
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=value`` lines as systemd's EnvironmentFile= reads them (comments, quotes)."""
-    out: dict[str, str] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return out
-    except OSError as exc:
-        raise OlladistError(f"cannot read {path}: {exc.strerror}") from exc
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise OlladistError(f"{path}:{n}: expected KEY=value, got {raw!r}")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[key.strip()] = value
-    return out
-
-
 class Context:
-    """What every command needs, resolved once from flags, environment and the env file."""
+    """What every command needs: its flags and the node's configuration, resolved once."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.commit = ""
-        # OLLADIST_ROOT lets a unit (the systemd test sandbox) pass --root through its
-        # EnvironmentFile=, as it passes every other setting.
-        root = args.root or os.environ.get("OLLADIST_ROOT")
-        self.layout = Layout(Path(root).resolve()) if root else Layout()
-        env = read_env_file(self.layout.real(ENV_FILE))
-        env.update({k: v for k, v in os.environ.items() if k.startswith("OLLADIST_")})
-        self.env = env
+        flags = {flag: getattr(args, flag, None) for flag in FLAG_SETTINGS}
+        self.config = NodeConfig.load(args.root, flags)
 
-    def setting(self, flag: str | None, key: str, default: str | None = None) -> str | None:
-        return flag if flag is not None else self.env.get(key, default)
+    @property
+    def layout(self) -> Layout:
+        return self.config.layout
 
     @property
     def node(self) -> str:
-        name = self.setting(getattr(self.args, "node", None), "OLLADIST_NODE")
-        return name or socket.gethostname().split(".")[0]
+        return self.config.node
 
     def spec_dir(self) -> Path:
-        spec = self.setting(getattr(self.args, "spec", None), "OLLADIST_SPEC")
         positional = getattr(self.args, "spec_dir", None)
         if positional:
-            spec = positional
-        if spec:
-            return Path(spec)
-        source = self.setting(getattr(self.args, "source", None), "OLLADIST_SOURCE")
-        if not source:
+            return Path(positional)
+        if self.config.spec:
+            return Path(self.config.spec)
+        if not self.config.source:
             raise OlladistError(
                 "no spec given",
                 hint="pass --spec DIR (a cluster-spec directory) or --source URL, or set "
                 f"OLLADIST_SOURCE in {ENV_FILE}",
             )
         # The tip of the node's source, as the reconciler would see it (fetched if it moved).
-        from olladist.state import State  # noqa: PLC0415
-
         status = State(self.layout).status() or {}
-        fetched = open_source(self).poll(accepted=status.get("applied_commit") or None)
+        fetched = self.config.open_source().poll(accepted=status.get("applied_commit") or None)
         self.commit = fetched.commit
         return Path(fetched.checkout)
 
@@ -112,7 +90,6 @@ def cmd_validate(ctx: Context) -> int:
 
 def cmd_placement(ctx: Context) -> int:
     from olladist.placement import place  # noqa: PLC0415
-    from olladist.report import format_placement  # noqa: PLC0415
     from olladist.specload import load_spec  # noqa: PLC0415
 
     spec = load_spec(ctx.spec_dir())
@@ -125,7 +102,7 @@ def cmd_placement(ctx: Context) -> int:
 
 
 def cmd_render(ctx: Context) -> int:
-    from olladist.render import render_node, write_tree  # noqa: PLC0415
+    from olladist.render import render_node  # noqa: PLC0415
     from olladist.specload import load_spec  # noqa: PLC0415
 
     spec = load_spec(ctx.spec_dir())
@@ -149,24 +126,21 @@ def _known_node(spec: Any, name: str) -> str:
 
 
 def _plan(ctx: Context) -> tuple[Any, Any, Any, Any]:
-    from olladist.nodelocal import NodeLocal  # noqa: PLC0415
     from olladist.reconcile import full_plan, load_desired  # noqa: PLC0415
-    from olladist.state import State  # noqa: PLC0415
 
     desired = load_desired(
         ctx.spec_dir(),
         ctx.node,
         ctx.layout,
         validate=not ctx.args.no_validate,
-        local=NodeLocal.from_env(ctx.env),
+        local=ctx.config.local,
     )
-    runtime = make_runtime(ctx)
+    runtime = ctx.config.make_runtime(ctx.args.default_runtime)
     state = State(ctx.layout)
     return full_plan(desired, ctx.layout, state, runtime), desired, state, runtime
 
 
 def cmd_diff(ctx: Context) -> int:
-    from olladist.report import print_plan  # noqa: PLC0415
 
     p, _, _, _ = _plan(ctx)
     if ctx.args.json:
@@ -176,38 +150,17 @@ def cmd_diff(ctx: Context) -> int:
     return 1 if p.drift else 0
 
 
-def make_runtime(ctx: Context) -> Any:
-    from olladist.runtime import FilesOnly  # noqa: PLC0415
-    from olladist.runtime.systemd import SystemdRuntime, booted_with_systemd  # noqa: PLC0415
-
-    default = "systemd" if booted_with_systemd() else ctx.args.default_runtime
-    name = ctx.setting(ctx.args.runtime, "OLLADIST_RUNTIME", default)
-    if name == "none":
-        return FilesOnly(ctx.layout)
-    if name == "local":
-        from olladist.runtime.local import LocalRuntime  # noqa: PLC0415
-
-        return LocalRuntime(ctx.layout)
-    if name == "systemd":
-        if not booted_with_systemd():
-            raise OlladistError(
-                "--runtime systemd, but this machine was not booted with systemd",
-                hint="use --runtime local: olladist then runs the services itself",
-            )
-        return SystemdRuntime()
-    raise OlladistError(f"unknown runtime {name!r}", hint="use systemd, local or none")
-
-
 def cmd_apply(ctx: Context) -> int:
     from olladist.progress import PullProgress  # noqa: PLC0415
     from olladist.reconcile import execute  # noqa: PLC0415
-    from olladist.report import print_plan  # noqa: PLC0415
 
     p, desired, state, runtime = _plan(ctx)
     print_plan(p)
     if ctx.args.dry_run or not p.drift:
         return 0
     outcome = execute(p, desired, ctx.layout, state, runtime, on_progress=PullProgress())
+    if unplanned := format_unplanned(p, outcome.done):
+        print(unplanned)
     skipped = [a for a in p.runtime_actions() if not runtime.executes]
     print(f"applied {len(outcome.done) - len(skipped)} action(s)")
     for a in skipped:
@@ -217,51 +170,21 @@ def cmd_apply(ctx: Context) -> int:
     return 0 if outcome.ok else 2
 
 
-def open_source(ctx: Context) -> Any:
-    from olladist.layout import STATE_DIR  # noqa: PLC0415
-    from olladist.source import DirSource, open_source, verify_from_env  # noqa: PLC0415
-
-    state_dir = ctx.layout.real(STATE_DIR) / "source"
-    spec = ctx.setting(getattr(ctx.args, "spec", None), "OLLADIST_SPEC")
-    if spec:
-        return DirSource(Path(spec))
-    location = ctx.setting(getattr(ctx.args, "source", None), "OLLADIST_SOURCE")
-    if not location:
-        raise OlladistError(
-            "no source given",
-            hint=f"pass --source URL (or --spec DIR), or set OLLADIST_SOURCE in {ENV_FILE}",
-        )
-    return open_source(
-        location,
-        state_dir=state_dir,
-        ref=ctx.setting(getattr(ctx.args, "ref", None), "OLLADIST_REF", "main") or "main",
-        path=ctx.setting(getattr(ctx.args, "path", None), "OLLADIST_PATH", ".") or ".",
-        verify=verify_from_env(ctx.env, state_dir),
-        allow_rollback=(ctx.env.get("OLLADIST_ALLOW_ROLLBACK", "").lower() in ("1", "true", "yes")),
-    )
-
-
 def cmd_reconcile(ctx: Context) -> int:
     from olladist.daemon import Daemon  # noqa: PLC0415
-    from olladist.nodelocal import NodeLocal  # noqa: PLC0415
     from olladist.progress import PullProgress  # noqa: PLC0415
 
     daemon = Daemon(
-        open_source(ctx),
-        ctx.node,
-        ctx.layout,
-        make_runtime(ctx),
+        ctx.config,
+        ctx.config.make_runtime(ctx.args.default_runtime),
         once=ctx.args.once,
         interval=ctx.args.interval,
         on_progress=PullProgress(),
-        local=NodeLocal.from_env(ctx.env),
     )
     return daemon.run()
 
 
 def cmd_status(ctx: Context) -> int:
-    from olladist.state import State  # noqa: PLC0415
-    from olladist.status import Status, gateway_health  # noqa: PLC0415
 
     data = State(ctx.layout).status()
     if data is not None:
@@ -283,43 +206,7 @@ def cmd_status(ctx: Context) -> int:
     return 0 if s.ok else 1
 
 
-def format_status(s: Any) -> str:
-    import datetime as dt  # noqa: PLC0415
-
-    def when(t: float) -> str:
-        if not t:
-            return "never"
-        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-    lines = [
-        f"node:       {s.node}",
-        f"applied:    {s.applied_commit or 'none'} ({when(s.applied_at)})",
-        f"attempted:  {s.attempted_commit or 'none'} ({when(s.attempted_at)})",
-    ]
-    if s.attempted_error:
-        lines.append(f"refused:    {s.attempted_error}")
-    lines += [
-        f"last run:   {when(s.last_run_at)}, {s.duration_s:.2f}s, " + ("ok" if s.ok else "FAILED"),
-        f"drift:      {len(s.drift)} item(s)",
-    ]
-    lines += [f"  {d['kind']} {d['target']} ({d['reason']})" for d in s.drift]
-    lines.append(f"models:     {', '.join(s.models) or '(none)'}")
-    for h in s.health:
-        lines.append(
-            f"{h['kind']:<10}  {h['name']:<16} {h['status']:<10} sessions {h['sessions']}"
-            f" queued {h['queued']} ({h['check'] or 'no check'})"
-        )
-    lines += [f"note:       {n}" for n in s.notes]
-    for e in s.errors:
-        lines.append(f"error:      {e['message']}")
-        if e.get("hint"):
-            lines.append(f"            hint: {e['hint']}")
-    return "\n".join(lines)
-
-
 def cmd_dev(ctx: Context) -> int:
-    import signal  # noqa: PLC0415
-
     from olladist.dev import DevCluster, default_state_dir  # noqa: PLC0415
 
     state_dir = Path(ctx.args.state_dir) if ctx.args.state_dir else default_state_dir()
@@ -412,18 +299,7 @@ def cmd_check(ctx: Context) -> int:
 def cmd_doctor(ctx: Context) -> int:
     from olladist.doctor import run_doctor  # noqa: PLC0415
 
-    env = dict(ctx.env)
-    for flag, key in (
-        ("source", "OLLADIST_SOURCE"),
-        ("ref", "OLLADIST_REF"),
-        ("path", "OLLADIST_PATH"),
-    ):
-        value = getattr(ctx.args, flag, None)
-        if value:
-            env[key] = value
-    if ctx.args.spec:
-        env["OLLADIST_SOURCE"] = ctx.args.spec
-    return 0 if run_doctor(ctx.layout, env, ctx.node, print) else 1
+    return 0 if run_doctor(ctx.config, print) else 1
 
 
 def cmd_schema(ctx: Context) -> int:

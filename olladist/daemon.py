@@ -31,19 +31,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from olladist.drain import instance_name
 from olladist.errors import OlladistError
-from olladist.layout import ETC_DIR, SYSTEMD_DIR, Layout
+from olladist.layout import ETC_DIR, SYSTEMD_DIR
 from olladist.models import forget_preloads
-from olladist.nodelocal import NodeLocal
+from olladist.nodeconfig import NodeConfig
 from olladist.ollama import Progress
 from olladist.plan import Kind, Plan
 from olladist.reconcile import Desired, execute, full_plan, load_desired, restart_slot
 from olladist.runtime import Runtime
-from olladist.source import DirSource, GitSource
+from olladist.source import DirSource, SourceError
 from olladist.spec import DriftPolicy, duration_ms
 from olladist.state import State
 from olladist.status import Status, gateway_health, write_metrics
+from olladist.units import instance_name
 
 log = logging.getLogger("olladist.daemon")
 
@@ -85,20 +85,19 @@ class _DriftGuard:
 class Daemon:
     def __init__(
         self,
-        source: GitSource | DirSource,
-        node: str,
-        layout: Layout,
+        config: NodeConfig,
         runtime: Runtime,
         *,
         once: bool = False,
         interval: float | None = None,
         on_progress: Callable[[str, Progress], None] | None = None,
-        local: NodeLocal | None = None,
     ) -> None:
-        self.source = source
-        self.local = local or NodeLocal()
-        self.node = node
-        self.layout = layout
+        """``config``: the node's configuration (its source, name, root and local settings);
+        ``runtime``: what runs its services."""
+        self.source = config.open_source()
+        self.local = config.local
+        self.node = node = config.node
+        self.layout = layout = config.layout
         self.runtime = runtime
         self.once = once
         self.interval_override = interval
@@ -210,8 +209,7 @@ class Daemon:
             self.stopping.set()
             for s, h in handlers.items():
                 signal.signal(s, h)
-            if not self.once and hasattr(self.runtime, "stop_all"):
-                log.info("stopping the services this reconciler started")
+            if not self.once:
                 self.runtime.stop_all()
 
     def _interval(self) -> float:
@@ -224,17 +222,15 @@ class Daemon:
 
     def _wait(self) -> str | None:
         deadline = time.monotonic() + self._interval()
-        supervise = getattr(self.runtime, "supervise", None)
         while not self.stopping.is_set():
             self.alive_at = time.monotonic()
-            if supervise is not None:
-                restarted = supervise()
-                for unit in restarted:
-                    log.warning("%s was not running; started it", unit)
-                if restarted:
-                    # A fresh instance has lost its preloaded models: reconcile now.
-                    forget_preloads(self.state, [i for u in restarted if (i := instance_name(u))])
-                    return "restarted " + ", ".join(restarted)
+            restarted = self.runtime.supervise()
+            for unit in restarted:
+                log.warning("%s was not running; started it", unit)
+            if restarted:
+                # A fresh instance has lost its preloaded models: reconcile now.
+                forget_preloads(self.state, [i for u in restarted if (i := instance_name(u))])
+                return "restarted " + ", ".join(restarted)
             left = deadline - time.monotonic()
             if left <= 0:
                 return "interval"
@@ -255,11 +251,6 @@ class Daemon:
     def tick(self, reason: str) -> bool:
         """One reconcile; returns whether it succeeded. Never raises for olladist errors."""
         self.alive_at = time.monotonic()
-        if os.environ.get("OLLADIST_TEST_HANG_AFTER_START") and reason != "start":
-            # Test hook for the systemd watchdog: a loop that stops making progress.
-            log.error("test hook: hanging the loop")
-            while not self.stopping.is_set():
-                time.sleep(1)
         started = time.monotonic()
         self.status.begin()
         log.info("reconcile (%s)", reason)
@@ -288,7 +279,7 @@ class Daemon:
             fetched = self.source.poll(accepted=applied or None)
         except OlladistError as exc:
             # A refused signature or rollback names the tip it refused.
-            tip = getattr(exc, "commit", None) or getattr(exc, "tip", None)
+            tip = exc.refused_commit if isinstance(exc, SourceError) else None
             self.status.attempt(tip or self.status.attempted_commit or "", exc.message)
             self._reconcile_last_good()
             raise

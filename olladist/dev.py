@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from olladist.errors import OlladistError, ToolError
-from olladist.layout import Layout
+from olladist.files import write_atomic
+from olladist.layout import ENV_FILE, INSTANCE_HOST, PEER_SECRET_FILE, Layout
+from olladist.nodeconfig import format_env_file, write_peer_secret
+from olladist.nodelocal import ENV_BINARY
 from olladist.ports import who_listens
 from olladist.runtime.local import LocalRuntime, Running
 from olladist.spec import Spec
@@ -83,7 +86,9 @@ def spec_ports(spec: Spec) -> list[tuple[str, int, str]]:
             (addr, gw.peer_port, f"peer frontend of {node.name}"),
             (addr if node.loopback else "127.0.0.1", gw.stats_port, f"stats of {node.name}"),
         ]
-        out += [("127.0.0.1", i.port, f"instance {i.name} of {node.name}") for i in node.instances]
+        out += [
+            (INSTANCE_HOST, i.port, f"instance {i.name} of {node.name}") for i in node.instances
+        ]
     return out
 
 
@@ -235,16 +240,13 @@ class DevCluster:
     def write_env_file(self, node: str, repo: str, binary: str) -> None:
         """The node-local settings a real node keeps in /etc/olladist/olladist.env, so that
         every olladist command given --root ROOT acts as that node."""
-        from olladist.files import write_atomic  # noqa: PLC0415
-        from olladist.layout import ENV_FILE  # noqa: PLC0415
-
-        text = (
-            "# written by olladist dev: this node's local settings\n"
-            f"OLLADIST_SOURCE={repo}\n"
-            f"OLLADIST_NODE={node}\n"
-            "OLLADIST_RUNTIME=local\n"
-            f"OLLADIST_OLLAMA_BINARY={binary}\n"
-        )
+        settings = {
+            "OLLADIST_SOURCE": repo,
+            "OLLADIST_NODE": node,
+            "OLLADIST_RUNTIME": "local",
+            ENV_BINARY: binary,
+        }
+        text = format_env_file(settings, "written by olladist dev: this node's local settings")
         write_atomic(Layout(self.node_root(node)).real(ENV_FILE), text.encode(), 0o644)
 
     def wait_gateways(self, spec: Spec, timeout: float) -> None:
@@ -272,9 +274,6 @@ class DevCluster:
 
     def share_peer_secret(self, spec: Spec) -> None:
         """Every node of a cluster needs the same peer secret (node-local, never in git)."""
-        from olladist.gateway.render import write_peer_secret  # noqa: PLC0415
-        from olladist.gateway.topology import PEER_SECRET_FILE  # noqa: PLC0415
-
         first = write_peer_secret(Layout(self.node_root(spec.nodes[0].name)))
         for node in spec.nodes[1:]:
             target = Layout(self.node_root(node.name)).real(PEER_SECRET_FILE)

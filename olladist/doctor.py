@@ -12,15 +12,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from olladist.errors import OlladistError
-from olladist.layout import ENV_FILE, STATE_DIR, Layout
+from olladist.layout import ENV_FILE, INSTANCE_HOST, STATE_DIR, Layout
+from olladist.nodeconfig import NodeConfig
 from olladist.ports import who_listens
 from olladist.runtime.systemd import booted_with_systemd
 from olladist.spec import Spec
+from olladist.specload import load_spec
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,11 @@ def check_systemd() -> list[Finding]:
     return out
 
 
-def check_binary(spec: Spec | None, env: Mapping[str, str]) -> Finding:
-    binary = env.get("OLLADIST_OLLAMA_BINARY") or (spec.ollama.binary if spec else None)
+def check_binary(spec: Spec | None, config: NodeConfig) -> Finding:
+    try:
+        binary = config.local.binary or (spec.ollama.binary if spec else None)
+    except OlladistError as exc:
+        return Finding("FAIL", exc.message, exc.hint or "")
     if binary is None:
         binary = shutil.which("ollama") or "/usr/local/bin/ollama"
     if os.access(binary, os.X_OK):
@@ -94,8 +99,8 @@ def check_binary(spec: Spec | None, env: Mapping[str, str]) -> Finding:
     )
 
 
-def check_env_file(layout: Layout, env: Mapping[str, str]) -> list[Finding]:
-    path = layout.real(ENV_FILE)
+def check_env_file(config: NodeConfig) -> list[Finding]:
+    path = config.layout.real(ENV_FILE)
     out = []
     if not path.exists():
         out.append(
@@ -106,22 +111,20 @@ def check_env_file(layout: Layout, env: Mapping[str, str]) -> list[Finding]:
                 "(see docs/operating.md)",
             )
         )
-    if not env.get("OLLADIST_SOURCE"):
+    location = config.spec or config.source
+    if not location:
         out.append(Finding("FAIL", "OLLADIST_SOURCE is not set", f"set it in {ENV_FILE}"))
     else:
-        out.append(Finding("ok", f"source {env['OLLADIST_SOURCE']}"))
+        out.append(Finding("ok", f"source {location}"))
     return out
 
 
-def check_source(env: Mapping[str, str], layout: Layout) -> tuple[Finding, Spec | None]:
-    from olladist.source import source_from_env  # noqa: PLC0415
-    from olladist.specload import load_spec  # noqa: PLC0415
-
-    if not env.get("OLLADIST_SOURCE"):
+def check_source(config: NodeConfig) -> tuple[Finding, Spec | None]:
+    if not (config.spec or config.source):
         return Finding("warn", "source not checked (OLLADIST_SOURCE unset)"), None
     with tempfile.TemporaryDirectory(prefix="olladist-doctor-") as tmp:
         try:
-            src = source_from_env(env, Path(tmp))
+            src = config.open_source(state_dir=Path(tmp))
             fetched = src.poll()
             spec = load_spec(fetched.checkout)
         except OlladistError as exc:
@@ -148,7 +151,7 @@ def check_ports(spec: Spec | None, node: str) -> list[Finding]:
     n = spec.node(node)
     gw = spec.gateway
     wanted = [(n.listen, gw.port, "gateway"), (n.listen, gw.peer_port, "peer frontend")]
-    wanted += [("127.0.0.1", i.port, f"instance {i.name}") for i in n.instances]
+    wanted += [(INSTANCE_HOST, i.port, f"instance {i.name}") for i in n.instances]
     out = []
     for addr, port, what in wanted:
         holder = who_listens(addr, port)
@@ -178,14 +181,13 @@ def check_fds() -> Finding:
     return Finding("ok", f"file descriptor limit {soft}")
 
 
-def run_doctor(
-    layout: Layout, env: Mapping[str, str], node: str, emit: Callable[[str], object]
-) -> bool:
+def run_doctor(config: NodeConfig, emit: Callable[[str], object]) -> bool:
+    node = config.node
     findings: list[Finding] = [check_python(), check_haproxy(), *check_systemd()]
-    findings += check_env_file(layout, env)
-    src, spec = check_source(env, layout)
-    findings += [src, check_node(spec, node), check_binary(spec, env), *check_ports(spec, node)]
-    findings += [check_permissions(layout), check_fds()]
+    findings += check_env_file(config)
+    src, spec = check_source(config)
+    findings += [src, check_node(spec, node), check_binary(spec, config), *check_ports(spec, node)]
+    findings += [check_permissions(config.layout), check_fds()]
     for f in findings:
         emit(f.lines())
     failed = sum(f.level == "FAIL" for f in findings)

@@ -17,23 +17,46 @@ import time
 from collections.abc import Callable
 
 from olladist.errors import OlladistError, ToolError
+from olladist.gateway import INSTANCES_BACKEND
 from olladist.gateway.runtime import AdminState, HAProxyRuntime
-from olladist.gateway.topology import SERVER_STATE_FILE
-from olladist.layout import ADMIN_SOCKET, Layout
-from olladist.ollama import OllamaClient
+from olladist.layout import ADMIN_SOCKET, INSTANCE_HOST, SERVER_STATE_FILE, Layout
+from olladist.ollama import wait_healthy
 from olladist.runtime import Runtime
 from olladist.spec import Node
-from olladist.units import GATEWAY_UNIT
+from olladist.units import GATEWAY_UNIT, instance_name
 
 log = logging.getLogger("olladist.drain")
 
-INSTANCES_BACKEND = "instances"
+
+def active_sessions(haproxy: HAProxyRuntime, inst: str) -> int:
+    """Requests running or queued on this node's instance ``inst``, summed over every backend
+    that uses it (each route backend counts its own). Peer servers are named ``peer.NODE`` and
+    instance names hold no dot, so no peer is counted."""
+    return sum(s.current_sessions + s.queued for s in haproxy.stats() if s.server == inst)
 
 
-def instance_name(unit: str) -> str | None:
-    if unit.startswith("olladist-ollama@") and unit.endswith(".service"):
-        return unit.removeprefix("olladist-ollama@").removesuffix(".service")
-    return None
+def drain_instance(
+    haproxy: HAProxyRuntime,
+    inst: str,
+    timeout: float,
+    on_wait: Callable[[], None] = lambda: None,
+    step: float = 0.1,
+) -> bool:
+    """Drain ``inst`` everywhere (set on ``instances``, tracked by every other backend) and wait
+    until nothing runs on it. Returns False if requests still ran after ``timeout`` (a long
+    generation); the instance stays drained either way, ``set_ready`` puts it back."""
+    haproxy.set_state(INSTANCES_BACKEND, inst, AdminState.DRAIN)
+    deadline = time.monotonic() + timeout
+    while active_sessions(haproxy, inst) > 0:
+        if time.monotonic() >= deadline:
+            return False
+        on_wait()
+        time.sleep(step)
+    return True
+
+
+def set_ready(haproxy: HAProxyRuntime, inst: str) -> None:
+    haproxy.set_state(INSTANCES_BACKEND, inst, AdminState.READY)
 
 
 class DrainingRuntime:
@@ -68,36 +91,26 @@ class DrainingRuntime:
             return False
         return True
 
-    def _sessions(self, inst: str) -> int:
-        return sum(s.current_sessions + s.queued for s in self.haproxy.stats() if s.server == inst)
-
     def drain(self, inst: str) -> bool:
         """Drain ``inst``; returns whether the gateway knew it (False: nothing to undo)."""
         if not self._gateway_up():
             return False
         try:
-            self.haproxy.set_state(INSTANCES_BACKEND, inst, AdminState.DRAIN)
+            idle = drain_instance(self.haproxy, inst, self.drain_timeout, self.on_wait)
         except ToolError as exc:
             log.warning("cannot drain %s (%s); restarting without it", inst, exc.message)
             return False
-        deadline = time.monotonic() + self.drain_timeout
-        while (left := self._sessions(inst)) > 0:
-            if time.monotonic() > deadline:
-                log.warning(
-                    "%s still has %d request(s) after %.0fs; restarting anyway",
-                    inst,
-                    left,
-                    self.drain_timeout,
-                )
-                break
-            self.on_wait()
-            time.sleep(0.1)
-        log.info("drained %s", inst)
+        if idle:
+            log.info("drained %s", inst)
+        else:
+            log.warning(
+                "%s still has request(s) after %.0fs; restarting anyway", inst, self.drain_timeout
+            )
         return True
 
     def _ready(self, inst: str) -> None:
         try:
-            self.haproxy.set_state(INSTANCES_BACKEND, inst, AdminState.READY)
+            set_ready(self.haproxy, inst)
         except ToolError as exc:
             log.warning("cannot set %s ready: %s", inst, exc.message)
 
@@ -105,17 +118,12 @@ class DrainingRuntime:
         port = next((i.port for i in self.node.instances if i.name == inst), None)
         if port is None:
             return
-        deadline = time.monotonic() + self.health_timeout
-        with OllamaClient(f"http://127.0.0.1:{port}", timeout=2.0) as client:
-            while not client.healthy():
-                if time.monotonic() > deadline:
-                    raise OlladistError(
-                        f"instance {inst} did not answer on 127.0.0.1:{port} within "
-                        f"{self.health_timeout:.0f}s after its restart",
-                        hint="see its log; it stays drained in the gateway until it answers",
-                    )
-                self.on_wait()
-                time.sleep(0.1)
+        if wait_healthy([port], self.health_timeout, self.on_wait):
+            raise OlladistError(
+                f"instance {inst} did not answer on {INSTANCE_HOST}:{port} within "
+                f"{self.health_timeout:.0f}s after its restart",
+                hint="see its log; it stays drained in the gateway until it answers",
+            )
 
     def _wait_gateway_up(self, inst: str) -> None:
         deadline = time.monotonic() + self.health_timeout
@@ -177,3 +185,12 @@ class DrainingRuntime:
 
     def daemon_reload(self) -> None:
         self.inner.daemon_reload()
+
+    def is_active(self, unit: str) -> bool:
+        return self.inner.is_active(unit)
+
+    def supervise(self) -> list[str]:
+        return self.inner.supervise()
+
+    def stop_all(self) -> None:
+        self.inner.stop_all()

@@ -24,6 +24,11 @@ class OlladistError(Exception):
         self.hint = hint
 
 
+# A place in the merged spec document: keys and list indexes, e.g. ("models", 2, "replicas").
+# Pure code (placement) reports problems at a Loc; specload turns each into file:line.
+Loc = tuple[str | int, ...]
+
+
 @dataclass(frozen=True, order=True)
 class Problem:
     """One thing wrong with the spec, located as precisely as we can."""

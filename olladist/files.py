@@ -63,3 +63,9 @@ def write_atomic(target: Path, data: bytes, mode: int) -> None:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+def write_tree(files: dict[str, File], out: Path) -> None:
+    """Write rendered files under ``out`` as they would be under ``/`` (for `olladist render`)."""
+    for path, f in files.items():
+        write_atomic(under_root(out, path), f.content.encode(), f.mode)

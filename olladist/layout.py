@@ -25,6 +25,15 @@ RUN_DIR = "/run/olladist"
 GATEWAY_RUN_DIR = "/run/olladist/gateway"
 ADMIN_SOCKET = "/run/olladist/gateway/admin.sock"
 MASTER_SOCKET = "/run/olladist/gateway/master.sock"
+# Node-local: the shared secret peers send, as a one-line HAProxy map ("secret VALUE"). The same
+# file on every node; never rendered, never in git. Mode 0640, group of the gateway's user.
+PEER_SECRET_FILE = f"{SECRETS_DIR}/peer.map"
+# Where HAProxy finds server states (drain, maintenance) again after a reload.
+SERVER_STATE_FILE = f"{STATE_DIR}/gateway/servers.state"
+
+
+# Instances bind loopback only (render sets OLLAMA_HOST); only the gateway listens outside.
+INSTANCE_HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from olladist.ollama import LoadedModel, OllamaClient, OllamaError, Progress, StoredModel
+from olladist.ollama import (
+    LoadedModel,
+    OllamaClient,
+    OllamaError,
+    Progress,
+    StoredModel,
+    instance_url,
+)
 from olladist.placement import Placement
 from olladist.plan import Action, Kind
 from olladist.spec import Model, Node, Spec
@@ -149,10 +156,6 @@ class PinMismatch(OllamaError):
     def __init__(self, message: str, got: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.got = got
-
-
-def instance_url(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
 
 
 def observe_models(node: Node, timeout: float = 5.0) -> ModelsObserved | str:

@@ -9,6 +9,7 @@ Ollama streams pull progress as NDJSON and reports failures either as an HTTP er
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,32 @@ from typing import Any
 import httpx
 
 from olladist.errors import OlladistError
+from olladist.layout import INSTANCE_HOST
 from olladist.names import normalize_model
+
+
+def instance_url(port: int) -> str:
+    """Where olladist reaches this node's instance on ``port``."""
+    return f"http://{INSTANCE_HOST}:{port}"
+
+
+def wait_healthy(
+    ports: list[int], timeout: float, on_wait: Callable[[], None] | None = None
+) -> list[int]:
+    """Wait until every instance answers /api/version; returns the ports that never did.
+    ``on_wait`` is called at every poll (progress, for the daemon's watchdog)."""
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    while pending and time.monotonic() < deadline:
+        for port in list(pending):
+            with OllamaClient(instance_url(port), timeout=2.0) as c:
+                if c.healthy():
+                    pending.remove(port)
+        if pending:
+            if on_wait is not None:
+                on_wait()
+            time.sleep(0.1)
+    return pending
 
 
 class OllamaError(OlladistError):

@@ -17,13 +17,9 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from olladist.errors import Problem, SpecError
+from olladist.errors import Loc, Problem, SpecError
 from olladist.spec import Model, Node, Spec
-
-if TYPE_CHECKING:
-    from olladist.specload import Loc, Located
 
 
 @dataclass(frozen=True)
@@ -187,5 +183,7 @@ def place(spec: Spec) -> Placement:
     return placement
 
 
-def placement_problems(spec: Spec, doc: Located) -> list[Problem]:
-    return [doc.problem(loc, msg) for loc, msg in _compute(spec)[1]]
+def placement_problems(spec: Spec) -> list[tuple[Loc, str]]:
+    """What keeps ``spec`` from being placed, each at its place in the spec document (the
+    loader turns those into file:line problems)."""
+    return _compute(spec)[1]

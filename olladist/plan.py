@@ -3,6 +3,16 @@
 ``diff`` prints a plan, ``apply --dry-run`` prints it and stops, ``apply`` executes the same
 list, so what is shown and what is done cannot disagree. An empty plan means no drift.
 
+One exception, on purpose: the model actions (``pull``, ``delete-model``, ``preload``). The
+model store and what is loaded can only be observed through a running instance, and the plan
+is made before the instances it starts or restarts run: a new node's store cannot be read
+yet (the plan notes "models checked once the instances run"), and a restarted instance has
+nothing loaded, so its preloads are not in the plan. ``reconcile.execute`` therefore applies
+the file and unit actions of the plan, waits until the instances answer, observes the store
+again and runs the model actions of that observation. They equal the plan's model actions
+whenever the plan starts or restarts no instance and the store did not change in between;
+``olladist apply`` prints the model actions that were not in the plan it showed.
+
 Planning is pure: it takes the rendered files, what was observed on the node, and what the
 previous apply left pending, and returns actions in the order they must run.
 """
@@ -16,7 +26,7 @@ from typing import Any
 
 from olladist.files import File
 from olladist.layout import GATEWAY_DIR, HAPROXY_CFG, SYSTEMD_DIR
-from olladist.units import GATEWAY_UNIT, INSTANCE_TEMPLATE
+from olladist.units import GATEWAY_UNIT, INSTANCE_TEMPLATE, dropin_unit, instance_name
 
 WANTS_DIR = f"{SYSTEMD_DIR}/multi-user.target.wants"
 
@@ -102,24 +112,14 @@ class Plan:
         }
 
 
-def instance_of(path: str) -> str | None:
-    """The instance unit whose drop-in ``path`` is, if it is one."""
-    prefix = f"{SYSTEMD_DIR}/olladist-ollama@"
-    if path.startswith(prefix) and ".service.d/" in path:
-        return path[len(SYSTEMD_DIR) + 1 :].split("/", 1)[0].removesuffix(".d")
-    return None
-
-
 def is_rendered_unit(unit: str) -> bool:
     """Units whose enablement follows the spec: the gateway and the instances. Not the
     reconciler itself, which the operator enables (and which must survive its own apply)."""
-    return unit == GATEWAY_UNIT or (
-        unit.startswith(INSTANCE_TEMPLATE.removesuffix(".service")) and unit != INSTANCE_TEMPLATE
-    )
+    return unit == GATEWAY_UNIT or instance_name(unit) is not None
 
 
 def desired_units(desired: dict[str, File]) -> set[str]:
-    units = {u for p in desired if (u := instance_of(p))}
+    units = {u for p in desired if (u := dropin_unit(p))}
     if HAPROXY_CFG in desired:
         units.add(GATEWAY_UNIT)
     return units
@@ -157,7 +157,7 @@ def plan(node: str, desired: dict[str, File], observed: Observed) -> Plan:
 
     want = desired_units(desired)
     # Stopping a removed instance comes before its files go, so it stops as it was configured.
-    removed_units = sorted(u for p in stale if (u := instance_of(p)) and u not in want)
+    removed_units = sorted(u for p in stale if (u := dropin_unit(p)) and u not in want)
     stops = [Action(Kind.STOP, u, "instance removed from the spec") for u in removed_units]
     actions[:0] = stops
     for unit in sorted(observed.enabled - want):
@@ -174,7 +174,7 @@ def plan(node: str, desired: dict[str, File], observed: Observed) -> Plan:
         runtime.append(Action(Kind.DAEMON_RELOAD, "systemd", "unit files changed"))
     template_changed = f"{SYSTEMD_DIR}/{INSTANCE_TEMPLATE}" in changed
     for unit in sorted(u for u in want if u != GATEWAY_UNIT):
-        dropin_changed = any(instance_of(p) == unit for p in changed)
+        dropin_changed = any(dropin_unit(p) == unit for p in changed)
         if unit not in observed.enabled:
             runtime.append(Action(Kind.START, unit, "new instance"))
         elif dropin_changed or template_changed:

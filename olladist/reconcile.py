@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +18,11 @@ from olladist.drain import DrainingRuntime
 from olladist.errors import ApplyError, OlladistError
 from olladist.files import File
 from olladist.gateway.render import node_local_files
-from olladist.layout import Layout
+from olladist.layout import INSTANCE_HOST, Layout
 from olladist.models import ModelSync, memory_of, observe_models, plan_models, remember
 from olladist.nodelocal import NodeLocal
 from olladist.observe import observe
-from olladist.ollama import OllamaClient, Progress
+from olladist.ollama import Progress, wait_healthy
 from olladist.placement import Placement, place
 from olladist.plan import Action, Kind, Plan, desired_units, plan
 from olladist.render import render_node
@@ -31,6 +30,7 @@ from olladist.runtime import Runtime
 from olladist.spec import Spec
 from olladist.specload import load_spec
 from olladist.state import State
+from olladist.units import instance_name
 from olladist.validators import validate_render
 
 log = logging.getLogger("olladist.reconcile")
@@ -106,9 +106,7 @@ def full_plan(desired: Desired, layout: Layout, state: State, runtime: Runtime) 
     node = desired.spec.node(desired.node)
     if not node.instances:
         return p
-    starting = any(
-        a.kind is Kind.START and a.target.startswith("olladist-ollama@") for a in p.actions
-    )
+    starting = any(a.kind is Kind.START and instance_name(a.target) for a in p.actions)
     obs = observe_models(node)
     if isinstance(obs, str):
         if starting:
@@ -122,34 +120,12 @@ def full_plan(desired: Desired, layout: Layout, state: State, runtime: Runtime) 
 
 def _stopped_units(desired: Desired, p: Plan, runtime: Runtime) -> list[Action]:
     """Units that should run but do not (stopped by hand, or failed for good): drift too."""
-    is_active = getattr(runtime, "is_active", None)
-    if is_active is None:
-        return []
     acted = {a.target for a in p.actions if a.kind in (Kind.START, Kind.RESTART, Kind.STOP)}
     return [
         Action(Kind.START, unit, "enabled but not running")
         for unit in sorted(desired_units(desired.files) - acted)
-        if not is_active(unit)
+        if not runtime.is_active(unit)
     ]
-
-
-def wait_healthy(
-    ports: list[int], timeout: float, on_wait: Callable[[], None] | None = None
-) -> list[int]:
-    """Wait until every instance answers /api/version; returns the ports that never did.
-    ``on_wait`` is called at every poll (progress, for the daemon's watchdog)."""
-    deadline = time.monotonic() + timeout
-    pending = list(ports)
-    while pending and time.monotonic() < deadline:
-        for port in list(pending):
-            with OllamaClient(f"http://127.0.0.1:{port}", timeout=2.0) as c:
-                if c.healthy():
-                    pending.remove(port)
-        if pending:
-            if on_wait is not None:
-                on_wait()
-            time.sleep(0.1)
-    return pending
 
 
 def execute(
@@ -177,12 +153,13 @@ def execute(
     dead = wait_healthy([i.port for i in node.instances], health_timeout, on_wait)
     if len(dead) == len(node.instances):
         raise ApplyError(
-            f"no instance of node {node.name} answers on 127.0.0.1 ports "
+            f"no instance of node {node.name} answers on {INSTANCE_HOST} ports "
             f"{', '.join(map(str, dead))} after {health_timeout:.0f}s",
             hint="see the instance logs (journalctl -u 'olladist-ollama@*', or "
             "/var/log/olladist/ under the root with --runtime local)",
         )
-    # Observe again: the plan may have been made before the instances were running.
+    # Observe again: the plan may have been made before the instances were running, and a
+    # restarted instance has lost what it had loaded (olladist.plan says why models differ).
     obs = observe_models(node)
     if isinstance(obs, str):
         raise ApplyError(f"cannot observe models: {obs}")

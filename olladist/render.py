@@ -6,70 +6,21 @@ so that the same commit renders byte-identical files on every run and every mach
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-import jinja2
-
-from olladist.errors import RenderError
 from olladist.files import File
-from olladist.layout import ROOT, SYSTEMD_DIR, Layout
+from olladist.gateway.render import gateway_files
+from olladist.layout import INSTANCE_HOST, ROOT, Layout
+from olladist.nodelocal import NodeTLS
 from olladist.placement import Placement, place
 from olladist.spec import Instance, Node, Spec
-
-if TYPE_CHECKING:
-    from olladist.gateway.topology import NodeTLS
-from olladist.units import unit_files
-
-INSTANCE_UNIT = "olladist-ollama@{}.service"
-DROPIN_NAME = "10-olladist.conf"
-
-
-def systemd_quote(value: str) -> str:
-    """Quote one word for a unit file: backslash and double quote escaped, `%` doubled so that
-    systemd does not expand specifiers. The spec already refuses control characters."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-    return f'"{escaped}"'
-
-
-@cache
-def environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("olladist", "templates"),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 - we render config files, not HTML
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["systemd_quote"] = systemd_quote
-    return env
-
-
-def render_template(name: str, **context: object) -> str:
-    try:
-        return environment().get_template(name).render(**context)
-    except jinja2.TemplateSyntaxError as exc:
-        raise RenderError(f"template {exc.name or name}:{exc.lineno}: {exc.message}") from exc
-    except jinja2.UndefinedError as exc:
-        raise RenderError(f"template {name}: {exc.message}") from exc
-
-
-def instance_unit(instance: Instance | str) -> str:
-    name = instance if isinstance(instance, str) else instance.name
-    return INSTANCE_UNIT.format(name)
-
-
-def instance_dropin_path(instance: Instance | str) -> str:
-    return f"{SYSTEMD_DIR}/{instance_unit(instance)}.d/{DROPIN_NAME}"
+from olladist.templating import render_template
+from olladist.units import instance_dropin_path, unit_files
 
 
 def instance_env(spec: Spec, instance: Instance, layout: Layout) -> list[tuple[str, str]]:
     """The instance's environment, sorted: cluster-wide `ollama.env`, the instance's `env` over
     it, then what olladist derives (the spec refuses those keys in `env`)."""
     env = {**spec.ollama.env, **instance.env}
-    env["OLLAMA_HOST"] = f"127.0.0.1:{instance.port}"
+    env["OLLAMA_HOST"] = f"{INSTANCE_HOST}:{instance.port}"
     env["OLLAMA_MODELS"] = layout.path(spec.ollama.models_dir)
     env["OLLAMA_NUM_PARALLEL"] = str(instance.num_parallel)
     if instance.gpus:
@@ -89,7 +40,7 @@ def instance_files(spec: Spec, node: Node, layout: Layout) -> dict[str, File]:
             models_dir=layout.path(spec.ollama.models_dir),
             env=instance_env(spec, inst, layout),
         )
-        out[instance_dropin_path(inst)] = File(content, 0o644)
+        out[instance_dropin_path(inst.name)] = File(content, 0o644)
     return out
 
 
@@ -102,19 +53,9 @@ def render_node(
 ) -> dict[str, File]:
     """Every file olladist manages on ``node_name``, keyed by node path, sorted. Contents point
     at real paths under ``layout.root``. ``tls``: the node-local certificates, if any."""
-    from olladist.gateway.render import gateway_files  # noqa: PLC0415 - gateway imports us
-
     node = spec.node(node_name)
     placement = placement or place(spec)
     files = unit_files(layout)
     files.update(instance_files(spec, node, layout))
     files.update(gateway_files(spec, node_name, placement, layout, tls))
     return dict(sorted(files.items()))
-
-
-def write_tree(files: dict[str, File], out: Path) -> None:
-    """Write rendered files under ``out`` as they would be under ``/`` (for `olladist render`)."""
-    from olladist.files import under_root, write_atomic  # noqa: PLC0415
-
-    for path, f in files.items():
-        write_atomic(under_root(out, path), f.content.encode(), f.mode)

@@ -17,10 +17,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from olladist.errors import Problem, SpecError
+from olladist.errors import Loc, Problem, SpecError
+from olladist.placement import placement_problems
 from olladist.spec import Spec
-
-Loc = tuple[str | int, ...]
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 
@@ -329,9 +328,7 @@ def load_located(spec_dir: Path) -> tuple[Spec, Located]:
         raise SpecError(_pydantic_problems(doc, exc)) from None
     problems = cross_check(spec, doc)
     if not problems:
-        from olladist.placement import placement_problems  # noqa: PLC0415
-
-        problems = placement_problems(spec, doc)
+        problems = [doc.problem(loc, msg) for loc, msg in placement_problems(spec)]
     if problems:
         raise SpecError(problems)
     return spec, doc

@@ -104,6 +104,7 @@ def gateway_health(layout: Layout) -> list[dict[str, Any]]:
     """Health of this node's instances and peers as its gateway sees them (runtime socket);
     empty when the gateway is not running."""
     from olladist.errors import ToolError  # noqa: PLC0415
+    from olladist.gateway import INSTANCES_BACKEND, PEERS_BACKEND  # noqa: PLC0415
     from olladist.gateway.runtime import HAProxyRuntime  # noqa: PLC0415
     from olladist.layout import ADMIN_SOCKET  # noqa: PLC0415
 
@@ -116,7 +117,7 @@ def gateway_health(layout: Layout) -> list[dict[str, Any]]:
         return []
     return [
         {
-            "kind": "instance" if r.backend == "instances" else "peer",
+            "kind": "instance" if r.backend == INSTANCES_BACKEND else "peer",
             "name": r.server.removeprefix("peer."),
             "status": r.status,
             "sessions": r.current_sessions,
@@ -124,7 +125,7 @@ def gateway_health(layout: Layout) -> list[dict[str, Any]]:
             "check": r.check_status,
         }
         for r in rows
-        if r.backend in ("instances", "peers")
+        if r.backend in (INSTANCES_BACKEND, PEERS_BACKEND)
     ]
 
 

@@ -26,9 +26,38 @@ from olladist.files import File
 from olladist.layout import SYSTEMD_DIR, Layout
 
 GATEWAY_UNIT = "olladist-gateway.service"
-INSTANCE_TEMPLATE = "olladist-ollama@.service"
+INSTANCE_PREFIX = "olladist-ollama@"
+INSTANCE_TEMPLATE = f"{INSTANCE_PREFIX}.service"
 RECONCILE_UNIT = "olladist-reconcile.service"
 RENDERED_UNITS = (GATEWAY_UNIT, INSTANCE_TEMPLATE)
+DROPIN_NAME = "10-olladist.conf"
+
+
+# Instance units are named, and their names read back, only here.
+def instance_unit(instance: str) -> str:
+    """The unit of instance ``instance``: ``olladist-ollama@NAME.service``."""
+    return f"{INSTANCE_PREFIX}{instance}.service"
+
+
+def instance_name(unit: str) -> str | None:
+    """The instance a unit runs (None: not an instance unit, or the template itself)."""
+    if unit.startswith(INSTANCE_PREFIX) and unit.endswith(".service"):
+        return unit.removeprefix(INSTANCE_PREFIX).removesuffix(".service") or None
+    return None
+
+
+def instance_dropin_path(instance: str) -> str:
+    """Node path of the drop-in olladist renders for ``instance``."""
+    return f"{SYSTEMD_DIR}/{instance_unit(instance)}.d/{DROPIN_NAME}"
+
+
+def dropin_unit(path: str) -> str | None:
+    """The instance unit whose drop-in directory holds ``path``, if it is one."""
+    head, sep, _ = path.removeprefix(SYSTEMD_DIR + "/").partition(".d/")
+    if path.startswith(SYSTEMD_DIR + "/") and sep and "/" not in head and instance_name(head):
+        return head
+    return None
+
 
 _ROOTED_PREFIXES = ("/etc/olladist", "/run/olladist", "/var/lib/olladist", "/etc/systemd/system")
 _DROPPED_UNDER_ROOT = re.compile(r"^(User|Group|RuntimeDirectoryPreserve|ProtectHome)=")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from olladist.files import File
-from olladist.gateway.render import write_peer_secret
 from olladist.layout import Layout
+from olladist.nodeconfig import write_peer_secret
 from olladist.spec import Spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +35,26 @@ def short_root() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# Seeds that change the iteration order of sets and dicts keyed by str: a result that depends
+# on that order differs between them (what one process rendering twice cannot show).
+HASH_SEEDS = (0, 1, 4242)
+
+
+def python_with_hash_seed(code: str, *args: str, seed: int) -> str:
+    """Run ``code`` in a fresh interpreter with PYTHONHASHSEED=seed; return its stdout."""
+    env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def need(tool: str) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 from olladist.daemon import DRIFT_STORM_FREE, DRIFT_STORM_WINDOW, _DriftGuard
 from olladist.placement import place
 from olladist.reconcile import restart_slot
 from olladist.spec import Spec
+from tests.conftest import HASH_SEEDS, python_with_hash_seed
 
 
 def spec(n_nodes: int, models: list[dict[str, object]]) -> Spec:
@@ -37,11 +39,25 @@ def test_nodes_sharing_a_model_never_share_a_restart_slot() -> None:
             assert len(set(held)) == len(held), (a.model, held)
 
 
+SLOTS = """
+import json, sys
+from olladist.placement import place
+from olladist.reconcile import restart_slot
+from olladist.spec import Spec
+from tests.conftest import HASH_SEEDS, python_with_hash_seed
+s = Spec.model_validate(json.loads(sys.argv[1]))
+print(json.dumps([restart_slot(s, place(s), n.name, "1" * 40) for n in s.nodes]))
+"""
+
+
 def test_slots_are_the_same_on_every_node_and_change_with_the_commit() -> None:
     s = spec(6, [{"name": f"m{j}", "replicas": 2} for j in range(6)])
     p = place(s)
     first = [restart_slot(s, p, n.name, "1" * 40) for n in s.nodes]
-    assert first == [restart_slot(s, p, n.name, "1" * 40) for n in s.nodes]
+    # Every node computes the slots in its own process: other hash seeds, same slots.
+    data = json.dumps(s.model_dump(mode="json"))
+    elsewhere = {python_with_hash_seed(SLOTS, data, seed=seed) for seed in HASH_SEEDS}
+    assert [json.loads(out) for out in elsewhere] == [first]
     orders = {tuple(restart_slot(s, p, n.name, c * 40) for n in s.nodes) for c in "23456789"}
     assert len(orders) > 1  # who goes first rotates with the commit
 

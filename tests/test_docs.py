@@ -300,6 +300,7 @@ def test_troubleshooting_md_documents_every_error() -> None:
         "docs/security.md",
         "docs/troubleshooting.md",
         "docs/operating.md",
+        "docs/architecture.md",
         "packaging/README.md",
     ],
 )

@@ -43,8 +43,9 @@ def test_doctor_passes_with_the_simulator_as_binary(
 def test_doctor_reports_a_node_missing_from_the_spec(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    main(["doctor", "--spec", str(EXAMPLE_SPEC), "--node", "gpu-z", "--root", str(tmp_path)])
+    code = main(["doctor", "--spec", str(EXAMPLE_SPEC), "--node", "gpu-z", "--root", str(tmp_path)])
     out = capsys.readouterr().out
+    assert code == 1
     assert "FAIL this node (gpu-z) is not in the spec" in out
     assert "one of: gpu-a, gpu-b, gpu-c" in out
 

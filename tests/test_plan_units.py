@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from olladist.plan import Kind, Observed, is_rendered_unit, plan
+from olladist.plan import Action, Kind, Observed, Plan, is_rendered_unit, plan
+from olladist.report import format_unplanned
+from olladist.units import dropin_unit, instance_dropin_path, instance_name, instance_unit
 
 
 def test_only_rendered_units_are_disabled_never_the_reconciler() -> None:
@@ -24,3 +26,29 @@ def test_rendered_unit_names() -> None:
     assert is_rendered_unit("olladist-gateway.service")
     assert not is_rendered_unit("olladist-ollama@.service")
     assert not is_rendered_unit("olladist-reconcile.service")
+
+
+def test_instance_unit_names_are_made_and_read_in_one_place() -> None:
+    assert instance_unit("gpu0") == "olladist-ollama@gpu0.service"
+    assert instance_name(instance_unit("gpu0")) == "gpu0"
+    assert instance_name("olladist-ollama@.service") is None
+    assert instance_name("olladist-gateway.service") is None
+    dropin = instance_dropin_path("gpu0")
+    assert dropin == "/etc/systemd/system/olladist-ollama@gpu0.service.d/10-olladist.conf"
+    assert dropin_unit(dropin) == "olladist-ollama@gpu0.service"
+    assert dropin_unit("/etc/systemd/system/olladist-gateway.service") is None
+    assert dropin_unit("/etc/systemd/system/olladist-ollama@.service") is None
+    assert dropin_unit("/etc/olladist/olladist-ollama@x.service.d/a.conf") is None
+
+
+def test_apply_lists_the_model_actions_the_printed_plan_did_not_hold() -> None:
+    pull = Action(Kind.PULL, "llama3.2:1b", "missing")
+    preload = Action(Kind.PRELOAD, "llama3.2:1b@i0", "preload: true")
+    restart = Action(Kind.RESTART, "olladist-ollama@i0.service", "its drop-in changed")
+    p = Plan("n1", (restart, pull))
+    assert format_unplanned(p, [restart, pull]) == ""
+    text = format_unplanned(p, [restart, pull, preload])
+    assert text.splitlines() == [
+        "model actions planned once the instances answered (not in the plan above):",
+        "  preload llama3.2:1b@i0 (preload: true)",
+    ]

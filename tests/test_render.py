@@ -5,21 +5,30 @@ Regenerate the golden files on purpose with OLLADIST_UPDATE_GOLDEN=1.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from olladist.files import File
 from olladist.gateway.render import node_local_files
 from olladist.layout import Layout
 from olladist.placement import place
-from olladist.render import render_node, systemd_quote
+from olladist.render import render_node
 from olladist.spec import Spec
 from olladist.specload import load_spec
+from olladist.templating import systemd_quote
 from olladist.validators import validate_render
-from tests.conftest import EXAMPLE_SPEC, SPECS, assert_golden, need, node_secrets
+from tests.conftest import (
+    EXAMPLE_SPEC,
+    HASH_SEEDS,
+    SPECS,
+    assert_golden,
+    need,
+    node_secrets,
+    python_with_hash_seed,
+)
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SPEC_DIRS = {"example": EXAMPLE_SPEC, "large": SPECS / "large"}
@@ -66,12 +75,29 @@ def test_rendered_files_pass_their_validators(spec_name: str, node: str, tmp_pat
         assert (staging / "etc/olladist/haproxy.cfg").is_file()
 
 
-def test_render_is_deterministic_and_sorted() -> None:
-    spec = load_spec(SPECS / "large")
-    a = render_node(spec, "gpu-01")
-    b = render_node(spec, "gpu-01")
-    assert a == b
-    assert list(a) == sorted(a)
+RENDER_EVERY_NODE = """
+import json, sys
+from pathlib import Path
+from olladist.render import render_node
+from olladist.specload import load_spec
+spec = load_spec(Path(sys.argv[1]))
+files = {n.name: render_node(spec, n.name) for n in spec.nodes}
+print(json.dumps({n: [[p, f.content, f.mode] for p, f in fs.items()] for n, fs in files.items()}))
+"""
+
+
+@pytest.mark.parametrize("spec_dir", [SPECS / "large", EXAMPLE_SPEC], ids=["large", "example"])
+def test_render_is_pure_across_processes_and_sorted(spec_dir: Path) -> None:
+    """Every node's files, instances and gateway, are the same bytes in the same order in
+    interpreters with different hash seeds, and in this one."""
+    outputs = {python_with_hash_seed(RENDER_EVERY_NODE, str(spec_dir), seed=s) for s in HASH_SEEDS}
+    assert len(outputs) == 1
+    rendered = json.loads(outputs.pop())
+    spec = load_spec(spec_dir)
+    for n in spec.nodes:
+        here = render_node(spec, n.name)
+        assert rendered[n.name] == [[p, f.content, f.mode] for p, f in here.items()]
+        assert list(here) == sorted(here)
 
 
 def test_paths_inside_files_follow_the_root(tmp_path: Path) -> None:
@@ -97,7 +123,9 @@ def test_instance_dropin_carries_the_instance() -> None:
         "ExecStart=/usr/bin/ollama serve",
     ):
         assert line in text.splitlines()
-    assert isinstance(files["/etc/olladist/haproxy.cfg"], File)
+    # The node's gateway config is part of the same render and health-checks this instance.
+    cfg = files["/etc/olladist/haproxy.cfg"].content.splitlines()
+    assert "    server pair 127.0.0.1:11437 check" in cfg
 
 
 def test_systemd_quote_escapes_what_systemd_would_interpret() -> None:

@@ -7,15 +7,14 @@ rendered; the config only names the node-local files that hold them (see docs/ga
 from __future__ import annotations
 
 import json
-import secrets
-from pathlib import Path
 
-from olladist.files import File, write_atomic
-from olladist.gateway.topology import PEER_SECRET_FILE, NodeTLS, Route, Topology, build
-from olladist.layout import GATEWAY_DIR, HAPROXY_CFG, ROOT, Layout
+from olladist.files import File
+from olladist.gateway.topology import Route, Topology, build
+from olladist.layout import GATEWAY_DIR, HAPROXY_CFG, PEER_SECRET_FILE, ROOT, Layout
+from olladist.nodelocal import NodeTLS
 from olladist.placement import Placement
-from olladist.render import render_template
 from olladist.spec import Spec
+from olladist.templating import render_template
 
 # Ollama reports times like this; a model's real modification time is only known to the
 # instance that holds it, so the cluster view shows a fixed one.
@@ -116,14 +115,3 @@ def node_local_files(spec: Spec, node_name: str, placement: Placement) -> tuple[
     if spec.gateway.api_keys_file:
         out.append(spec.gateway.api_keys_file)
     return tuple(out)
-
-
-def write_peer_secret(layout: Layout) -> Path:
-    """Create the peer secret file under ``layout`` if it is missing, with a random secret.
-
-    For one-machine clusters and tests, where every node shares the root. On real clusters the
-    operator puts the same file on every node (a per-node random one would lock peers out)."""
-    target = layout.real(PEER_SECRET_FILE)
-    if not target.exists():
-        write_atomic(target, f"secret {secrets.token_hex(32)}\n".encode(), 0o640)
-    return target

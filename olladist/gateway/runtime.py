@@ -22,10 +22,6 @@ from pathlib import Path
 from olladist.errors import ToolError
 from olladist.files import write_atomic
 
-# The backend where this node's instances are health-checked; every other backend tracks it
-# (see olladist.gateway.topology), so states set there spread everywhere.
-INSTANCES_BACKEND = "instances"
-
 
 class OpState(IntEnum):
     """``srv_op_state`` in ``show servers state``."""
@@ -223,31 +219,6 @@ class HAProxyRuntime:
         out = self.command(f"set server {backend}/{server} state {state}").strip()
         if out:
             raise ToolError(f"set server {backend}/{server} state {state}: {out}")
-
-    def active_sessions(self, server: str) -> int:
-        """Requests running on this node's instance ``server``, summed over every backend that
-        uses it (each route backend counts its own)."""
-        return sum(
-            st.current_sessions + st.queued
-            for st in self.stats()
-            if st.server == server and not st.server.startswith("peer.")
-        )
-
-    def drain(self, server: str, timeout: float, step: float = 0.2) -> bool:
-        """Drain this node's instance ``server`` everywhere and wait until nothing runs on it.
-
-        Returns False if requests were still running after ``timeout`` (a long generation);
-        the instance stays drained either way, ``ready()`` puts it back."""
-        self.set_state(INSTANCES_BACKEND, server, AdminState.DRAIN)
-        deadline = time.monotonic() + timeout
-        while self.active_sessions(server) > 0:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(step)
-        return True
-
-    def ready(self, server: str) -> None:
-        self.set_state(INSTANCES_BACKEND, server, AdminState.READY)
 
     def save_server_state(self, target: Path) -> None:
         """Write ``show servers state`` where ``server-state-file`` points, so that a reload

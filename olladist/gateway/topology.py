@@ -28,7 +28,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from olladist.errors import RenderError
-from olladist.layout import ADMIN_SOCKET, GATEWAY_DIR, SECRETS_DIR, STATE_DIR, Layout
+from olladist.gateway import INSTANCES_BACKEND, PEERS_BACKEND
+from olladist.layout import (
+    ADMIN_SOCKET,
+    GATEWAY_DIR,
+    INSTANCE_HOST,
+    PEER_SECRET_FILE,
+    SERVER_STATE_FILE,
+    Layout,
+)
+from olladist.nodelocal import NodeTLS
 from olladist.placement import Placement
 from olladist.spec import Node, Spec, Strategy, Timeouts
 
@@ -47,11 +56,6 @@ HASH_BALANCE_FACTOR = 125
 ROUTE_NAME_MAX = 80
 # HAProxy 2.6 refuses longer unix socket paths (sun_path minus its own suffix room).
 SOCKET_PATH_MAX = 97
-# Node-local: the shared secret peers send, as a one-line HAProxy map ("secret VALUE"). The same
-# file on every node; never rendered, never in git. Mode 0640, group of the gateway's user.
-PEER_SECRET_FILE = f"{SECRETS_DIR}/peer.map"
-# Where HAProxy finds server states (drain, maintenance) again after a reload.
-SERVER_STATE_FILE = f"{STATE_DIR}/gateway/servers.state"
 MIN_SECRET_LEN = 32
 
 # File paths end up unquoted inside sample expressions (`map(PATH)`), where a comma, a
@@ -62,37 +66,6 @@ _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./@+-]*$")
 class PeerAuth(StrEnum):
     SECRET = "secret"  # noqa: S105 - a mode name; the secret is in a node-local file
     TLS = "tls"  # mutual TLS with node-local certificates
-
-
-@dataclass(frozen=True)
-class NodeTLS:
-    """Node-local TLS material (paths on the node, never in git), from olladist.env.
-
-    ``peer_cert``/``peer_ca`` switch the peer port to mutual TLS: ``peer_cert`` is a PEM holding
-    this node's certificate and key, ``peer_ca`` the CA that signed every node's certificate.
-    ``public_cert`` (PEM with key) turns on TLS on the public port."""
-
-    peer_cert: str | None = None
-    peer_ca: str | None = None
-    public_cert: str | None = None
-
-
-ENV_PEER_CERT = "OLLADIST_PEER_CERT"
-ENV_PEER_CA = "OLLADIST_PEER_CA"
-ENV_PUBLIC_CERT = "OLLADIST_GATEWAY_CERT"
-
-
-def node_tls_from_env(env: dict[str, str]) -> NodeTLS:
-    def get(key: str) -> str | None:
-        return env.get(key) or None
-
-    tls = NodeTLS(get(ENV_PEER_CERT), get(ENV_PEER_CA), get(ENV_PUBLIC_CERT))
-    if (tls.peer_cert is None) != (tls.peer_ca is None):
-        raise RenderError(
-            f"mutual TLS for peers needs both {ENV_PEER_CERT} and {ENV_PEER_CA}",
-            hint="set both in /etc/olladist/olladist.env, or neither to use the shared secret",
-        )
-    return tls
 
 
 def hostport(host: str, port: int | None = None) -> str:
@@ -307,12 +280,12 @@ def build(
     least = Strategy.LEAST_LOADED
 
     instances = Backend(
-        "instances",
+        INSTANCES_BACKEND,
         least,
         tuple(
             # No maxconn here: this backend answers /api/version and /api/ps, which must
             # not queue behind generations.
-            Server(i.name, "127.0.0.1", i.port)
+            Server(i.name, INSTANCE_HOST, i.port)
             for i in node.instances
         ),
         checked=True,
@@ -340,7 +313,7 @@ def build(
     )
     peer_targets = others + ([node] if via_self else [])
     peers = Backend(
-        "peers",
+        PEERS_BACKEND,
         Strategy.ROUND_ROBIN,
         tuple(
             Server(_peer_server_name(n.name), n.address, gw.peer_port, peer=True)
@@ -353,7 +326,7 @@ def build(
         return [
             Server(
                 i.name,
-                "127.0.0.1",
+                INSTANCE_HOST,
                 i.port,
                 maxconn=i.num_parallel if strategy == least else None,
                 track=f"{instances.name}/{i.name}",

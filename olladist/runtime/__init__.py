@@ -31,6 +31,20 @@ class Runtime(Protocol):
     def stop(self, unit: str) -> None: ...
     def restart(self, unit: str) -> None: ...
     def reload(self, unit: str) -> None: ...
+    def is_active(self, unit: str) -> bool:
+        """Whether ``unit`` runs now: an enabled unit that does not is drift (stopped by hand,
+        or failed for good)."""
+        ...
+
+    def supervise(self) -> list[str]:
+        """Start what should run and died; returns the units started (the daemon calls it
+        while it waits). A runtime whose services restart on their own returns []."""
+        ...
+
+    def stop_all(self) -> None:
+        """On the daemon's shutdown: stop the services this runtime started itself (none
+        for a runtime whose services outlive the reconciler)."""
+        ...
 
 
 def systemctl_offline(layout: Layout, *args: str) -> None:
@@ -73,4 +87,15 @@ class FilesOnly:
         pass
 
     def reload(self, unit: str) -> None:
+        pass
+
+    def is_active(self, unit: str) -> bool:
+        # Nothing runs here, so nothing can be found stopped; plans under this runtime do not
+        # ask (runtime actions are only reported).
+        return True
+
+    def supervise(self) -> list[str]:
+        return []
+
+    def stop_all(self) -> None:
         pass

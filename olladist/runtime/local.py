@@ -216,7 +216,10 @@ class LocalRuntime:
         return started
 
     def stop_all(self) -> None:
-        for unit in self.known_units():
+        units = self.known_units()
+        if units:
+            log.info("stopping the services this reconciler started: %s", ", ".join(units))
+        for unit in units:
             self.stop(unit)
         # Children this object started whose records another olladist process removed.
         for proc in list(self._children.values()):

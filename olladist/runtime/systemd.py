@@ -71,3 +71,11 @@ class SystemdRuntime:
             [*self.systemctl, "is-active", "--quiet", unit], check=False, timeout=60
         )
         return proc.returncode == 0
+
+    def supervise(self) -> list[str]:
+        # systemd restarts the units itself (Restart=always).
+        return []
+
+    def stop_all(self) -> None:
+        # The services are systemd's: they keep running while the reconciler restarts.
+        pass

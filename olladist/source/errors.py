@@ -27,6 +27,8 @@ def redact_url(url: str) -> str:
 class SourceError(OlladistError):
     """The spec source could not give a usable commit."""
 
+    refused_commit: str | None = None  # the commit it refused, when it refused one
+
 
 class FetchError(SourceError):
     """The remote could not be read, or the ref is not there."""
@@ -39,6 +41,7 @@ class RollbackRefused(SourceError):
         super().__init__(message, hint)
         self.accepted = accepted
         self.tip = tip
+        self.refused_commit = tip
 
 
 class SignatureError(SourceError):
@@ -50,3 +53,4 @@ class SignatureError(SourceError):
         super().__init__(message, hint)
         self.commit = commit
         self.signer = signer
+        self.refused_commit = commit

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from olladist.gateway.render import write_peer_secret
-from olladist.gateway.topology import PEER_SECRET_FILE
-from olladist.layout import ENV_FILE, Layout
+from olladist.layout import ENV_FILE, PEER_SECRET_FILE, Layout
+from olladist.nodeconfig import write_peer_secret
 from olladist.runtime.local import LocalRuntime
 from tests.harness.gitserver import HttpServer, free_port, serve_git_http
 

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from olladist.files import write_atomic
-from olladist.gateway.render import gateway_files, write_peer_secret
+from olladist.gateway.render import gateway_files
 from olladist.gateway.runtime import HAProxyRuntime
-from olladist.gateway.topology import NodeTLS
 from olladist.layout import ADMIN_SOCKET, GATEWAY_RUN_DIR, MASTER_SOCKET, STATE_DIR, Layout
+from olladist.nodeconfig import write_peer_secret
+from olladist.nodelocal import NodeTLS
 from olladist.placement import place
 from olladist.spec import Spec
 

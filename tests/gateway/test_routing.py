@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from olladist.gateway.topology import MAX_BODY, NodeTLS
+from olladist.gateway.topology import MAX_BODY
 from olladist.names import normalize_model
+from olladist.nodelocal import NodeTLS
 from tests.gateway.certs import make_ca, make_node_cert
 from tests.gateway.harness import Cluster, all_up, cluster, loopback_hosts, make_spec, wait_until
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from olladist.check import check_servers
+from olladist.drain import active_sessions, drain_instance, set_ready
 from olladist.errors import ToolError
 from olladist.gateway.runtime import (
     AdminFlag,
@@ -83,13 +85,14 @@ def gen(c: Cluster, body: dict[str, object] | None = None) -> httpx.Response:
 
 @pytest.mark.integration
 def test_drain_takes_an_instance_out_of_every_backend(one_node: Cluster) -> None:
+    # The functions the reconciler's DrainingRuntime calls, against the real HAProxy.
     rt = one_node.gw("n0").runtime
-    rt.set_state("instances", "i0", AdminState.DRAIN)
+    assert drain_instance(rt, "i0", timeout=5)
     assert {gen(one_node).json()["instance"] for _ in range(8)} == {"n0/i1"}
-    rt.set_state("instances", "i0", AdminState.READY)
+    set_ready(rt, "i0")
     assert {gen(one_node).json()["instance"] for _ in range(8)} == {"n0/i0", "n0/i1"}
     with pytest.raises(ToolError):
-        rt.set_state("instances", "nope", AdminState.MAINT)
+        set_ready(rt, "nope")
 
 
 @pytest.mark.integration
@@ -193,14 +196,29 @@ def test_drain_waits_for_running_streams(one_node: Cluster) -> None:
     for t in threads:
         t.start()
     time.sleep(0.3)
-    assert rt.active_sessions("i0") + rt.active_sessions("i1") == 4
-    assert not rt.drain("i0", timeout=0.1)  # still streaming: not idle yet, but drained
-    assert rt.drain("i0", timeout=5)
+    assert active_sessions(rt, "i0") + active_sessions(rt, "i1") == 4
+    assert not drain_instance(rt, "i0", timeout=0.1)  # still streaming: not idle yet, but drained
+    assert drain_instance(rt, "i0", timeout=5)
     drained_at = time.monotonic()
     for t in threads:
         t.join(10)
     on_i0 = [at for inst, at in finished if inst == "n0/i0"]
     assert on_i0 and all(at <= drained_at for at in on_i0)
     assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i1"}
-    rt.ready("i0")
+    set_ready(rt, "i0")
     assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i0", "n0/i1"}
+
+
+@pytest.mark.integration
+def test_check_servers_reads_the_stats_page_and_names_a_dead_instance(one_node: Cluster) -> None:
+    """`olladist check` reads the stats page's CSV with the runtime socket's parser."""
+    g = one_node.gw("n0")
+    stats = f"http://{g.host}:{g.stats_port}"
+    with httpx.Client(trust_env=False, timeout=10) as h:
+        first = check_servers(h, stats)
+        assert first.ok, first.detail
+        assert first.detail == "all 2 checked servers are up"
+        one_node.fakes["n0/i0"].kill()
+        wait_until(lambda: not check_servers(h, stats).ok, timeout=5)
+        after = check_servers(h, stats)
+    assert after.detail.startswith("not up: instances/i0 DOWN"), after.detail

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from olladist.check import check_tags
 from olladist.models import (
     PRUNE_PER_TICK,
     ModelMemory,
@@ -175,8 +176,8 @@ def test_a_failed_pull_leaves_other_models_and_is_reported(node: Node) -> None:
 def test_unknown_model_fails_with_ollamas_error(node: Node) -> None:
     spec = node.spec([{"name": "no-such-model:1b", "nodes": "all"}])
     _, failed = converge(spec)
-    assert "no-such-model:1b" in failed
-    assert failed["no-such-model:1b"]
+    # What Ollama says when the registry has no such model, passed on as it came.
+    assert "pull model manifest: file does not exist" in failed["no-such-model:1b"]
 
 
 def test_digest_pin_mismatch_keeps_the_previous_copy(node: Node) -> None:
@@ -286,3 +287,18 @@ def test_prune_deletes_a_bounded_number_of_models_per_tick(node: Node) -> None:
     assert deleted_per_tick == [PRUNE_PER_TICK, PRUNE_PER_TICK, 0, 0]
     names = {m["name"] for m in httpx.get(f"{node.sims[0].url}/api/tags").json()["models"]}
     assert names == {"llama3.2:1b"}
+
+
+def test_check_tags_passes_on_what_is_held_and_names_what_is_not(node: Node) -> None:
+    """`olladist check`'s tags check, against a real (simulated) Ollama: it fails on a model
+    the spec wants and the store lacks, which a list rendered from the spec never could."""
+    held = node.spec([{"name": "llama3.2:1b", "nodes": "all"}])
+    converge(held)
+    wanted = node.spec([{"name": m, "nodes": "all"} for m in ("llama3.2:1b", "qwen2.5:0.5b")])
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        ok = check_tags(client, node.sims[0].url, held)
+        bad = check_tags(client, node.sims[0].url, wanted)
+    assert ok.ok, ok.detail
+    assert ok.detail == "/api/tags lists all 1 models of the spec, each held"
+    assert not bad.ok
+    assert bad.detail == "/api/tags lacks qwen2.5:0.5b"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from olladist.errors import ToolError
 from olladist.layout import Layout
 from olladist.runtime.local import LocalRuntime
 
@@ -102,6 +103,6 @@ def test_a_failing_command_is_reported(tmp_path: Path) -> None:
         "[Service]\nExecStartPre=/bin/false\nExecStart=/bin/sleep 10\n"
     )
     rt = LocalRuntime(Layout(tmp_path))
-    with pytest.raises(Exception, match=r"/bin/false"):
+    with pytest.raises(ToolError, match=r"olladist-x.service: `/bin/false` failed \(1\)"):
         rt.start("olladist-x.service")
     assert rt.running("olladist-x.service") is None

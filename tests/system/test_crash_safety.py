@@ -25,8 +25,7 @@ from olladist.gateway.runtime import HAProxyRuntime
 from olladist.layout import ADMIN_SOCKET, STATE_DIR
 from olladist.nodelocal import NodeLocal
 from olladist.reconcile import load_desired
-from olladist.render import instance_dropin_path
-from olladist.units import GATEWAY_UNIT
+from olladist.units import GATEWAY_UNIT, instance_dropin_path
 from tests.system.node import MODELS, VENV_BIN, SandboxNode, cluster_yaml, sandbox_node
 
 pytestmark = pytest.mark.system

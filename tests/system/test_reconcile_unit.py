@@ -10,6 +10,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from olladist.units import GATEWAY_UNIT, RECONCILE_UNIT
+from tests.harness.systemd_sandbox import SystemdSandbox
 from tests.system.node import MODELS, SandboxNode, sandbox_node
 
 pytestmark = pytest.mark.system
@@ -117,17 +119,33 @@ def test_enable_now(node: SandboxNode) -> None:
     sb.wait_active(GATEWAY_UNIT)
 
     # A loop that hangs stops the heartbeat; the watchdog kills it and systemd restarts it.
+    # The hang is real: the reconciler finds `haproxy` on its PATH, and this one, ahead of
+    # the real one, waits while a marker file exists (a validator wedged on a new commit).
+    marker, inner_marker = sb.install_file("fakebin/hang", "", reload=False)
+    marker.unlink()
+    _, fakebin = sb.install_file(
+        "fakebin/haproxy",
+        f"#!/bin/sh\nwhile [ -e {inner_marker} ]; do sleep 0.2; done\n"
+        'exec /usr/sbin/haproxy "$@"\n',
+        mode=0o755,
+        reload=False,
+    )
     sb.install_file(
         f"{RECONCILE_UNIT}.d/60-hang.conf",
-        "[Service]\nEnvironment=OLLADIST_TEST_HANG_AFTER_START=1\nWatchdogSec=6s\n",
+        f"[Service]\nEnvironment=PATH={Path(fakebin).parent}:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        "WatchdogSec=6s\n",
     )
     sb.systemctl("restart", RECONCILE_UNIT)
     restarts = int(sb.show(RECONCILE_UNIT, "NRestarts"))
-    sb.systemctl("reload", RECONCILE_UNIT)  # the next tick hangs
+    marker.write_text("")
+    fifth = node.commit(models=(*MODELS, "tinyllama"), note="hang", queue="75s")
+    sb.systemctl("reload", RECONCILE_UNIT)  # the next tick validates the commit and hangs
     sb.wait_for(RECONCILE_UNIT, "Result", "watchdog", timeout=30)
-    sb.wait_for(RECONCILE_UNIT, "NRestarts", str(restarts + 1), timeout=20)
-    sb.wait_active(RECONCILE_UNIT)
+    _wait_restarted(sb, restarts + 1, timeout=20)
     assert re.search(rf"{re.escape(RECONCILE_UNIT)}: Watchdog timeout", sb.console_log())
+    marker.unlink()  # the validator answers again: the restarted reconciler goes on
+    sb.wait_active(RECONCILE_UNIT, timeout=60)
+    node.wait_converged(fifth, timeout=60)
 
     # Stopping the reconciler (SIGTERM) is clean and leaves the node's services running.
     sb.systemctl("stop", RECONCILE_UNIT)
@@ -135,6 +153,15 @@ def test_enable_now(node: SandboxNode) -> None:
     assert sb.show(RECONCILE_UNIT, "Result") == "success"
     for unit in (*INSTANCES, GATEWAY_UNIT):
         assert sb.show(unit, "ActiveState") == "active", unit
+
+
+def _wait_restarted(sb: SystemdSandbox, at_least: int, timeout: float) -> None:
+    """Wait until systemd has restarted the unit ``at_least`` times (the restarted one may
+    hang again, and be restarted again, before the test looks)."""
+    deadline = time.monotonic() + timeout
+    while int(sb.show(RECONCILE_UNIT, "NRestarts")) < at_least:
+        assert time.monotonic() < deadline, f"{RECONCILE_UNIT} was not restarted"
+        time.sleep(0.2)
 
 
 def test_watchdog_drain(node: SandboxNode) -> None:
