@@ -25,6 +25,8 @@ RUN_DIR = "/run/olladist"
 GATEWAY_RUN_DIR = "/run/olladist/gateway"
 ADMIN_SOCKET = "/run/olladist/gateway/admin.sock"
 MASTER_SOCKET = "/run/olladist/gateway/master.sock"
+# The reconciler's read-only status server (olladist.statusd), in its RuntimeDirectory.
+STATUS_SOCKET = "/run/olladist/reconcile/status.sock"
 
 
 @dataclass(frozen=True)

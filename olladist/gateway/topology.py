@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from olladist.errors import RenderError
-from olladist.layout import ADMIN_SOCKET, GATEWAY_DIR, SECRETS_DIR, STATE_DIR, Layout
+from olladist.layout import (
+    ADMIN_SOCKET,
+    GATEWAY_DIR,
+    SECRETS_DIR,
+    STATE_DIR,
+    STATUS_SOCKET,
+    Layout,
+)
 from olladist.placement import Placement
 from olladist.spec import Node, Spec, Strategy, Timeouts
 
@@ -166,6 +173,7 @@ class Paths:
     peer_secret_map: str
     admin_socket: str
     server_state: str
+    status_socket: str  # the reconciler's status server (olladist.statusd)
 
 
 @dataclass(frozen=True)
@@ -297,6 +305,7 @@ def build(
         peer_secret_map=safe_path(layout.path(PEER_SECRET_FILE)),
         admin_socket=socket_path(layout.path(ADMIN_SOCKET)),
         server_state=safe_path(layout.path(SERVER_STATE_FILE)),
+        status_socket=socket_path(layout.path(STATUS_SOCKET)),
     )
     # TLS paths come from the node's environment and are real paths; the API keys file is a
     # node path from the spec, so it moves under the root like every file olladist owns.
