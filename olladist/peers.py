@@ -18,6 +18,7 @@ for as long as it lives).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import ssl
 import threading
@@ -130,6 +131,13 @@ class PeerResult:
         }
 
 
+@functools.cache
+def default_context() -> ssl.SSLContext:
+    """One SSL context for plain-HTTP clients: httpx builds one per client otherwise, and
+    loading the CA bundle costs ~0.1 s each time (more than asking every peer)."""
+    return ssl.create_default_context()
+
+
 def peers_of(spec: Spec, node: str) -> list[Peer]:
     """Every other node of the spec, in spec order."""
     return [
@@ -168,6 +176,12 @@ class Peers:
         # Shared with an earlier Peers (the spec changed) so last-seen times survive it.
         self._last_seen = last_seen if last_seen is not None else {}
         self._lock = threading.Lock()
+        self._context: ssl.SSLContext | None = None
+
+    def _ssl(self) -> ssl.SSLContext:
+        if self._context is None:
+            self._context = self.credentials.ssl_context() or default_context()
+        return self._context
 
     @classmethod
     def of(
@@ -209,7 +223,7 @@ class Peers:
         if self.credentials.secret:
             headers[PEER_HEADER] = self.credentials.secret
         transport = httpx.AsyncHTTPTransport(
-            verify=self.credentials.ssl_context() or True,
+            verify=self._ssl(),
             local_address=self.source_address,
             retries=0,
         )

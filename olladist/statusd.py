@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from olladist import __version__, clusterview
 from olladist.layout import STATUS_SOCKET, Layout
 from olladist.ollama import Progress
-from olladist.peers import Credentials, Peers
+from olladist.peers import Credentials, PeerResult, Peers, default_context
 from olladist.state import State
 from olladist.status import Status, gateway_health
 
@@ -187,23 +187,54 @@ class _Cached:
 
 def observe_store(desired: Desired | None) -> dict[str, Any]:
     """The models this node's store holds and each instance has loaded, asked right now."""
-    from olladist.models import observe_models  # noqa: PLC0415
+    import asyncio  # noqa: PLC0415
 
     at = round(time.time(), 3)
     if desired is None:
         return {"present": [], "loaded": {}, "error": "no spec loaded yet", "observed_at": at}
     node = desired.spec.node(desired.node)
-    if not node.instances:
-        return {"present": [], "loaded": {}, "error": None, "observed_at": at}
-    found = observe_models(node, timeout=OBSERVE_TIMEOUT)
-    if isinstance(found, str):
-        return {"present": [], "loaded": {}, "error": found, "observed_at": at}
-    return {
-        "present": sorted(found.stored),
-        "loaded": {inst: sorted(models) for inst, models in sorted(found.loaded.items())},
-        "error": None,
-        "observed_at": at,
+    ports = {i.name: i.port for i in node.instances}
+    present, loaded, error = asyncio.run(_observe(ports))
+    return {"present": present, "loaded": loaded, "error": error, "observed_at": at}
+
+
+async def _observe(ports: dict[str, int]) -> tuple[list[str], dict[str, list[str]], str | None]:
+    """(store, loaded per instance, error): /api/tags of the first instance that answers (the
+    store is shared by the node's instances) and /api/ps of each, all at once."""
+    import asyncio  # noqa: PLC0415
+
+    import httpx  # noqa: PLC0415
+
+    from olladist.models import instance_url  # noqa: PLC0415
+    from olladist.names import normalize_model  # noqa: PLC0415
+
+    def names(data: Any) -> list[str]:
+        models = data.get("models") if isinstance(data, dict) else None
+        return sorted({normalize_model(m.get("model") or m["name"]) for m in models or []})
+
+    async def get(client: httpx.AsyncClient, port: int, path: str) -> Any:
+        try:
+            resp = await asyncio.wait_for(client.get(instance_url(port) + path), OBSERVE_TIMEOUT)
+            resp.raise_for_status()
+            return resp.json()
+        except (httpx.HTTPError, TimeoutError, ValueError) as exc:
+            return exc
+
+    if not ports:
+        return [], {}, None
+    async with httpx.AsyncClient(
+        timeout=OBSERVE_TIMEOUT, trust_env=False, verify=default_context()
+    ) as client:
+        tags = await asyncio.gather(*(get(client, p, "/api/tags") for p in ports.values()))
+        ps = await asyncio.gather(*(get(client, p, "/api/ps") for p in ports.values()))
+    loaded = {
+        inst: names(r) for inst, r in zip(ports, ps, strict=True) if not isinstance(r, Exception)
     }
+    for r in tags:
+        if not isinstance(r, Exception):
+            return names(r), loaded, None
+    why = "; ".join(f"instance {i}: {r}" for i, r in zip(ports, tags, strict=True))
+    return [], loaded, f"no instance answered /api/tags: {why}"
 
 
 class StatusService:
@@ -273,21 +304,25 @@ class StatusService:
         desired = self.daemon.desired
         node = self.daemon.node
         peers = self.peers()
-        own = self.status()
-        statuses: dict[str, clusterview.Fetched] = {
-            node: clusterview.Fetched(data=own, last_seen=time.time())
-        }
+        statuses: dict[str, clusterview.Fetched] = {}
         lives: dict[str, clusterview.Fetched] = {}
-        if peers is not None and desired is not None:
+        if peers is None or desired is None:
+            statuses[node] = clusterview.Fetched(data=self.status(), last_seen=time.time())
+        else:
 
-            async def both() -> tuple[Any, Any, clusterview.Fetched]:
-                return await asyncio.gather(
+            async def everything() -> tuple[
+                dict[str, Any], dict[str, PeerResult], dict[str, PeerResult], clusterview.Fetched
+            ]:
+                own, got_status, got_live, own_live = await asyncio.gather(
+                    asyncio.to_thread(self.status),
                     peers.afetch("/olladist/v1/status"),
                     peers.afetch("/olladist/v1/live"),
                     _own_live(desired),
                 )
+                return own, got_status, got_live, own_live
 
-            got_status, got_live, own_live = asyncio.run(both())
+            own, got_status, got_live, own_live = asyncio.run(everything())
+            statuses[node] = clusterview.Fetched(data=own, last_seen=time.time())
             for name, r in got_status.items():
                 statuses[name] = clusterview.Fetched(r.data, r.error, r.last_seen, r.elapsed_s)
             for name, r in got_live.items():
@@ -318,7 +353,9 @@ async def _own_live(desired: Desired) -> clusterview.Fetched:
     url = f"http://{hostport(bind, desired.spec.gateway.stats_port)}/olladist/v1/live"
     started = time.monotonic()
     try:
-        async with httpx.AsyncClient(timeout=PEER_TIMEOUT, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            timeout=PEER_TIMEOUT, trust_env=False, verify=default_context()
+        ) as client:
             resp = await client.get(url)
     except httpx.HTTPError as exc:
         return clusterview.Fetched(error=f"{type(exc).__name__}: {exc}")
@@ -426,7 +463,7 @@ class StatusServer:
         _allow_gateway(self.path)
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="status-server"
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="status-server"
         )
         self._thread.daemon = True
         self._thread.start()
