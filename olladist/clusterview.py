@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from olladist.names import normalize_model
 from olladist.placement import Placement
 from olladist.spec import Spec
 
@@ -73,18 +74,37 @@ def _instances(status: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _observed(status: dict[str, Any] | None, live: Fetched) -> tuple[set[str], set[str]] | None:
     """(present in the store, loaded on some instance) on a node, or None when unknown.
-    The gateway's live view (issue 11) wins when it answers; else the reconciler's look."""
-    if live.ok:
-        models = live.data.get("models")
-        if isinstance(models, dict):
-            present = {str(m) for m in models.get("present") or []}
-            loaded = {str(m) for m in models.get("loaded") or []}
-            return present, loaded
+    The gateway's live view wins when it answers in a shape we read; else the reconciler's
+    own look at its instances (``observed`` in its status)."""
+    from_live = _live_models(live.data) if live.ok else None
+    if from_live is not None:
+        return from_live
     obs = (status or {}).get("observed")
     if not isinstance(obs, dict) or obs.get("error"):
         return None
     loaded = {m for names in (obs.get("loaded") or {}).values() for m in names}
     return set(obs.get("present") or []), loaded
+
+
+def _name(entry: Any) -> str | None:
+    if isinstance(entry, str):
+        return normalize_model(entry)
+    if isinstance(entry, dict):
+        name = entry.get("model") or entry.get("name")
+        if isinstance(name, str):
+            return normalize_model(name)
+        return _name(entry.get("entry"))
+    return None
+
+
+def _live_models(live: dict[str, Any]) -> tuple[set[str], set[str]] | None:
+    """Models present and loaded from ``/olladist/v1/live`` (docs/gateway.md): ``models`` is
+    a list of store entries, ``loaded`` a list of {instance, entry}. None if it is not that."""
+    models, loaded = live.get("models"), live.get("loaded")
+    if not isinstance(models, list) or not isinstance(loaded, list):
+        return None
+    present = {n for n in map(_name, models) if n}
+    return present, {n for n in map(_name, loaded) if n}
 
 
 def build(

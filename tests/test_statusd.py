@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from olladist import clusterview
 from olladist.gateway.render import write_peer_secret
-from olladist.layout import STATUS_SOCKET, Layout
+from olladist.layout import GATEWAY_RUN_DIR, STATUS_SOCKET, Layout
 from olladist.nodelocal import NodeLocal
 from olladist.ollama import Progress
 from olladist.placement import place
@@ -201,3 +202,62 @@ def test_transfers_report_bytes_and_rate_and_forget_a_finished_pull() -> None:
     assert snap["rate_bps"] >= 0
     t.update("m:latest", Progress("success"))
     assert t.snapshot() == []
+
+
+@pytest.mark.integration
+def test_gateway_answers_503_in_ollamas_shape_until_the_reconciler_serves(
+    short_root: Path, tmp_path: Path
+) -> None:
+    """A real HAProxy with the rendered config: the stats listener routes /olladist/ to the
+    status socket, and says in JSON why there is nothing when no reconciler listens."""
+    import random
+    import subprocess
+
+    import httpx
+
+    from olladist.render import render_node, write_tree
+    from tests.conftest import need, node_secrets
+    from tests.e2e.cluster import DEFAULT_MODELS, cluster_yaml
+    from tests.harness.gitserver import free_port
+
+    a, b = random.randint(100, 250), random.randint(1, 250)
+    nodes = [
+        {"name": f"n{k}", "addr": f"127.{a}.{b}.{k + 1}", "ports": [free_port()]} for k in (1, 2)
+    ]
+    (tmp_path / "cluster.yaml").write_text(cluster_yaml(nodes, DEFAULT_MODELS))
+    spec = load_spec(tmp_path)
+    layout = node_secrets(Layout(short_root), spec)
+    write_tree(render_node(spec, "n1", layout=layout), short_root)
+    cfg = short_root / "etc/olladist/haproxy.cfg"
+    layout.real(GATEWAY_RUN_DIR).mkdir(parents=True)  # the unit's RuntimeDirectory
+    with (tmp_path / "haproxy.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [need("haproxy"), "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=log
+        )
+    url = f"http://{nodes[0]['addr']}:8404/olladist/v1/status"
+    try:
+        with httpx.Client(timeout=5, trust_env=False) as client:
+            while True:  # until HAProxy listens
+                try:
+                    r = client.get(url)
+                    break
+                except httpx.ConnectError:
+                    assert proc.poll() is None, (tmp_path / "haproxy.log").read_text()
+                    time.sleep(0.05)
+            assert r.status_code == 503
+            assert r.json()["error"].startswith("the olladist reconciler of this node is not")
+            d = FakeDaemon("n1", layout)
+            server = StatusServer(d).start()
+            try:
+                r = client.get(url)
+                assert r.status_code == 200 and r.json()["node"] == "n1"
+                assert client.get(url.replace("/v1/status", "/")).status_code == 200
+                assert client.post(url).status_code == 405
+            finally:
+                server.close()
+            # HAProxy's own stats page and metrics are where they were.
+            assert "Statistics Report" in client.get(f"http://{nodes[0]['addr']}:8404/").text
+            assert client.get(f"http://{nodes[0]['addr']}:8404/metrics").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
