@@ -371,7 +371,7 @@ async def _own_live(desired: Desired) -> clusterview.Fetched:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
-def _asset(name: str) -> bytes:
+def page_asset(name: str) -> bytes:
     return resources.files("olladist").joinpath("data", "page", name).read_bytes()
 
 
@@ -424,7 +424,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif path in PAGE_FILES:
                 name, ctype = PAGE_FILES[path]
                 extra = {"Content-Security-Policy": PAGE_CSP} if name.endswith(".html") else {}
-                self._send(200, _asset(name), ctype, extra)
+                self._send(200, page_asset(name), ctype, extra)
             elif path == "/olladist":
                 self._send(301, b"", "text/plain", {"Location": "/olladist/"})
             else:

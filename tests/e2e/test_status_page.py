@@ -151,6 +151,11 @@ def test_cluster_and_status_json_match_the_schema(cluster: Cluster) -> None:
     with httpx.Client(timeout=10, trust_env=False) as client:
         view = client.get(f"{stats(cluster)}/olladist/v1/cluster").json()
         jsonschema.validate(view, SCHEMA)
+        builds = []
+        for _ in range(5):
+            time.sleep(1.1)  # past the view's cache, so each is built anew
+            builds.append(client.get(f"{stats(cluster)}/olladist/v1/cluster").json()["build_s"])
+        print(f"cluster view build, 3 nodes, seconds: {sorted(builds)}")
         assert view["summary"] == {
             "nodes": 3,
             "reachable": 3,
@@ -228,7 +233,14 @@ def test_commit_adding_a_model_shows_it_on_its_holders(cluster: Cluster, page: P
 def test_stopped_node_shows_unreachable_within_one_refresh(
     cluster: Cluster, page: Page, browser: Any, tmp_path: Path
 ) -> None:
-    page.screenshot(tmp_path, "status-page.png")
+    # A request loads a model: the table says where.
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        r = client.post(
+            f"{cluster.gateway(0)}/api/generate",
+            json={"model": "llama3.2:1b", "prompt": "hi", "stream": False},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        assert r.status_code == 200, r.text
     cluster.stop_node(cluster.nodes[2])
     page.next_refresh()
     assert page.node_states() == {"n1": "ok", "n2": "ok", "n3": "unreachable"}
@@ -236,8 +248,10 @@ def test_stopped_node_shows_unreachable_within_one_refresh(
     assert "unreachable" in card.lower() and "last seen" in card and " ago (" in card
     table = page.table()
     assert {c["present"] for c in (row["n3"] for row in table.values())} == {"null"}
+    loaded = {n for n, c in table["llama3.2:1b"].items() if c["loaded"] == "true"}
+    assert len(loaded) == 1 and loaded <= placement(cluster)["llama3.2:1b"]
     assert page.errors == []
-    page.screenshot(tmp_path, "status-page-node-down.png")
+    page.screenshot(tmp_path, "status-page.png")
     phone = Page(browser, page.page.url)
     phone.page.set_viewport_size(PHONE)
     phone.next_refresh()

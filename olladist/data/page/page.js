@@ -60,17 +60,15 @@ function table(id, head, rows, empty) {
 
 function nodeCard(n) {
   const cls = STATE_CLASS[n.state] || "muted";
-  const facts = [
-    ["state", n.state_text],
-    ["applied", short(n.applied_commit)],
-    ["attempted", short(n.attempted_commit)],
-  ];
+  const facts = [["state", n.state_text]];
   if (n.reachable) {
+    facts.push(["applied", short(n.applied_commit)], ["attempted", short(n.attempted_commit)]);
     facts.push(["last run", when(n.last_run_at)]);
     if (n.busy) facts.push(["working on", `${n.busy.reason}, since ${when(n.busy.since)}`]);
     const up = n.instances.filter((i) => i.up).length;
     facts.push(["instances", `${up} of ${n.instances.length} up`]);
   } else {
+    facts.push(["commit", "unknown: no answer"]);
     facts.push(["last seen", n.last_seen ? when(n.last_seen) : "not since this page's node started"]);
   }
   if (n.address) facts.push(["address", n.address]);
