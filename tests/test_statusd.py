@@ -3,29 +3,39 @@ JSON Schema that documents it (docs/schema/cluster-view.schema.json)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 
 from olladist import clusterview
 from olladist.gateway.render import write_peer_secret
+from olladist.gateway.topology import NodeTLS
 from olladist.layout import GATEWAY_RUN_DIR, STATUS_SOCKET, Layout
 from olladist.nodelocal import NodeLocal
 from olladist.ollama import Progress
+from olladist.peers import Peers
 from olladist.placement import place
 from olladist.reconcile import Desired
+from olladist.render import render_node, write_tree
 from olladist.specload import load_spec
 from olladist.state import State
 from olladist.status import Status
 from olladist.statusd import REDACTED, StatusServer, Transfers, get, scrub
-from tests.conftest import EXAMPLE_SPEC, REPO
+from tests.conftest import EXAMPLE_SPEC, REPO, need, node_secrets
+from tests.e2e.cluster import DEFAULT_MODELS, cluster_yaml
+from tests.gateway.certs import make_ca, make_node_cert
+from tests.harness.gitserver import free_port
 
 SCHEMA = json.loads((REPO / "docs/schema/cluster-view.schema.json").read_text())
 
@@ -204,60 +214,129 @@ def test_transfers_report_bytes_and_rate_and_forget_a_finished_pull() -> None:
     assert t.snapshot() == []
 
 
+@dataclass
+class Gateway:
+    """Node n1's real HAProxy with its rendered config, and the spec it was rendered from."""
+
+    spec: Any
+    layout: Layout
+    addrs: list[str]
+    proc: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def gateway(root: Path, tmp: Path, tls: NodeTLS | None = None) -> Iterator[Gateway]:
+    a, b = random.randint(100, 250), random.randint(1, 250)
+    nodes = [
+        {"name": f"n{k}", "addr": f"127.{a}.{b}.{k + 1}", "ports": [free_port()]} for k in (1, 2)
+    ]
+    (tmp / "cluster.yaml").write_text(cluster_yaml(nodes, DEFAULT_MODELS))
+    spec = load_spec(tmp)
+    layout = node_secrets(Layout(root), spec)
+    write_tree(render_node(spec, "n1", layout=layout, tls=tls), root)
+    layout.real(GATEWAY_RUN_DIR).mkdir(parents=True)  # the unit's RuntimeDirectory
+    log_path = tmp / "haproxy.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [need("haproxy"), "-db", "-f", str(root / "etc/olladist/haproxy.cfg")],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        addr = str(nodes[0]["addr"])
+        while True:  # until HAProxy listens
+            with socket.socket() as sock:
+                if sock.connect_ex((addr, 8404)) == 0:
+                    break
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+        yield Gateway(spec, layout, [str(n["addr"]) for n in nodes], proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.mark.integration
 def test_gateway_answers_503_in_ollamas_shape_until_the_reconciler_serves(
     short_root: Path, tmp_path: Path
 ) -> None:
     """A real HAProxy with the rendered config: the stats listener routes /olladist/ to the
     status socket, and says in JSON why there is nothing when no reconciler listens."""
-    import random
-    import subprocess
+    with gateway(short_root, tmp_path) as gw, httpx.Client(timeout=5, trust_env=False) as client:
+        stats = f"http://{gw.addrs[0]}:8404"
+        url = f"{stats}/olladist/v1/status"
+        r = client.get(url)
+        assert r.status_code == 503
+        assert r.json()["error"].startswith("the olladist reconciler of this node is not")
+        server = StatusServer(FakeDaemon("n1", gw.layout)).start()
+        try:
+            r = client.get(url)
+            assert r.status_code == 200 and r.json()["node"] == "n1"
+            assert client.get(f"{stats}/olladist/").status_code == 200
+            assert client.post(url).status_code == 405
+        finally:
+            server.close()
+        # HAProxy's own stats page and metrics are where they were.
+        assert "Statistics Report" in client.get(f"{stats}/").text
+        assert client.get(f"{stats}/metrics").status_code == 200
 
-    import httpx
 
-    from olladist.render import render_node, write_tree
-    from tests.conftest import need, node_secrets
-    from tests.e2e.cluster import DEFAULT_MODELS, cluster_yaml
-    from tests.harness.gitserver import free_port
+@pytest.mark.integration
+def test_a_peer_reads_the_status_over_mutual_tls_and_a_stranger_cannot(
+    short_root: Path, tmp_path: Path
+) -> None:
+    ca_key, ca = make_ca(tmp_path)
+    n1 = make_node_cert(tmp_path, "n1", ca_key, ca)
+    n2 = make_node_cert(tmp_path, "n2", ca_key, ca)
+    other = tmp_path / "other"
+    other.mkdir()
+    o_key, o_ca = make_ca(other)
+    stranger = make_node_cert(other, "n2", o_key, o_ca)
+    tls = NodeTLS(peer_cert=str(n1), peer_ca=str(ca))
+    with gateway(short_root, tmp_path, tls) as gw:
+        server = StatusServer(FakeDaemon("n1", gw.layout)).start()
+        try:
+            me = Layout(tmp_path / "n2-root")
+            peers = Peers.of(gw.spec, "n2", me, NodeTLS(peer_cert=str(n2), peer_ca=str(ca)))
+            got = peers.fetch("/olladist/v1/status", only=["n1"])["n1"]
+            assert got.ok, got.error
+            assert got.url.startswith("https://") and got.data["node"] == "n1"
+            # The peer port serves nothing else of olladist's, even to a peer.
+            assert "HTTP 404" in (
+                peers.fetch("/olladist/v1/cluster", only=["n1"])["n1"].error or ""
+            )
+            bad = Peers.of(gw.spec, "n2", me, NodeTLS(peer_cert=str(stranger), peer_ca=str(o_ca)))
+            refused = bad.fetch("/olladist/v1/status", only=["n1"])["n1"]
+            assert not refused.ok and refused.last_seen is None
+        finally:
+            server.close()
 
-    a, b = random.randint(100, 250), random.randint(1, 250)
-    nodes = [
-        {"name": f"n{k}", "addr": f"127.{a}.{b}.{k + 1}", "ports": [free_port()]} for k in (1, 2)
-    ]
-    (tmp_path / "cluster.yaml").write_text(cluster_yaml(nodes, DEFAULT_MODELS))
-    spec = load_spec(tmp_path)
-    layout = node_secrets(Layout(short_root), spec)
-    write_tree(render_node(spec, "n1", layout=layout), short_root)
-    cfg = short_root / "etc/olladist/haproxy.cfg"
-    layout.real(GATEWAY_RUN_DIR).mkdir(parents=True)  # the unit's RuntimeDirectory
-    with (tmp_path / "haproxy.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [need("haproxy"), "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=log
-        )
-    url = f"http://{nodes[0]['addr']}:8404/olladist/v1/status"
-    try:
-        with httpx.Client(timeout=5, trust_env=False) as client:
-            while True:  # until HAProxy listens
-                try:
-                    r = client.get(url)
-                    break
-                except httpx.ConnectError:
-                    assert proc.poll() is None, (tmp_path / "haproxy.log").read_text()
-                    time.sleep(0.05)
-            assert r.status_code == 503
-            assert r.json()["error"].startswith("the olladist reconciler of this node is not")
-            d = FakeDaemon("n1", layout)
-            server = StatusServer(d).start()
-            try:
-                r = client.get(url)
-                assert r.status_code == 200 and r.json()["node"] == "n1"
-                assert client.get(url.replace("/v1/status", "/")).status_code == 200
-                assert client.post(url).status_code == 405
-            finally:
-                server.close()
-            # HAProxy's own stats page and metrics are where they were.
-            assert "Statistics Report" in client.get(f"http://{nodes[0]['addr']}:8404/").text
-            assert client.get(f"http://{nodes[0]['addr']}:8404/metrics").status_code == 200
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+
+def test_the_gateways_live_view_wins_over_the_reconcilers_look_when_it_answers() -> None:
+    """The live view (docs/gateway.md) lists store entries and {instance, entry} loaded; a
+    node whose gateway answers in that shape is drawn from it, the others from ``observed``."""
+    spec = load_spec(EXAMPLE_SPEC)
+    a, b, c = (n.name for n in spec.nodes)
+    model = spec.models[0].key
+    live = {
+        "version": 1,
+        "node": a,
+        "instances": [{"name": "gpu0", "health": "UP", "ready": True, "in_flight": 3}],
+        "models": [{"name": model, "entry": {"name": model, "model": model}}],
+        "loaded": [{"instance": "gpu0", "entry": {"name": model, "model": model}}],
+    }
+    view = clusterview.build(
+        viewer=a,
+        spec=spec,
+        placement=place(spec),
+        commit="b" * 40,
+        statuses={n: clusterview.Fetched(_status(n)) for n in (a, b, c)},
+        lives={a: clusterview.Fetched(live), b: clusterview.Fetched(error="HTTP 404")},
+        now=1.0,
+    )
+    jsonschema.validate(view, SCHEMA)
+    row = next(m for m in view["models"] if m["name"] == model)
+    assert (row["nodes"][a]["present"], row["nodes"][a]["loaded"]) == (True, True)
+    assert (row["nodes"][b]["present"], row["nodes"][b]["loaded"]) == (False, False)
+    nodes = {n["name"]: n for n in view["nodes"]}
+    assert nodes[a]["live"] == live and nodes[b]["live_error"] == "HTTP 404"
