@@ -269,13 +269,13 @@ class Daemon:
     def tick(self, reason: str) -> bool:
         """One reconcile; returns whether it succeeded. Never raises for olladist errors."""
         self.alive_at = time.monotonic()
+        self.activity = (reason, round(time.time(), 3))  # for the status server
         if os.environ.get("OLLADIST_TEST_HANG_AFTER_START") and reason != "start":
             # Test hook for the systemd watchdog: a loop that stops making progress.
             log.error("test hook: hanging the loop")
             while not self.stopping.is_set():
                 time.sleep(1)
         started = time.monotonic()
-        self.activity = (reason, round(time.time(), 3))
         self.status.begin()
         log.info("reconcile (%s)", reason)
         try:
