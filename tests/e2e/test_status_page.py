@@ -230,6 +230,33 @@ def test_commit_adding_a_model_shows_it_on_its_holders(cluster: Cluster, page: P
     assert page.errors == []
 
 
+def test_a_pull_in_progress_shows_as_a_transfer_with_bytes_and_rate(
+    cluster: Cluster, page: Page
+) -> None:
+    # Slow pulls (the simulator's rate is in the instances' environment) and one more model.
+    cluster.write_spec(
+        DEFAULT_MODELS + "  - {name: mistral:7b, replicas: 2}\n  - {name: phi3:mini, replicas: 1}\n"
+    )
+    spec = cluster.repo / "cluster.yaml"
+    text = spec.read_text().replace("gateway: {", f"gateway: {{api_keys_file: {API_KEYS_FILE}, ", 1)
+    spec.write_text(text.replace("OLLADIST_SIM_PULL_GBPS: '50'", "OLLADIST_SIM_PULL_GBPS: '0.1'"))
+    head = cluster.commit("phi3, pulled slowly")
+    [holder] = placement(cluster)["phi3:mini"]
+    rows = page.page.locator("#transfers tbody tr", has_text="phi3:mini")
+    deadline = time.monotonic() + 90
+    while rows.count() == 0 or "%" not in rows.first.inner_text():
+        assert time.monotonic() < deadline, "no transfer shown for phi3:mini"
+        assert not cluster.converged(head), "the pull ended before the page showed it"
+        time.sleep(0.1)
+    cells = rows.first.locator("td").all_inner_texts()
+    assert cells[0] == holder and cells[1] == "phi3:mini"
+    assert " of 2.2 GB" in cells[3] and cells[4].endswith("/s")
+    cluster.wait_converged(head, timeout=90)
+    page.next_refresh()
+    assert page.page.locator("#transfers tbody tr", has_text="phi3:mini").count() == 0
+    assert page.errors == []
+
+
 def test_stopped_node_shows_unreachable_within_one_refresh(
     cluster: Cluster, page: Page, browser: Any, tmp_path: Path
 ) -> None:
