@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from olladist.names import normalize_model
+from olladist.peers import NO_PEER_PORT
 from olladist.placement import Placement
 from olladist.spec import Spec
 
@@ -50,7 +51,7 @@ def _up(status: str) -> bool:
 
 def _state(status: dict[str, Any] | None, fetched: Fetched, has_instances: bool) -> tuple[str, str]:
     if status is None:
-        if not has_instances and fetched.error and "no peer port" in fetched.error:
+        if not has_instances and fetched.error == NO_PEER_PORT:
             return "no-peer-port", "not asked: a node without instances has no peer port"
         return "unreachable", f"unreachable: {fetched.error or 'no answer'}"
     if not status.get("runs"):

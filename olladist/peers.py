@@ -36,8 +36,10 @@ from olladist.spec import Spec
 
 PEER_HEADER = "X-Olladist-Peer"
 DEFAULT_TIMEOUT = 2.0
-# A peer's answer is status JSON; anything much larger is not what we asked for.
+# A peer's answer is status JSON; anything much larger is not what we asked for, and is not
+# read past this.
 MAX_BODY = 8 * 1024 * 1024
+NO_PEER_PORT = "no peer port: it has no instances"
 
 
 class PeerError(OlladistError):
@@ -242,17 +244,15 @@ class Peers:
         started = time.monotonic()
         at = self.clock()
         if not peer.reachable:
-            return self._result(peer, url, at, started, error="no peer port: it has no instances")
+            return self._result(peer, url, at, started, error=NO_PEER_PORT)
         try:
-            resp = await asyncio.wait_for(client.get(url), self.timeout)
+            resp = await asyncio.wait_for(_get(client, url), self.timeout)
         except TimeoutError:
             return self._result(peer, url, at, started, error=f"no answer in {self.timeout:g}s")
         except httpx.HTTPError as exc:
             return self._result(peer, url, at, started, error=_describe(exc))
-        if len(resp.content) > MAX_BODY:
-            return self._result(
-                peer, url, at, started, error="answer too large", code=resp.status_code
-            )
+        if resp is None:
+            return self._result(peer, url, at, started, error=f"answer over {MAX_BODY} bytes")
         if resp.status_code != 200:
             return self._result(
                 peer,
@@ -291,6 +291,17 @@ class Peers:
             fetched_at=at,
             last_seen=self.last_seen(peer.name),
         )
+
+
+async def _get(client: httpx.AsyncClient, url: str) -> httpx.Response | None:
+    """The response with its body read, or None when the body is larger than MAX_BODY."""
+    async with client.stream("GET", url) as resp:
+        body = bytearray()
+        async for chunk in resp.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return None
+    return httpx.Response(resp.status_code, headers=resp.headers, content=bytes(body))
 
 
 def _describe(exc: httpx.HTTPError) -> str:

@@ -28,6 +28,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from importlib import resources
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from olladist import __version__, clusterview
 from olladist.layout import STATUS_SOCKET, Layout
 from olladist.ollama import Progress
-from olladist.peers import Credentials, PeerResult, Peers, default_context
+from olladist.peers import Credentials, PeerError, PeerResult, Peers, default_context
 from olladist.state import State
 from olladist.status import Status, gateway_health
 
@@ -177,7 +178,7 @@ class _Cached:
         self._at = -1e9
         self._value: Any = None
 
-    def get(self, compute: Any) -> Any:
+    def get(self, compute: Callable[[], Any]) -> Any:
         with self._lock:
             if time.monotonic() - self._at >= self.ttl:
                 self._value = compute()
@@ -291,7 +292,10 @@ class StatusService:
             return self._peers
 
     def secrets(self) -> list[str]:
-        creds = Credentials.load(self.daemon.layout, self.daemon.local.tls)
+        try:
+            creds = Credentials.load(self.daemon.layout, self.daemon.local.tls)
+        except PeerError:
+            creds = Credentials()  # a secret this process cannot read, it cannot show either
         return secrets_of(self.daemon.layout, creds, self.daemon.desired)
 
     def cluster(self) -> dict[str, Any]:
@@ -303,9 +307,16 @@ class StatusService:
         started = time.monotonic()
         desired = self.daemon.desired
         node = self.daemon.node
-        peers = self.peers()
         statuses: dict[str, clusterview.Fetched] = {}
         lives: dict[str, clusterview.Fetched] = {}
+        try:
+            peers = self.peers()
+        except PeerError as exc:
+            log.error("%s", exc.message)
+            peers = None
+            if desired is not None:
+                for n in desired.spec.nodes:
+                    statuses[n.name] = clusterview.Fetched(error=exc.message)
         if peers is None or desired is None:
             statuses[node] = clusterview.Fetched(data=self.status(), last_seen=time.time())
         else:

@@ -15,7 +15,15 @@ import pytest
 
 from olladist.gateway.render import write_peer_secret
 from olladist.layout import Layout
-from olladist.peers import PEER_HEADER, Credentials, Peer, PeerError, Peers, peers_of
+from olladist.peers import (
+    MAX_BODY,
+    PEER_HEADER,
+    Credentials,
+    Peer,
+    PeerError,
+    Peers,
+    peers_of,
+)
 from olladist.specload import load_spec
 from tests.conftest import EXAMPLE_SPEC
 from tests.harness.gitserver import free_port
@@ -27,6 +35,8 @@ class _Answer(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.seen.append(dict(self.headers))
         body = json.dumps({"node": "good", "path": self.path}).encode()
+        if self.path == "/big":
+            body = b"[" + b"0," * MAX_BODY + b"0]"
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -37,10 +47,15 @@ class _Answer(BaseHTTPRequestHandler):
         pass
 
 
+class _Quiet(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that hangs up early (the size limit) is the point, not an error
+
+
 @pytest.fixture
 def good() -> Iterator[ThreadingHTTPServer]:
     _Answer.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    server = _Quiet(("127.0.0.1", 0), _Answer)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     try:
@@ -95,6 +110,12 @@ def test_last_seen_survives_a_peer_going_away(good: ThreadingHTTPServer) -> None
     second = peers.fetch("/x")["p"]
     assert not second.ok and second.last_seen == first.fetched_at
     assert PEER_HEADER not in _Answer.seen[0]  # no secret configured: no header
+
+
+def test_an_answer_past_the_size_limit_is_not_read(good: ThreadingHTTPServer) -> None:
+    peers = Peers([Peer("p", "127.0.0.1", good.server_address[1])], Credentials(), timeout=5)
+    got = peers.fetch("/big")["p"]
+    assert got.error == f"answer over {MAX_BODY} bytes" and got.data is None
 
 
 def test_a_path_without_slash_is_refused() -> None:
