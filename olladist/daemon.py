@@ -43,6 +43,7 @@ from olladist.source import DirSource, SourceError
 from olladist.spec import DriftPolicy, duration_ms
 from olladist.state import State
 from olladist.status import Status, gateway_health, write_metrics
+from olladist.statusd import StatusServer, Transfers
 from olladist.units import instance_name
 
 log = logging.getLogger("olladist.daemon")
@@ -111,6 +112,9 @@ class Daemon:
         self.drift_guard = _DriftGuard()
         self._user_progress = on_progress
         self._threads: list[threading.Thread] = []
+        # Read by the status server (olladist.statusd) from its own thread.
+        self.transfers = Transfers()
+        self.activity: tuple[str, float] | None = None
 
     # -- signals and watchers ----------------------------------------------------------------
 
@@ -123,6 +127,7 @@ class Daemon:
 
     def _progress(self, model: str, p: Progress) -> None:
         self.alive_at = time.monotonic()  # a long pull is progress, not a hang
+        self.transfers.update(model, p)
         if self._user_progress:
             self._user_progress(model, p)
 
@@ -188,8 +193,10 @@ class Daemon:
             s: signal.signal(s, self._on_signal)
             for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
         }
+        server: StatusServer | None = None
         try:
             if not self.once:
+                server = self._start_status_server()
                 self._start_thread(self._watch_files, "watch-files")
                 self._start_thread(self._heartbeat, "watchdog")
                 if isinstance(self.source, DirSource):
@@ -207,10 +214,20 @@ class Daemon:
         finally:
             self.notify("STOPPING=1")
             self.stopping.set()
+            if server is not None:
+                server.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
             if not self.once:
                 self.runtime.stop_all()
+
+    def _start_status_server(self) -> StatusServer | None:
+        # The page is worth having, not worth refusing to reconcile for.
+        try:
+            return StatusServer(self).start()
+        except OSError as exc:
+            log.error("status server not started: %s", exc)
+            return None
 
     def _interval(self) -> float:
         if self.interval_override is not None:
@@ -251,6 +268,7 @@ class Daemon:
     def tick(self, reason: str) -> bool:
         """One reconcile; returns whether it succeeded. Never raises for olladist errors."""
         self.alive_at = time.monotonic()
+        self.activity = (reason, round(time.time(), 3))  # for the status server
         started = time.monotonic()
         self.status.begin()
         log.info("reconcile (%s)", reason)
@@ -269,6 +287,8 @@ class Daemon:
             self.status.models = list(self.desired.placement.models_for(self.node))
         self.status.finish(time.monotonic() - started, ok)
         self.status.save(self.state)
+        self.activity = None
+        self.transfers.clear()  # the pulls of this reconcile ended, one way or another
         write_metrics(self.layout, self.status)
         self.notify(f"STATUS={self.status.line()}")
         return ok

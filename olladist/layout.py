@@ -34,6 +34,8 @@ SERVER_STATE_FILE = f"{STATE_DIR}/gateway/servers.state"
 
 # Instances bind loopback only (render sets OLLAMA_HOST); only the gateway listens outside.
 INSTANCE_HOST = "127.0.0.1"
+# The reconciler's read-only status server (olladist.statusd), in its RuntimeDirectory.
+STATUS_SOCKET = "/run/olladist/reconcile/status.sock"
 
 
 @dataclass(frozen=True)

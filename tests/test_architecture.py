@@ -50,6 +50,7 @@ EDGES = {
     "olladist.state",
     "olladist.ports",
     "olladist.observe",
+    "olladist.peers",
 }
 LOOP = {
     "olladist.apply",
@@ -58,6 +59,8 @@ LOOP = {
     "olladist.reconcile",
     "olladist.daemon",
     "olladist.status",
+    "olladist.statusd",
+    "olladist.clusterview",
 }
 COMMAND_LINE = {
     "olladist.__main__",

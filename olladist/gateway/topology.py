@@ -35,6 +35,7 @@ from olladist.layout import (
     INSTANCE_HOST,
     PEER_SECRET_FILE,
     SERVER_STATE_FILE,
+    STATUS_SOCKET,
     Layout,
 )
 from olladist.nodelocal import NodeTLS
@@ -139,6 +140,7 @@ class Paths:
     peer_secret_map: str
     admin_socket: str
     server_state: str
+    status_socket: str  # the reconciler's status server (olladist.statusd)
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,7 @@ def build(
         peer_secret_map=safe_path(layout.path(PEER_SECRET_FILE)),
         admin_socket=socket_path(layout.path(ADMIN_SOCKET)),
         server_state=safe_path(layout.path(SERVER_STATE_FILE)),
+        status_socket=socket_path(layout.path(STATUS_SOCKET)),
     )
     # TLS paths come from the node's environment and are real paths; the API keys file is a
     # node path from the spec, so it moves under the root like every file olladist owns.

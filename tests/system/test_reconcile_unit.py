@@ -86,6 +86,12 @@ def test_enable_now(node: SandboxNode) -> None:
     for port in node.ports.instances:
         assert {"qwen2.5:0.5b", "all-minilm:latest"} <= node.instance_tags(port)
     assert {"qwen2.5:0.5b", "all-minilm:latest"} <= node.gateway_tags()
+    # The status server: a thread of the hardened reconciler, reached by the gateway (another
+    # unit, another user) through the socket in the reconciler's RuntimeDirectory.
+    status_url = f"http://{node.address}:{node.ports.stats}/olladist/v1/status"
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        r = client.get(status_url)
+        assert r.status_code == 200 and r.json()["applied_commit"] == first
 
     # reload = SIGHUP = reconcile now (the interval is an hour): the new commit changes the
     # instances' environment, so both restart through the plan's restart actions.
@@ -140,6 +146,12 @@ def test_enable_now(node: SandboxNode) -> None:
     marker.write_text("")
     fifth = node.commit(models=(*MODELS, "tinyllama"), note="hang", queue="75s")
     sb.systemctl("reload", RECONCILE_UNIT)  # the next tick validates the commit and hangs
+    # Meanwhile the status keeps being served, and says what the loop is stuck on.
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        busy = None
+        while busy is None and sb.show(RECONCILE_UNIT, "Result") != "watchdog":
+            busy = client.get(status_url).json()["daemon"]["busy"]
+        assert busy is not None and busy["reason"] == "SIGHUP", "no status while the loop hung"
     sb.wait_for(RECONCILE_UNIT, "Result", "watchdog", timeout=30)
     _wait_restarted(sb, restarts + 1, timeout=20)
     assert re.search(rf"{re.escape(RECONCILE_UNIT)}: Watchdog timeout", sb.console_log())
@@ -153,6 +165,10 @@ def test_enable_now(node: SandboxNode) -> None:
     assert sb.show(RECONCILE_UNIT, "Result") == "success"
     for unit in (*INSTANCES, GATEWAY_UNIT):
         assert sb.show(unit, "ActiveState") == "active", unit
+    # No reconciler: the gateway says so in Ollama's error shape.
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        r = client.get(status_url)
+        assert r.status_code == 503 and "reconciler of this node is not running" in r.text
 
 
 def _wait_restarted(sb: SystemdSandbox, at_least: int, timeout: float) -> None:
