@@ -15,6 +15,7 @@ from olladist.sim.config import SimConfig, keep_alive_from_json
 from olladist.sim.errors import ApiError, ModelNotFound, SimConfigError
 from olladist.sim.faults import Faults
 from olladist.sim.inference import crash
+from olladist.sim.pull import Puller
 from olladist.sim.scheduler import ModelRef, Scheduler
 from olladist.sim.stats import SimStats
 from olladist.sim.store import ModelStore, StoredModel
@@ -30,6 +31,7 @@ class SimState:
     scheduler: Scheduler
     stats: SimStats
     faults: Faults
+    puller: Puller  # /api/pull over HTTP, when the name's registry is a loopback one
     # Set on SIGTERM so that requests held by the hang faults end with the server.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Ollama refuses foreign Host headers when it listens on loopback (see sim.hosts).

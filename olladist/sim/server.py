@@ -19,6 +19,7 @@ from olladist.sim.config import SimConfig
 from olladist.sim.errors import ApiError, SimConfigError
 from olladist.sim.faults import faults_from_mapping
 from olladist.sim.hosts import host_allowed
+from olladist.sim.pull import Puller
 from olladist.sim.scheduler import Scheduler
 from olladist.sim.stats import SimStats
 from olladist.sim.store import ModelStore
@@ -130,6 +131,7 @@ def build_state(config: SimConfig) -> SimState:
         ),
         stats=stats,
         faults=config.faults,
+        puller=Puller(store, config.version),
     )
 
 
@@ -204,3 +206,4 @@ async def serve(config: SimConfig, ready: Callable[[str, int], None] | None = No
         state.stopping.set()
         await state.scheduler.close()
         await runner.cleanup()
+        await state.puller.close()

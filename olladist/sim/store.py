@@ -36,6 +36,8 @@ _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 # A blob younger than this is never pruned: another instance sharing the store may be between
 # writing its blobs and writing the manifest that references them.
 PRUNE_GRACE_SECONDS = 60.0
+# The metadata line of a weights blob is read from at most this many leading bytes.
+_HEAD_BYTES = 1 << 20
 
 
 class StoreError(OSError):
@@ -177,6 +179,20 @@ class ModelStore:
         self.write_manifest(destination, data)
         return True
 
+    def delete_unused(self, digests: set[str]) -> list[str]:
+        """Delete these blobs unless a manifest still references them (Ollama's
+        deleteUnusedLayers, after a pull replaced a model's layers)."""
+        referenced: set[str] = set()
+        for model in self.list_models():
+            referenced.update(str(layer["digest"]) for layer in model.manifest.get("layers", []))
+            referenced.add(str(model.manifest.get("config", {}).get("digest", "")))
+        removed = []
+        for digest in sorted(digests - referenced):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                self.blob_path(digest).unlink()
+                removed.append(digest)
+        return removed
+
     def prune_blobs(self) -> list[str]:
         """Remove blobs no manifest references (older than the grace period)."""
         referenced: set[str] = set()
@@ -210,11 +226,19 @@ class ModelStore:
             return ""
 
     def sim_metadata(self, model: StoredModel) -> dict[str, Any]:
-        """The stand-in weights blob: capabilities and model_info ({} if not ours)."""
-        text = self.read_text_layer(model, MEDIA_MODEL)
+        """The stand-in weights blob: capabilities and model_info ({} if not ours).
+
+        Its first line is a JSON object (a generated model follows it with filler bytes up to
+        its size), so only the head is read, as Ollama reads only a GGUF's header.
+        """
+        digest = model.layer_digest(MEDIA_MODEL)
+        if digest is None:
+            return {}
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
+            with self.blob_path(digest).open("rb") as blob:
+                head = blob.read(_HEAD_BYTES).split(b"\n", 1)[0]
+            data = json.loads(head)
+        except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) and data.get(SIM_MARKER) else {}
 
