@@ -85,7 +85,9 @@ def start_sim(
         "OLLAMA_MODELS": str(models),
         **(env or {}),
     }
-    return _spawn(workdir, ["serve"], full_env, models, host, port, timeout)
+    return _spawn(
+        workdir, ["serve"], env=full_env, directory=models, host=host, port=port, timeout=timeout
+    )
 
 
 def start_registry(
@@ -113,12 +115,15 @@ def start_registry(
         args.append("--plain")
     if token:
         args += ["--token", token]
-    return _spawn(workdir, args, dict(os.environ), directory, host, 0, timeout)
+    return _spawn(
+        workdir, args, env=dict(os.environ), directory=directory, host=host, port=0, timeout=timeout
+    )
 
 
 def _spawn(
     workdir: Path,
     args: list[str],
+    *,
     env: dict[str, str],
     directory: Path,
     host: str,

@@ -295,11 +295,10 @@ class Puller:
         """Fetch one blob (or join its running transfer), yielding progress every 60 ms."""
         download = self.downloads.get(digest)
         if download is None:
-            path = self.store.blob_path(digest)
-            download = BlobDownload(digest, path)
-            url = f"{base}/v2/{name.namespace}/{name.model}/blobs/{digest}"
-            await self._prepare(download, url, auth)
+            # Registered before any await, so concurrent pulls of one digest share it.
+            download = BlobDownload(digest, self.store.blob_path(digest))
             self.downloads[digest] = download
+            url = f"{base}/v2/{name.namespace}/{name.model}/blobs/{digest}"
             download.task = asyncio.get_running_loop().create_task(
                 self._run(download, url, dict(auth), disk_full)
             )
@@ -349,6 +348,7 @@ class Puller:
         self, download: BlobDownload, url: str, auth: dict[str, str], disk_full: bool
     ) -> None:
         try:
+            await self._prepare(download, url, auth)
             await self._transfer(download, url, auth, disk_full)
         finally:
             self.downloads.pop(download.digest, None)

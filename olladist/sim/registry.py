@@ -329,13 +329,18 @@ class RegistryState:
     bytes_sent: Counter[str] = field(default_factory=Counter)
     blob_requests: Counter[str] = field(default_factory=Counter)
     manifest_requests: Counter[str] = field(default_factory=Counter)
+    ranges: dict[str, list[str]] = field(default_factory=dict)  # the last Range headers
 
     def stats(self) -> dict[str, Any]:
         digests = sorted(set(self.bytes_sent) | set(self.blob_requests))
         return {
             "bytes_sent": sum(self.bytes_sent.values()),
             "blobs": {
-                d: {"bytes_sent": self.bytes_sent[d], "requests": self.blob_requests[d]}
+                d: {
+                    "bytes_sent": self.bytes_sent[d],
+                    "requests": self.blob_requests[d],
+                    "ranges": self.ranges.get(d, []),
+                }
                 for d in digests
             },
             "manifest_requests": dict(self.manifest_requests),
@@ -438,6 +443,9 @@ async def _send_blob(request: web.Request, state: RegistryState, digest: str) ->
     path = state.store.blob_path(digest)
     size = path.stat().st_size
     state.blob_requests[digest] += 1
+    if request.method == "GET":
+        seen = state.ranges.setdefault(digest, [])
+        seen[:] = [*seen[-99:], request.headers.get("Range", "")]
     start, stop, status = 0, size, 200
     headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
     if "Range" in request.headers:
@@ -492,6 +500,7 @@ async def reset_stats(request: web.Request) -> web.Response:
     state.bytes_sent.clear()
     state.blob_requests.clear()
     state.manifest_requests.clear()
+    state.ranges.clear()
     return web.json_response({"status": "reset"})
 
 
@@ -606,6 +615,11 @@ async def serve(args: argparse.Namespace) -> None:
     state.plain = args.plain
     state.token = args.token
     runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False)
+    # Handlers first: whoever waits for the "Listening" line may signal at once.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
     await site.start()
@@ -613,10 +627,6 @@ async def serve(args: argparse.Namespace) -> None:
     host, port = sockets[0].getsockname()[:2] if sockets else (args.host, args.port)
     sys.stderr.write(f"olladist-sim registry: Listening on {host}:{port} (dir {args.dir})\n")
     sys.stderr.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:

@@ -175,6 +175,11 @@ async def serve(config: SimConfig, ready: Callable[[str, int], None] | None = No
     state = build_state(config)
     app = build_app(state)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Handlers first: whoever waits for the "Listening" line may signal at once.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     await runner.setup()
     site = web.TCPSite(
         runner,
@@ -195,10 +200,6 @@ async def serve(config: SimConfig, ready: Callable[[str, int], None] | None = No
     sys.stderr.flush()
     if ready is not None:
         ready(host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
