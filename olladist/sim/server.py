@@ -85,6 +85,7 @@ async def get_stats(request: web.Request) -> web.Response:
     body = state.stats.to_dict()
     body["loaded"] = [r.model.name for r in state.scheduler.loaded()]
     body["queued"] = state.scheduler.queued
+    body["pending"] = state.scheduler.pending
     return json_response(body)
 
 
@@ -128,6 +129,8 @@ def build_state(config: SimConfig) -> SimState:
             load_speed_gbps=config.load_speed_gbps,
             stats=stats,
             vram_bytes=int(config.vram_gb * 1e9) if config.vram_gb else None,
+            default_keep_alive=config.keep_alive,
+            cpu_only=config.gpus == 0,
         ),
         stats=stats,
         faults=config.faults,
