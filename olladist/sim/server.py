@@ -118,6 +118,8 @@ def build_state(config: SimConfig) -> SimState:
     stats = SimStats()
     store = ModelStore(config.models_dir)
     store.ensure()
+    if not config.no_prune:
+        store.prune_at_start()
     return SimState(
         config=config,
         store=store,

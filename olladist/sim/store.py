@@ -36,6 +36,8 @@ _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 # A blob younger than this is never pruned: another instance sharing the store may be between
 # writing its blobs and writing the manifest that references them.
 PRUNE_GRACE_SECONDS = 60.0
+# Ollama (since 0.21) spares blobs younger than this when it prunes at start.
+START_PRUNE_GRACE_SECONDS = 3600.0
 # The metadata line of a weights blob is read from at most this many leading bytes.
 _HEAD_BYTES = 1 << 20
 
@@ -191,6 +193,40 @@ class ModelStore:
             with contextlib.suppress(FileNotFoundError, ValueError):
                 self.blob_path(digest).unlink()
                 removed.append(digest)
+        return removed
+
+    def prune_at_start(self, grace: float = START_PRUNE_GRACE_SECONDS) -> list[str]:
+        """What ``ollama serve`` does when it starts, unless OLLAMA_NOPRUNE: delete blobs no
+        manifest references and leftovers that are not blobs (partial downloads), if older
+        than an hour (Ollama 0.21 and later; earlier versions delete them whatever their age),
+        then empty manifest directories. Nothing is pruned if a manifest is unreadable."""
+        removed: list[str] = []
+        if not self.blobs_dir.is_dir():
+            return removed
+        referenced: set[str] = set()
+        for path in self.manifests_dir.rglob("*"):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            try:
+                manifest = json.loads(path.read_bytes())
+                referenced.update(str(layer["digest"]) for layer in manifest.get("layers", []))
+                referenced.add(str(manifest.get("config", {}).get("digest", "")))
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                return removed  # "corrupt manifests detected, skipping prune operation"
+        now = time.time()
+        for blob in self.blobs_dir.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if not blob.is_file() or now - blob.stat().st_mtime < grace:
+                    continue
+                digest = blob.name.replace("-", ":", 1)
+                if _DIGEST.match(blob.name) and digest in referenced:
+                    continue
+                blob.unlink()
+                removed.append(blob.name)
+        for directory in sorted(self.manifests_dir.rglob("*"), reverse=True):
+            if directory.is_dir():
+                with contextlib.suppress(OSError):
+                    directory.rmdir()  # only empty ones go
         return removed
 
     def prune_blobs(self) -> list[str]:
