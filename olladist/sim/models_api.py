@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from olladist.sim.errors import ApiError
 from olladist.sim.pull import DigestMismatch, PullError, registry_base
 from olladist.sim.store import StoredModel, digest_hex
 
-Progress = AsyncIterator[dict[str, Any]]
+Progress = AsyncGenerator[dict[str, Any], None]
 
 # Progress lines during a simulated download go out at this interval (Ollama: 60 ms).
 _PROGRESS_INTERVAL = 0.06
@@ -71,7 +72,11 @@ async def send_progress(
             return json_response({"error": str(exc)}, status=500)
         await response.write(line({"error": str(exc)}))
     except ConnectionError:
-        pass
+        pass  # the client went away
+    finally:
+        # Close the generator now, not when it is collected: a pull that nobody waits for
+        # must let go of its transfer at once (which keeps its parts for a later pull).
+        await events.aclose()
     return response if response is not None else web.Response(status=200)
 
 
@@ -142,8 +147,10 @@ async def _pull_events(state: SimState, name: ModelName, insecure: bool) -> Prog
                 }
                 continue
             try:
-                async for event in puller.blob(base, name, digest, auth, faults.disk_full):
-                    yield event
+                blob = puller.blob(base, name, digest, auth, faults.disk_full)
+                async with contextlib.aclosing(blob) as events:
+                    async for event in events:
+                        yield event
             except DigestMismatch as exc:
                 failures.append(str(exc))  # reported at the verification step, as in Ollama
             except PullError as exc:

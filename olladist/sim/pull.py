@@ -35,7 +35,7 @@ import os
 import secrets
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,7 +291,7 @@ class Puller:
         digest: str,
         auth: dict[str, str],
         disk_full: bool = False,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Fetch one blob (or join its running transfer), yielding progress every 60 ms."""
         download = self.downloads.get(digest)
         if download is None:
@@ -381,7 +381,14 @@ class Puller:
             os.close(fd)
         for part in download.parts:
             download.part_file(part).unlink(missing_ok=True)
-        got = await asyncio.to_thread(_sha256_file, partial)
+        try:
+            got = await asyncio.to_thread(_sha256_file, partial)
+        except FileNotFoundError:
+            # Another simulator sharing this store finished the same blob first (Ollama's
+            # transfers are per process too); its copy was verified before it was renamed.
+            if download.path.is_file():
+                return
+            raise PullError(f"{partial} vanished during the download") from None
         if got != download.digest:
             partial.unlink(missing_ok=True)
             raise DigestMismatch(
