@@ -285,9 +285,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class Throttle:
     """One shared link: blob bodies together get at most ``rate`` bytes per second.
 
-    A virtual clock: each chunk reserves its transmission slot after the previous one, so
-    after t seconds at most one chunk more than rate * t bytes have gone out.
+    A token bucket on a virtual clock, holding at most WINDOW seconds of credit so that the
+    event loop's own delays do not slow the link below its rate: t seconds after the first
+    byte, at most rate * (t + WINDOW) + one chunk have gone out.
     """
+
+    WINDOW = 0.1
 
     def __init__(self, rate: float = 0.0) -> None:
         self.rate = rate
@@ -296,12 +299,11 @@ class Throttle:
     async def take(self, nbytes: int) -> None:
         if self.rate <= 0:
             return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        start = max(now, self._free_at)
-        self._free_at = start + nbytes / self.rate
-        # The chunk is sent when its slot ends, so the bound holds at every instant.
-        await asyncio.sleep(self._free_at - now)
+        now = asyncio.get_running_loop().time()
+        self._free_at = max(self._free_at, now - self.WINDOW) + nbytes / self.rate
+        # The chunk goes out when its slot ends, so the bound holds at every instant.
+        if self._free_at > now:
+            await asyncio.sleep(self._free_at - now)
 
 
 @dataclass
