@@ -13,9 +13,11 @@ Environment read exactly as ``ollama serve`` reads it:
                               "Listening on HOST:PORT" line on stderr names it)
     OLLAMA_MODELS             model store directory (default ~/.ollama/models)
     OLLAMA_NUM_PARALLEL       requests served at once per loaded model (default 1)
-    OLLAMA_MAX_LOADED_MODELS  models loaded at once (default 0 = 3, as on a CPU-only host)
+    OLLAMA_MAX_LOADED_MODELS  models loaded at once (default 0 = 3 per GPU, 3 on a CPU-only host)
     OLLAMA_MAX_QUEUE          requests allowed to wait; past it: 503 (default 512)
     OLLAMA_KEEP_ALIVE         idle time before unload: 5m, 30s, 1h30m, 300, 0, -1 (default 5m)
+    OLLAMA_CONTEXT_LENGTH     num_ctx unless the model or the request sets it (default 4096)
+    OLLAMA_NOPRUNE            keep a model's old layers after a pull replaced them
 
 Simulator-only knobs:
 
@@ -26,6 +28,11 @@ Simulator-only knobs:
     OLLADIST_SIM_RESPONSE_TOKENS   tokens per answer unless num_predict/max_tokens cut it (16)
     OLLADIST_SIM_VRAM_GB           GPU memory: loaded models must fit in it, so a big model
                                    evicts others, as on a real GPU (default: no limit)
+    OLLADIST_SIM_GPUS              GPUs (1); 0 is a CPU-only host, with size_vram 0
+    OLLADIST_SIM_REGISTRY          pull over HTTP, as ollama pull does, from a loopback
+                                   registry: http://127.0.0.1:5000 stands in for
+                                   registry.ollama.ai; host=URL,host=URL maps several hosts
+                                   (default: pulls come from the built-in catalogue)
     OLLADIST_SIM_CATALOGUE         a JSON catalogue replacing the built-in one
     OLLADIST_SIM_FAULTS            faults active from the start (see olladist.sim.faults)
     OLLADIST_SIM_VERSION           version reported by /api/version
@@ -37,6 +44,9 @@ Admin routes, under a prefix no Ollama route uses:
                           unloads and pulls per model, queue-full rejections, in flight
     DELETE /_sim/stats    reset the counters
     GET|POST|DELETE /_sim/faults   read, replace or clear the active faults
+
+``olladist-sim registry`` serves generated models over the registry API for those pulls
+(see ``olladist.sim.registry``).
 
 Faults (hang, hang_all, crash, crash_mid_stream, slow, error_mid_stream, refuse_pulls,
 disk_full, optionally limited to some models) are documented in ``olladist.sim.faults``.

@@ -14,6 +14,7 @@ import olladist.sim
 from olladist import __version__
 from olladist.errors import OlladistError
 from olladist.sim import faults as faults_module
+from olladist.sim import registry
 from olladist.sim.catalogue import load_catalogue
 from olladist.sim.config import DEFAULT_VERSION, config_from_env
 from olladist.sim.server import serve
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--quiet", action="store_true", help="no per-request log lines")
     catalogue = sub.add_parser("catalogue", help="list the models /api/pull can fetch")
     catalogue.add_argument("--json", action="store_true", help="machine-readable output")
+    registry.add_parser(sub)
     return parser
 
 
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "catalogue":
             return _catalogue(as_json=args.json)
+        if args.command == "registry":
+            asyncio.run(registry.serve(args))
+            return 0
         config = config_from_env()
         if args.quiet:
             config = dataclasses.replace(config, quiet=True)

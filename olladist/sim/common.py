@@ -10,12 +10,13 @@ from typing import Any
 from aiohttp import web
 
 from olladist.names import InvalidModelName, ModelName, parse_model_name
-from olladist.sim.catalogue import Catalogue
+from olladist.sim.catalogue import MEDIA_MODEL, Catalogue
 from olladist.sim.config import SimConfig, keep_alive_from_json
 from olladist.sim.errors import ApiError, ModelNotFound, SimConfigError
 from olladist.sim.faults import Faults
 from olladist.sim.inference import crash
-from olladist.sim.scheduler import ModelRef, Scheduler
+from olladist.sim.pull import Puller
+from olladist.sim.scheduler import UNSET, KeepAlive, ModelRef, RunnerOptions, Scheduler
 from olladist.sim.stats import SimStats
 from olladist.sim.store import ModelStore, StoredModel
 
@@ -30,6 +31,7 @@ class SimState:
     scheduler: Scheduler
     stats: SimStats
     faults: Faults
+    puller: Puller  # /api/pull over HTTP, when the name's registry is a loopback one
     # Set on SIGTERM so that requests held by the hang faults end with the server.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Ollama refuses foreign Host headers when it listens on loopback (see sim.hosts).
@@ -46,6 +48,32 @@ class SimState:
             size=stored.size,
             details=stored.details(),
             context_length=int(context),
+            key=stored.layer_digest(MEDIA_MODEL) or stored.digest,
+            completion="completion" in self.store.capabilities(stored),
+        )
+
+    def runner_options(self, stored: StoredModel, body: dict[str, Any]) -> RunnerOptions:
+        """The load-time options in force: the request's over the model's parameters over the
+        defaults (num_ctx from OLLAMA_CONTEXT_LENGTH), as Ollama's modelOptions merges them."""
+        merged = {**self.store.params(stored), **options(body)}
+
+        def number(key: str, default: int) -> int:
+            value = merged.get(key, default)
+            if isinstance(value, list):  # a parameter given several times: the last counts
+                value = value[-1] if value else default
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                raise ApiError(400, f"option {key!r} must be a number") from None
+
+        use_mmap = merged.get("use_mmap")
+        return RunnerOptions(
+            num_ctx=number("num_ctx", self.config.context_length),
+            num_batch=number("num_batch", 512),
+            num_gpu=number("num_gpu", -1),
+            main_gpu=number("main_gpu", 0),
+            use_mmap=use_mmap if isinstance(use_mmap, bool) else None,
+            num_thread=number("num_thread", 0),
         )
 
     def embedding_length(self, stored: StoredModel) -> int:
@@ -105,9 +133,10 @@ def find_model(state: SimState, raw: str, not_found: str | None = None) -> Store
     return stored
 
 
-def keep_alive(state: SimState, body: dict[str, Any]) -> float | None:
+def keep_alive(state: SimState, body: dict[str, Any]) -> KeepAlive:
+    """The request's keep_alive; UNSET if it names none (the runner's own then stays)."""
     if body.get("keep_alive") is None:
-        return state.config.keep_alive
+        return UNSET
     try:
         return keep_alive_from_json(body["keep_alive"])
     except SimConfigError as exc:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from olladist.names import DEFAULT_REGISTRY
 from olladist.sim.errors import SimConfigError
 from olladist.sim.faults import Faults, parse_faults
 
@@ -121,6 +122,39 @@ def _bool(env: Mapping[str, str], key: str) -> bool:
     return env.get(key, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _go_bool(env: Mapping[str, str], key: str) -> bool:
+    """Ollama's envconfig.Bool: unset is false; a value strconv.ParseBool rejects is true."""
+    raw = env.get(key, "").strip().strip("'\"")
+    if not raw:
+        return False
+    return raw not in {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def parse_registry_map(text: str) -> dict[str, str]:
+    """OLLADIST_SIM_REGISTRY: where pulls really go, by the host in the model name.
+
+    ``http://127.0.0.1:5000`` stands in for registry.ollama.ai (the default registry);
+    ``host=URL,host=URL`` maps several hosts (``registry.ollama.ai=http://127.0.0.1:5000,
+    example.com:5000=http://127.0.0.1:5001``). Each URL is a scheme and a loopback host:port.
+    """
+    mapping: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        host, sep, url = item.partition("=")
+        if not sep:
+            host, url = DEFAULT_REGISTRY, item
+        host, url = host.strip().lower(), url.strip().rstrip("/")
+        scheme, sep, netloc = url.partition("://")
+        if not sep or scheme not in ("http", "https") or not netloc or "/" in netloc:
+            raise SimConfigError(
+                f"OLLADIST_SIM_REGISTRY: {item!r} is not URL or host=URL "
+                "(e.g. http://127.0.0.1:5000 or registry.ollama.ai=http://127.0.0.1:5000)"
+            )
+        if not host:
+            raise SimConfigError(f"OLLADIST_SIM_REGISTRY: {item!r} names no host")
+        mapping[host] = f"{scheme}://{netloc}"
+    return mapping
+
+
 @dataclass(frozen=True)
 class SimConfig:
     host: str = DEFAULT_HOST
@@ -136,6 +170,10 @@ class SimConfig:
     prompt_rate: float = 5000.0  # prompt tokens evaluated per second
     response_tokens: int = 16  # tokens per answer unless num_predict says fewer
     vram_gb: float | None = None  # None: only OLLAMA_MAX_LOADED_MODELS limits what is loaded
+    gpus: int = 1  # 0: a CPU-only host (size_vram 0); sets the OLLAMA_MAX_LOADED_MODELS default
+    context_length: int = 4096  # OLLAMA_CONTEXT_LENGTH: num_ctx unless the model or request says
+    no_prune: bool = False  # OLLAMA_NOPRUNE: keep the old layers after a pull
+    registries: dict[str, str] = field(default_factory=dict)  # host in a name -> loopback URL
     catalogue_file: Path | None = None
     version: str = DEFAULT_VERSION
     quiet: bool = False
@@ -156,8 +194,9 @@ def config_from_env(env: Mapping[str, str] | None = None) -> SimConfig:
     models_dir = Path(models) if models else Path.home() / ".ollama" / "models"
     keep_alive_raw = env.get("OLLAMA_KEEP_ALIVE", "").strip()
     keep_alive = parse_duration(keep_alive_raw) if keep_alive_raw else 300.0
-    # Ollama: 0 means "3 per GPU, 3 on CPU"; the simulator has no GPUs, so 3.
-    max_loaded = _int(env, "OLLAMA_MAX_LOADED_MODELS", 0) or 3
+    # Ollama (server/sched.go): 0 means 3 x the number of GPUs, and 3 on a CPU-only host.
+    gpus = _int(env, "OLLADIST_SIM_GPUS", 1)
+    max_loaded = _int(env, "OLLAMA_MAX_LOADED_MODELS", 0) or 3 * max(gpus, 1)
     num_parallel = _int(env, "OLLAMA_NUM_PARALLEL", 0) or 1
     catalogue = env.get("OLLADIST_SIM_CATALOGUE", "").strip()
     return SimConfig(
@@ -174,6 +213,10 @@ def config_from_env(env: Mapping[str, str] | None = None) -> SimConfig:
         prompt_rate=_float(env, "OLLADIST_SIM_PROMPT_RATE", 5000.0),
         response_tokens=_int(env, "OLLADIST_SIM_RESPONSE_TOKENS", 16, minimum=1),
         vram_gb=_float(env, "OLLADIST_SIM_VRAM_GB", 0.0) or None,
+        gpus=gpus,
+        context_length=_int(env, "OLLAMA_CONTEXT_LENGTH", 4096, minimum=1),
+        no_prune=_go_bool(env, "OLLAMA_NOPRUNE"),
+        registries=parse_registry_map(env.get("OLLADIST_SIM_REGISTRY", "")),
         catalogue_file=Path(catalogue) if catalogue else None,
         version=env.get("OLLADIST_SIM_VERSION", "").strip() or DEFAULT_VERSION,
         quiet=_bool(env, "OLLADIST_SIM_QUIET"),

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from olladist.names import ModelName
+from olladist.names import DEFAULT_REGISTRY, ModelName
 from olladist.sim.catalogue import (
     MEDIA_MODEL,
     MEDIA_PARAMS,
@@ -34,9 +36,10 @@ from olladist.sim.common import (
     want_stream,
 )
 from olladist.sim.errors import ApiError
-from olladist.sim.store import digest_hex
+from olladist.sim.pull import DigestMismatch, PullError, registry_base
+from olladist.sim.store import StoredModel, digest_hex
 
-Progress = AsyncIterator[dict[str, Any]]
+Progress = AsyncGenerator[dict[str, Any], None]
 
 # Progress lines during a simulated download go out at this interval (Ollama: 60 ms).
 _PROGRESS_INTERVAL = 0.06
@@ -69,7 +72,11 @@ async def send_progress(
             return json_response({"error": str(exc)}, status=500)
         await response.write(line({"error": str(exc)}))
     except ConnectionError:
-        pass
+        pass  # the client went away
+    finally:
+        # Close the generator now, not when it is collected: a pull that nobody waits for
+        # must let go of its transfer at once (which keeps its parts for a later pull).
+        await events.aclose()
     return response if response is not None else web.Response(status=200)
 
 
@@ -85,9 +92,11 @@ async def pull(request: web.Request) -> web.StreamResponse:
 
 
 async def _pull_events(state: SimState, name: ModelName, insecure: bool) -> Progress:
+    """PullModel's sequence of lines (server/images.go), from a registry or the catalogue."""
     faults = state.faults.for_model(name.short)
-    if name.insecure_scheme and not insecure:
-        raise StreamFailure("insecure protocol http")
+    store = state.store
+    previous = store.get(name)
+    base = registry_base(state.config.registries, name, insecure)
     yield {"status": "pulling manifest"}
     if faults.refuse_pulls:
         await asyncio.sleep(0.01)
@@ -95,49 +104,111 @@ async def _pull_events(state: SimState, name: ModelName, insecure: bool) -> Prog
             f'pull model manifest: Get "https://{name.host}/v2/{name.namespace}/{name.model}'
             f'/manifests/{name.tag}": dial tcp: lookup {name.host}: no such host'
         )
-    entry = state.catalogue.lookup(name.short) if not name.insecure_scheme else None
-    if entry is None:
-        raise StreamFailure("pull model manifest: file does not exist")
-    artifacts = entry.artifacts()
-    previous = state.store.get(name)
+    if base is None and name.host != DEFAULT_REGISTRY:
+        raise StreamFailure(
+            f"pull model manifest: olladist-sim pulls only from loopback registries; map "
+            f"{name.host} with OLLADIST_SIM_REGISTRY={name.host}=http://127.0.0.1:PORT"
+        )
+    failures: list[str] = []
+    if base is None:
+        entry = state.catalogue.lookup(name.short)
+        if entry is None:
+            raise StreamFailure("pull model manifest: file does not exist")
+        artifacts = entry.artifacts()
+        manifest_bytes = artifacts.manifest
+        async for event in _catalogue_blobs(state, artifacts.blobs, faults.slow, faults.disk_full):
+            yield event
+    else:
+        puller = state.puller
+        auth: dict[str, str] = {}
+        try:
+            manifest_bytes = await puller.manifest(base, name, auth)
+            manifest = json.loads(manifest_bytes)
+            layers = [*manifest["layers"]]
+            if manifest.get("config", {}).get("digest"):
+                layers.append(manifest["config"])
+            digests = [str(layer["digest"]) for layer in layers]
+        except PullError as exc:
+            raise StreamFailure(f"pull model manifest: {exc}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StreamFailure(f"pull model manifest: {exc}") from exc
+        for digest in digests:
+            try:
+                digest_hex(digest)
+            except ValueError as exc:
+                raise StreamFailure(str(exc)) from exc
+            if store.has_blob(digest):
+                size = store.blob_path(digest).stat().st_size
+                yield {
+                    "status": f"pulling {digest[7:19]}",
+                    "digest": digest,
+                    "total": size,
+                    "completed": size,
+                }
+                continue
+            try:
+                blob = puller.blob(base, name, digest, auth, faults.disk_full)
+                async with contextlib.aclosing(blob) as events:
+                    async for event in events:
+                        yield event
+            except DigestMismatch as exc:
+                failures.append(str(exc))  # reported at the verification step, as in Ollama
+            except PullError as exc:
+                raise StreamFailure(str(exc)) from exc
+    yield {"status": "verifying sha256 digest"}
+    if failures:
+        raise StreamFailure(failures[0])
+    yield {"status": "writing manifest"}
+    store.write_manifest(name, manifest_bytes)
+    new = store.get(name)
+    unused = _referenced(previous) - _referenced(new)
+    if unused and not state.config.no_prune:
+        yield {"status": "removing unused layers"}
+        store.delete_unused(unused)
+    yield {"status": "success"}
+
+
+def _referenced(model: StoredModel | None) -> set[str]:
+    if model is None:
+        return set()
+    found = {str(layer["digest"]) for layer in model.manifest.get("layers", [])}
+    config = model.manifest.get("config", {}).get("digest")
+    return found | ({str(config)} if config else set())
+
+
+async def _catalogue_blobs(
+    state: SimState, blobs: tuple[Layer, ...], slow: float, disk_full: bool
+) -> Progress:
+    """The catalogue's stand-in for a download: the declared size at OLLADIST_SIM_PULL_GBPS,
+    with Ollama's progress rhythm (a line every 60 ms while a blob transfers, none at the end)."""
     store = state.store
-    for blob in artifacts.blobs:
+    loop = asyncio.get_running_loop()
+    for blob in blobs:
         status = f"pulling {blob.digest[7:19]}"
         total = blob.declared_size
         if store.has_blob(blob.digest):
             yield {"status": status, "digest": blob.digest, "total": total, "completed": total}
             continue
-        seconds = state.config.pull_seconds(total) * faults.slow
-        yield {"status": status, "digest": blob.digest, "total": total}
-        loop = asyncio.get_running_loop()
+        seconds = state.config.pull_seconds(total) * slow
         begin = loop.time()
         while (elapsed := loop.time() - begin) < seconds:
             await asyncio.sleep(min(_PROGRESS_INTERVAL, seconds - elapsed))
-            done = min(total, int(total * (loop.time() - begin) / seconds))
-            yield {"status": status, "digest": blob.digest, "total": total, "completed": done}
-            if faults.disk_full:
-                raise StreamFailure(
-                    f"write {store.blob_path(blob.digest)}-partial: no space left on device"
-                )
-        if faults.disk_full:
+            if loop.time() - begin >= seconds:
+                break
+            done = int(total * (loop.time() - begin) / seconds)
+            line: dict[str, Any] = {"status": status, "digest": blob.digest}
+            if total:
+                line["total"] = total
+            if done:
+                line["completed"] = done
+            yield line
+            if disk_full:
+                break
+        if disk_full:
             raise StreamFailure(
                 f"write {store.blob_path(blob.digest)}-partial: no space left on device"
             )
         store.write_blob(blob.data)
-        yield {"status": status, "digest": blob.digest, "total": total, "completed": total}
-    yield {"status": "verifying sha256 digest"}
-    for blob in artifacts.blobs:
-        got = "sha256:" + hashlib.sha256(store.read_blob(blob.digest)).hexdigest()
-        if got != blob.digest:
-            raise StreamFailure(
-                f"digest mismatch, file must be downloaded again: want {blob.digest}, got {got}"
-            )
-    yield {"status": "writing manifest"}
-    store.write_manifest(name, artifacts.manifest)
-    yield {"status": "removing any unused layers"}
-    if previous is not None and previous.digest != artifacts.digest:
-        store.prune_blobs()
-    yield {"status": "success"}
 
 
 async def push(request: web.Request) -> web.StreamResponse:

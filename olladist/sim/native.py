@@ -37,7 +37,7 @@ from olladist.sim.inference import (
     now_rfc3339,
     rfc3339,
 )
-from olladist.sim.scheduler import Lease
+from olladist.sim.scheduler import KeepAlive, Lease, RunnerOptions
 from olladist.sim.store import StoredModel
 
 # Far-future expiry Ollama reports for keep_alive < 0 (its session duration is MaxInt64 ns).
@@ -140,7 +140,7 @@ async def ps(request: web.Request) -> web.Response:
                     "details": model.details,
                     "expires_at": _expiry_text(expires),
                     "size_vram": runner.size_vram,
-                    "context_length": model.context_length,
+                    "context_length": runner.options.num_ctx,
                 },
             )
         )
@@ -155,29 +155,43 @@ def _expiry_text(ts: float) -> str:
         return "2318-03-28T00:00:00Z"  # beyond datetime's range: "forever", as Ollama shows
 
 
-@dataclass(frozen=True)
+@dataclass
 class Job:
     """An inference request, validated and bound to a model on disk."""
 
     stored: StoredModel
-    keep_alive: float | None
+    keep_alive: KeepAlive
     faults: Faults
     started_ns: int
+    options: RunnerOptions
+    granted_ns: int | None = None  # when the runner was ready: the end of load_duration
 
 
 async def start_job(state: SimState, body: dict[str, Any], raw_model: str) -> Job:
     started = time.monotonic_ns()
     stored = find_model(state, raw_model)
-    return Job(stored, keep_alive(state, body), state.faults.for_model(stored.name.short), started)
+    return Job(
+        stored,
+        keep_alive(state, body),
+        state.faults.for_model(stored.name.short),
+        started,
+        state.runner_options(stored, body),
+    )
 
 
 @contextlib.asynccontextmanager
-async def leased(state: SimState, job: Job) -> AsyncIterator[Lease]:
-    """Apply hang/crash faults, wait for a slot on the loaded model, and always give it back."""
+async def leased(state: SimState, job: Job, *, slot: bool = True) -> AsyncIterator[Lease]:
+    """Apply hang/crash faults, get the loaded model (and a slot on it unless ``slot`` is
+    False: a load-only request takes none), and always give it back."""
     await inference_faults(state, job.stored.name.short)
     lease = await state.scheduler.acquire(
-        state.model_ref(job.stored), job.keep_alive, slow=job.faults.slow
+        state.model_ref(job.stored),
+        job.keep_alive,
+        options=job.options,
+        slow=job.faults.slow,
+        slot=slot,
     )
+    job.granted_ns = lease.granted_ns
     try:
         yield lease
     finally:
@@ -199,7 +213,7 @@ def new_generation(state: SimState, job: Job, prompt: str, tokens: int) -> Gener
         max_tokens=tokens,
         pace=Pace(state.config.prompt_rate, state.config.token_rate, job.faults.slow),
         started_ns=job.started_ns,
-        loaded_ns=time.monotonic_ns(),
+        loaded_ns=job.granted_ns or time.monotonic_ns(),
         error_after=job.faults.error_mid_stream,
         crash_after=job.faults.crash_mid_stream,
     )
@@ -233,15 +247,16 @@ async def generate(request: web.Request) -> web.StreamResponse:
     prompt = str(body.get("prompt") or "")
     job = await start_job(state, body, raw)
     if not prompt and job.keep_alive == 0:
-        state.scheduler.expire(job.stored.name.short)
+        state.scheduler.expire(state.model_ref(job.stored))
         return json_response(_generate_done(raw, "unload"))
     caps = state.store.capabilities(job.stored)
     if "completion" not in caps:
         raise ApiError(400, f'"{raw}" does not support generate')
     check_thinking(body, raw, caps)
-    async with leased(state, job):
-        if not prompt:
+    if not prompt:
+        async with leased(state, job, slot=False):
             return json_response(_generate_done(raw, "load"))
+    async with leased(state, job):
         tokens, reason = answer_length(state, options(body).get("num_predict"))
         gen = new_generation(state, job, prompt, tokens)
         chunks: list[str] = []
@@ -321,7 +336,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     prompt = messages_prompt(messages)
     job = await start_job(state, body, raw)
     if not messages and job.keep_alive == 0:
-        state.scheduler.expire(job.stored.name.short)
+        state.scheduler.expire(state.model_ref(job.stored))
         return json_response(_chat_done(raw, "unload"))
     caps = state.store.capabilities(job.stored)
     if "completion" not in caps:
@@ -329,9 +344,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     check_thinking(body, raw, caps)
     if body.get("tools") and "tools" not in caps:
         raise ApiError(400, f"{job.stored.name.full} does not support tools")
-    async with leased(state, job):
-        if not messages:
+    if not messages:
+        async with leased(state, job, slot=False):
             return json_response(_chat_done(raw, "load"))
+    async with leased(state, job):
         tokens, reason = answer_length(state, options(body).get("num_predict"))
         gen = new_generation(state, job, prompt, tokens)
         chunks: list[str] = []
@@ -383,10 +399,11 @@ async def embed(request: web.Request) -> web.Response:
         raise ApiError(400, "model is required")
     inputs = embed_inputs(body.get("input"))
     job = await start_job(state, body, raw)
-    async with leased(state, job):
-        loaded_ns = time.monotonic_ns()
-        if not inputs:
+    if not inputs:
+        async with leased(state, job, slot=False):
             return json_response({"model": raw, "embeddings": []})
+    async with leased(state, job):
+        loaded_ns = job.granted_ns or time.monotonic_ns()
         vectors, prompt_tokens = await compute_embeddings(state, job, inputs, body)
     return json_response(
         {
@@ -429,9 +446,11 @@ async def embeddings(request: web.Request) -> web.Response:
         keep_alive(state, body),
         state.faults.for_model(stored.name.short),
         time.monotonic_ns(),
+        state.runner_options(stored, body),
     )
-    async with leased(state, job):
-        if not prompt:
+    if not prompt:
+        async with leased(state, job, slot=False):
             return json_response({"embedding": []})
+    async with leased(state, job):
         vectors, _ = await compute_embeddings(state, job, [prompt], {})
     return json_response({"embedding": vectors[0]})

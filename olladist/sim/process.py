@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -78,30 +78,75 @@ def start_sim(
     timeout: float = 20.0,
 ) -> SimProcess:
     """Start ``python -m olladist.sim serve``; return once it listens (or raise SimError)."""
-    workdir.mkdir(parents=True, exist_ok=True)
     models = models_dir or workdir / "models"
-    log_path = workdir / f"olladist-sim-{time.monotonic_ns()}.log"
     full_env = {
         **os.environ,
         "OLLAMA_HOST": f"{host}:{port}",
         "OLLAMA_MODELS": str(models),
         **(env or {}),
     }
+    return _spawn(
+        workdir, ["serve"], env=full_env, directory=models, host=host, port=port, timeout=timeout
+    )
+
+
+def start_registry(
+    workdir: Path,
+    *,
+    models: Sequence[str] = (),
+    rate: str | None = None,
+    plain: bool = False,
+    token: str | None = None,
+    host: str = "127.0.0.1",
+    timeout: float = 20.0,
+) -> SimProcess:
+    """Start ``olladist-sim registry`` on a free loopback port, its files in workdir/registry.
+
+    ``models`` are ``name=size`` items generated at start; ``url`` is then the registry's base
+    for OLLADIST_SIM_REGISTRY, and ``models_dir`` its directory.
+    """
+    directory = workdir / "registry"
+    args = ["registry", "--host", host, "--port", "0", "--dir", str(directory)]
+    for item in models:
+        args += ["--model", item]
+    if rate:
+        args += ["--rate", rate]
+    if plain:
+        args.append("--plain")
+    if token:
+        args += ["--token", token]
+    return _spawn(
+        workdir, args, env=dict(os.environ), directory=directory, host=host, port=0, timeout=timeout
+    )
+
+
+def _spawn(
+    workdir: Path,
+    args: list[str],
+    *,
+    env: dict[str, str],
+    directory: Path,
+    host: str,
+    port: int,
+    timeout: float,
+) -> SimProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"olladist-sim-{args[0]}-{time.monotonic_ns()}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "olladist.sim", "serve"],
+            [sys.executable, "-m", "olladist.sim", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=full_env,
+            env=env,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         match = _LISTENING.search(log_path.read_text(errors="replace"))
         if match:
-            return SimProcess(proc, match.group(1), int(match.group(2)), models, log_path)
+            return SimProcess(proc, match.group(1), int(match.group(2)), directory, log_path)
         if proc.poll() is not None:
             break
         time.sleep(0.02)
-    sim = SimProcess(proc, host, port, models, log_path)
+    sim = SimProcess(proc, host, port, directory, log_path)
     sim.stop()
-    raise SimError(f"olladist-sim did not start; its log:\n{sim.log()}")
+    raise SimError(f"olladist-sim {args[0]} did not start; its log:\n{sim.log()}")

@@ -19,6 +19,7 @@ from olladist.sim.config import SimConfig
 from olladist.sim.errors import ApiError, SimConfigError
 from olladist.sim.faults import faults_from_mapping
 from olladist.sim.hosts import host_allowed
+from olladist.sim.pull import Puller
 from olladist.sim.scheduler import Scheduler
 from olladist.sim.stats import SimStats
 from olladist.sim.store import ModelStore
@@ -84,6 +85,7 @@ async def get_stats(request: web.Request) -> web.Response:
     body = state.stats.to_dict()
     body["loaded"] = [r.model.name for r in state.scheduler.loaded()]
     body["queued"] = state.scheduler.queued
+    body["pending"] = state.scheduler.pending
     return json_response(body)
 
 
@@ -116,6 +118,8 @@ def build_state(config: SimConfig) -> SimState:
     stats = SimStats()
     store = ModelStore(config.models_dir)
     store.ensure()
+    if not config.no_prune:
+        store.prune_at_start()
     return SimState(
         config=config,
         store=store,
@@ -127,9 +131,12 @@ def build_state(config: SimConfig) -> SimState:
             load_speed_gbps=config.load_speed_gbps,
             stats=stats,
             vram_bytes=int(config.vram_gb * 1e9) if config.vram_gb else None,
+            default_keep_alive=config.keep_alive,
+            cpu_only=config.gpus == 0,
         ),
         stats=stats,
         faults=config.faults,
+        puller=Puller(store, config.version),
     )
 
 
@@ -173,6 +180,11 @@ async def serve(config: SimConfig, ready: Callable[[str, int], None] | None = No
     state = build_state(config)
     app = build_app(state)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Handlers first: whoever waits for the "Listening" line may signal at once.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     await runner.setup()
     site = web.TCPSite(
         runner,
@@ -193,10 +205,6 @@ async def serve(config: SimConfig, ready: Callable[[str, int], None] | None = No
     sys.stderr.flush()
     if ready is not None:
         ready(host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
@@ -204,3 +212,4 @@ async def serve(config: SimConfig, ready: Callable[[str, int], None] | None = No
         state.stopping.set()
         await state.scheduler.close()
         await runner.cleanup()
+        await state.puller.close()

@@ -15,6 +15,7 @@ class SimStats:
     cold_loads: Counter[str] = field(default_factory=Counter)
     evictions: Counter[str] = field(default_factory=Counter)
     unloads: Counter[str] = field(default_factory=Counter)
+    reloads: Counter[str] = field(default_factory=Counter)  # runner options changed
     pulls: Counter[str] = field(default_factory=Counter)
     queue_full: int = 0
     in_flight: int = 0
@@ -46,6 +47,7 @@ class SimStats:
             "evictions": sum(self.evictions.values()),
             "evictions_by_model": dict(self.evictions),
             "unloads_by_model": dict(self.unloads),
+            "reloads_by_model": dict(self.reloads),
             "pulls": sum(self.pulls.values()),
             "pulls_by_model": dict(self.pulls),
             "queue_full": self.queue_full,

@@ -36,6 +36,10 @@ _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 # A blob younger than this is never pruned: another instance sharing the store may be between
 # writing its blobs and writing the manifest that references them.
 PRUNE_GRACE_SECONDS = 60.0
+# Ollama (since 0.21) spares blobs younger than this when it prunes at start.
+START_PRUNE_GRACE_SECONDS = 3600.0
+# The metadata line of a weights blob is read from at most this many leading bytes.
+_HEAD_BYTES = 1 << 20
 
 
 class StoreError(OSError):
@@ -177,6 +181,54 @@ class ModelStore:
         self.write_manifest(destination, data)
         return True
 
+    def delete_unused(self, digests: set[str]) -> list[str]:
+        """Delete these blobs unless a manifest still references them (Ollama's
+        deleteUnusedLayers, after a pull replaced a model's layers)."""
+        referenced: set[str] = set()
+        for model in self.list_models():
+            referenced.update(str(layer["digest"]) for layer in model.manifest.get("layers", []))
+            referenced.add(str(model.manifest.get("config", {}).get("digest", "")))
+        removed = []
+        for digest in sorted(digests - referenced):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                self.blob_path(digest).unlink()
+                removed.append(digest)
+        return removed
+
+    def prune_at_start(self, grace: float = START_PRUNE_GRACE_SECONDS) -> list[str]:
+        """What ``ollama serve`` does when it starts, unless OLLAMA_NOPRUNE: delete blobs no
+        manifest references and leftovers that are not blobs (partial downloads), if older
+        than an hour (Ollama 0.21 and later; earlier versions delete them whatever their age),
+        then empty manifest directories. Nothing is pruned if a manifest is unreadable."""
+        removed: list[str] = []
+        if not self.blobs_dir.is_dir():
+            return removed
+        referenced: set[str] = set()
+        for path in self.manifests_dir.rglob("*"):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            try:
+                manifest = json.loads(path.read_bytes())
+                referenced.update(str(layer["digest"]) for layer in manifest.get("layers", []))
+                referenced.add(str(manifest.get("config", {}).get("digest", "")))
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                return removed  # "corrupt manifests detected, skipping prune operation"
+        now = time.time()
+        for blob in self.blobs_dir.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if not blob.is_file() or now - blob.stat().st_mtime < grace:
+                    continue
+                digest = blob.name.replace("-", ":", 1)
+                if _DIGEST.match(blob.name) and digest in referenced:
+                    continue
+                blob.unlink()
+                removed.append(blob.name)
+        for directory in sorted(self.manifests_dir.rglob("*"), reverse=True):
+            if directory.is_dir():
+                with contextlib.suppress(OSError):
+                    directory.rmdir()  # only empty ones go
+        return removed
+
     def prune_blobs(self) -> list[str]:
         """Remove blobs no manifest references (older than the grace period)."""
         referenced: set[str] = set()
@@ -210,11 +262,19 @@ class ModelStore:
             return ""
 
     def sim_metadata(self, model: StoredModel) -> dict[str, Any]:
-        """The stand-in weights blob: capabilities and model_info ({} if not ours)."""
-        text = self.read_text_layer(model, MEDIA_MODEL)
+        """The stand-in weights blob: capabilities and model_info ({} if not ours).
+
+        Its first line is a JSON object (a generated model follows it with filler bytes up to
+        its size), so only the head is read, as Ollama reads only a GGUF's header.
+        """
+        digest = model.layer_digest(MEDIA_MODEL)
+        if digest is None:
+            return {}
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
+            with self.blob_path(digest).open("rb") as blob:
+                head = blob.read(_HEAD_BYTES).split(b"\n", 1)[0]
+            data = json.loads(head)
+        except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) and data.get(SIM_MARKER) else {}
 

@@ -3,14 +3,14 @@ olladist.sim.process); every one is stopped by PID when its test ends."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import pytest
 
-from olladist.sim.process import SimProcess, start_sim
+from olladist.sim.process import SimProcess, start_registry, start_sim
 
 # Fast defaults so tests spend little wall time: a 1.3 GB model loads in 13 ms.
 FAST_ENV = {
@@ -72,3 +72,50 @@ def sim_factory(tmp_path: Path) -> Iterator[SimFactory]:
 @pytest.fixture
 def sim(sim_factory: SimFactory) -> Sim:
     return sim_factory()
+
+
+class Registry(SimProcess):
+    """A test registry process (olladist-sim registry) plus its admin helpers."""
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = httpx.get(self.url + "/_registry/stats", timeout=10).json()
+        return data
+
+    def model(self, name: str) -> dict[str, Any]:
+        models = httpx.get(self.url + "/_registry/models", timeout=30).json()["models"]
+        (found,) = [m for m in models if m["name"] == name]
+        return found  # type: ignore[no-any-return]
+
+    def faults(self, **faults: object) -> None:
+        r = httpx.post(self.url + "/_registry/faults", json=faults, timeout=10)
+        assert r.status_code == 200, r.text
+
+
+class RegistryFactory(Protocol):
+    def __call__(
+        self, models: Sequence[str] = ..., *, plain: bool = ..., token: str | None = ...
+    ) -> Registry: ...
+
+
+@pytest.fixture
+def registry_factory(tmp_path: Path) -> Iterator[RegistryFactory]:
+    started: list[Registry] = []
+
+    def factory(
+        models: Sequence[str] = ("tiny=3MB",), *, plain: bool = False, token: str | None = None
+    ) -> Registry:
+        p = start_registry(tmp_path / f"reg{len(started)}", models=models, plain=plain, token=token)
+        reg = Registry(p.proc, p.host, p.port, p.models_dir, p.log_path)
+        started.append(reg)
+        return reg
+
+    try:
+        yield factory
+    finally:
+        for reg in started:
+            reg.stop()
+
+
+@pytest.fixture
+def registry(registry_factory: RegistryFactory) -> Registry:
+    return registry_factory()

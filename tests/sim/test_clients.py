@@ -26,6 +26,9 @@ def test_ollama_client_end_to_end(client: ollama.Client) -> None:
     progress = list(client.pull("llama3.2:1b", stream=True))
     assert progress[0].status == "pulling manifest"
     assert progress[-1].status == "success"
+    # Pulled again, every layer is a cache hit with one line (a fast first pull may have none:
+    # Ollama reports a transfer only every 60 ms).
+    progress = list(client.pull("llama3.2:1b", stream=True))
     layer = next(p for p in progress if p.digest)
     assert layer.total is not None and layer.total > 1_000_000_000
     assert client.pull("all-minilm", stream=False).status == "success"

@@ -150,3 +150,30 @@ def test_fault_validation(bad: dict[str, object]) -> None:
 )
 def test_host_header_rule(host: str, allowed: bool) -> None:
     assert host_allowed(host, hostname="myhost") is allowed
+
+
+def test_registry_map_and_new_ollama_variables() -> None:
+    cfg = config_from_env(
+        {
+            "OLLADIST_SIM_REGISTRY": "http://127.0.0.1:5000",
+            "OLLAMA_CONTEXT_LENGTH": "8192",
+            "OLLAMA_NOPRUNE": "true",
+        }
+    )
+    assert cfg.registries == {"registry.ollama.ai": "http://127.0.0.1:5000"}
+    assert (cfg.context_length, cfg.no_prune) == (8192, True)
+    many = config_from_env(
+        {
+            "OLLADIST_SIM_REGISTRY": "registry.ollama.ai=http://127.0.0.1:1/, ex.com:5000=http://[::1]:2"
+        }
+    )
+    assert many.registries == {
+        "registry.ollama.ai": "http://127.0.0.1:1",
+        "ex.com:5000": "http://[::1]:2",
+    }
+    # Ollama's envconfig.Bool: a value strconv.ParseBool rejects counts as true.
+    assert config_from_env({"OLLAMA_NOPRUNE": "yes"}).no_prune
+    assert not config_from_env({"OLLAMA_NOPRUNE": "0"}).no_prune
+    assert not config_from_env({}).no_prune
+    with pytest.raises(SimConfigError, match="OLLADIST_SIM_REGISTRY"):
+        config_from_env({"OLLADIST_SIM_REGISTRY": "127.0.0.1:5000"})

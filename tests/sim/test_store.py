@@ -122,3 +122,29 @@ def test_two_simulators_share_one_store(sim_factory: SimFactory, tmp_path: Path)
         r = c.post("/api/show", json={"model": "qwen2.5:0.5b"})
         assert r.status_code == 404
         assert r.json() == {"error": "model 'qwen2.5:0.5b' not found"}
+
+
+def test_prune_at_start_like_ollama_serve(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    _write(store, "qwen2.5:0.5b")
+    kept = {p.name for p in store.blobs_dir.iterdir()}
+    orphan = store.blobs_dir / ("sha256-" + "0" * 64)
+    partial = store.blobs_dir / ("sha256-" + "1" * 64 + "-partial")
+    fresh = store.blobs_dir / ("sha256-" + "2" * 64)
+    for path in (orphan, partial, fresh):
+        path.write_bytes(b"x")
+    old = time.time() - 7200
+    for path in [*store.blobs_dir.iterdir()]:
+        if path != fresh:
+            os.utime(path, (old, old))
+    (store.manifests_dir / "registry.ollama.ai/library/empty").mkdir(parents=True)
+    removed = store.prune_at_start()
+    assert sorted(removed) == sorted([orphan.name, partial.name])
+    assert {p.name for p in store.blobs_dir.iterdir()} == kept | {fresh.name}  # under an hour
+    assert not (store.manifests_dir / "registry.ollama.ai/library/empty").exists()
+    # A manifest that cannot be read stops the prune altogether, as in Ollama.
+    os.utime(fresh, (old, old))
+    (store.manifests_dir / "registry.ollama.ai/library/bad").mkdir(parents=True)
+    (store.manifests_dir / "registry.ollama.ai/library/bad/latest").write_text("{not json")
+    assert store.prune_at_start() == []
+    assert fresh.exists()
