@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from olladist.drain import DrainingRuntime
 from olladist.errors import ApplyError, OlladistError
 from olladist.files import File
 from olladist.gateway.render import node_local_files
-from olladist.layout import Layout
+from olladist.layout import SYSTEMD_DIR, Layout
 from olladist.models import ModelSync, observe_models, plan_models
 from olladist.nodelocal import NodeLocal
 from olladist.observe import observe
@@ -31,6 +32,7 @@ from olladist.runtime import Runtime
 from olladist.spec import Spec
 from olladist.specload import load_spec
 from olladist.state import State
+from olladist.units import managed_dirs, shipped_unit
 from olladist.validators import validate_render
 
 log = logging.getLogger("olladist.reconcile")
@@ -170,6 +172,8 @@ def execute(
         runtime = DrainingRuntime(runtime, layout, node, on_wait=on_wait)
     outcome.done = apply(p, layout, state, runtime)
     if not runtime.executes:
+        if layout.root.as_posix() != "/":
+            _make_managed_dirs(desired, layout)
         return outcome
     if not node.instances:
         return outcome
@@ -192,6 +196,15 @@ def execute(
     outcome.model_errors = result.failed
     state.set_model_errors(result.failed)
     return outcome
+
+
+def _make_managed_dirs(desired: Desired, layout: Layout) -> None:
+    """Under a root with nothing running, make the folders systemd would make at start, so
+    that the rendered services start by hand there (``haproxy -f ROOT/etc/olladist/...``)."""
+    for path, f in desired.files.items():
+        if path.startswith(SYSTEMD_DIR + "/") and path.endswith(".service"):
+            for d in managed_dirs(shipped_unit(path.rsplit("/", 1)[1]), layout):
+                os.makedirs(d, exist_ok=True)
 
 
 def restart_slot(spec: Spec, placement: Placement, node: str, commit: str) -> int:
