@@ -329,6 +329,8 @@ def cmd_dev(ctx: Context) -> int:
         cluster.down()
         print(f"olladist dev: stopped the cluster of {state_dir}")
         return 0
+    if ctx.args.reset:
+        cluster.reset()
     stop = {"now": False}
 
     def on_signal(_signum: int, _frame: Any) -> None:
@@ -341,8 +343,10 @@ def cmd_dev(ctx: Context) -> int:
         print(dev_instructions(spec, cluster))
         if ctx.args.detach:
             return 0
-        while True:
-            signal.pause()
+        on_purpose, why = cluster.wait_stopped()
+        print(f"olladist dev: {why}", file=sys.stderr)
+        cluster.down()  # whatever is left of it, by PID
+        return 0 if on_purpose else 2
     except KeyboardInterrupt:
         print("\nolladist dev: stopping", file=sys.stderr)
         cluster.down()
@@ -507,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("dev", cmd_dev, "run a whole cluster on this machine (the example spec by default)")
     p.add_argument("--state-dir", metavar="DIR", help="default ~/.local/state/olladist/dev")
     p.add_argument("--down", action="store_true", help="stop a running dev cluster")
+    p.add_argument(
+        "--reset", action="store_true", help="make the dev repository afresh from the spec"
+    )
     p.add_argument("--detach", action="store_true", help="return once converged")
     p.add_argument("--interval", type=float, default=5.0, help="reconcile interval (seconds)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for convergence")

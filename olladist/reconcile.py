@@ -201,7 +201,7 @@ def execute(
 def _make_managed_dirs(desired: Desired, layout: Layout) -> None:
     """Under a root with nothing running, make the folders systemd would make at start, so
     that the rendered services start by hand there (``haproxy -f ROOT/etc/olladist/...``)."""
-    for path, f in desired.files.items():
+    for path in desired.files:
         if path.startswith(SYSTEMD_DIR + "/") and path.endswith(".service"):
             for d in managed_dirs(shipped_unit(path.rsplit("/", 1)[1]), layout):
                 os.makedirs(d, exist_ok=True)
