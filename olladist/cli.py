@@ -528,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also check that the node under DIR has converged (repeatable)",
     )
     add("doctor", cmd_doctor, "what this machine lacks to run a node, and how to fix it")
+    from olladist.nodesetup import add_commands  # noqa: PLC0415
+
+    add_commands(sub, _common, lambda f: lambda ctx: f(ctx.args, ctx.layout, ctx.env))
     p = add("schema", cmd_schema, "print the JSON Schema of the spec")
     p.add_argument("--part", choices=["cluster", "node", "model"], default="cluster")
     return parser

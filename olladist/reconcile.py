@@ -88,7 +88,8 @@ def load_desired(
             "node-local files the gateway needs are missing: "
             + ", ".join(str(layout.real(p)) for p in missing),
             hint="they hold secrets and never come from git: create them on the node "
-            "(docs/gateway.md, 'Node-local files')",
+            "(the peer secret: olladist secret install FILE; docs/gateway.md, "
+            "'Node-local files')",
         )
     if validate:
         validate_render(
