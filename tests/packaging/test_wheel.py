@@ -80,7 +80,9 @@ def test_installed_wheel_renders_and_serves(built: Built, tmp_path: Path) -> Non
         [str(venv / "bin" / "olladist-sim"), "serve"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env=_clean_env(
-            OLLAMA_HOST="127.0.0.1:0", OLLAMA_MODELS=str(tmp_path / "models"), OLLADIST_SIM_QUIET="1"
+            OLLAMA_HOST="127.0.0.1:0",
+            OLLAMA_MODELS=str(tmp_path / "models"),
+            OLLADIST_SIM_QUIET="1",
         ),
     )  # fmt: skip
     try:
