@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,17 +31,11 @@ class Built:
 
 
 def _run(*cmd: str) -> str:
-    result = subprocess.run(
-        cmd, capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": _path()}
-    )
+    # The scripts run with this interpreter (a 3.11, as the package's python3 dependency).
+    env = {"PYTHON": sys.executable, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
-
-
-def _path() -> str:
-    import os
-
-    return os.environ.get("PATH", "/usr/bin:/bin")
 
 
 @pytest.fixture(scope="session")
