@@ -216,6 +216,8 @@ def cmd_dev(ctx: Context) -> int:
         cluster.down()
         print(f"olladist dev: stopped the cluster of {state_dir}")
         return 0
+    if ctx.args.reset:
+        cluster.reset()
     stop = {"now": False}
 
     def on_signal(_signum: int, _frame: Any) -> None:
@@ -228,8 +230,10 @@ def cmd_dev(ctx: Context) -> int:
         print(dev_instructions(spec, cluster))
         if ctx.args.detach:
             return 0
-        while True:
-            signal.pause()
+        on_purpose, why = cluster.wait_stopped()
+        print(f"olladist dev: {why}", file=sys.stderr)
+        cluster.down()  # whatever is left of it, by PID
+        return 0 if on_purpose else 2
     except KeyboardInterrupt:
         print("\nolladist dev: stopping", file=sys.stderr)
         cluster.down()
@@ -383,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("dev", cmd_dev, "run a whole cluster on this machine (the example spec by default)")
     p.add_argument("--state-dir", metavar="DIR", help="default ~/.local/state/olladist/dev")
     p.add_argument("--down", action="store_true", help="stop a running dev cluster")
+    p.add_argument(
+        "--reset", action="store_true", help="make the dev repository afresh from the spec"
+    )
     p.add_argument("--detach", action="store_true", help="return once converged")
     p.add_argument("--interval", type=float, default=5.0, help="reconcile interval (seconds)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for convergence")
@@ -397,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also check that the node under DIR has converged (repeatable)",
     )
     add("doctor", cmd_doctor, "what this machine lacks to run a node, and how to fix it")
+    from olladist.nodesetup import add_commands  # noqa: PLC0415
+
+    add_commands(sub, _common, lambda f: lambda ctx: f(ctx.args, ctx.layout, ctx.config.settings))
     p = add("schema", cmd_schema, "print the JSON Schema of the spec")
     p.add_argument("--part", choices=["cluster", "node", "model"], default="cluster")
     return parser

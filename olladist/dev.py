@@ -33,6 +33,9 @@ from olladist.specload import load_spec
 from olladist.state import State
 
 DEV_RECORD = "dev.json"
+# The spec directory the dev repository was made from (absolute path, one line).
+ORIGIN_RECORD = "spec-origin"
+_ORIGIN_MESSAGE = "olladist dev: cluster spec from "
 
 
 def default_state_dir() -> Path:
@@ -113,6 +116,27 @@ def preflight(spec: Spec) -> None:
         )
 
 
+def repo_origin(state_dir: Path) -> str | None:
+    """The spec directory the dev repository under ``state_dir`` was made from: its record,
+    else (repositories made before the record existed) the message of its first commit."""
+    from dulwich.repo import Repo  # noqa: PLC0415
+
+    with contextlib.suppress(FileNotFoundError):
+        return (state_dir / ORIGIN_RECORD).read_text().strip() or None
+    repo = state_dir / "repo"
+    if not (repo / ".git").exists():
+        return None
+    with Repo(str(repo)) as r:
+        walker = r.get_walker()
+        first = None
+        for entry in walker:
+            first = entry.commit
+    if first is None:
+        return None
+    message = first.message.decode(errors="replace").strip()
+    return message.removeprefix(_ORIGIN_MESSAGE) if message.startswith(_ORIGIN_MESSAGE) else None
+
+
 def ensure_repo(spec_dir: Path, repo: Path) -> str:
     """Create the dev repository from ``spec_dir`` once; return its HEAD commit."""
     from dulwich import porcelain  # noqa: PLC0415
@@ -120,13 +144,14 @@ def ensure_repo(spec_dir: Path, repo: Path) -> str:
 
     if not (repo / ".git").exists():
         repo.mkdir(parents=True, exist_ok=True)
+        (repo.parent / ORIGIN_RECORD).write_text(f"{spec_dir.resolve()}\n")
         shutil.copytree(spec_dir, repo, dirs_exist_ok=True)
         with Repo.init(str(repo), default_branch=b"main") as r:
             paths = sorted(str(p) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts)
             porcelain.add(r, paths=paths)
             porcelain.commit(
                 r,
-                message=f"olladist dev: cluster spec from {spec_dir}".encode(),
+                message=f"{_ORIGIN_MESSAGE}{spec_dir.resolve()}".encode(),
                 author=b"olladist dev <olladist@localhost>",
                 committer=b"olladist dev <olladist@localhost>",
             )
@@ -187,6 +212,7 @@ class DevCluster:
             )
         repo = self.state_dir / "repo"
         fresh = not (repo / ".git").exists()
+        origin = None if fresh else self.check_origin()
         spec = load_spec(self.spec_dir if fresh else repo)
         version = check_haproxy()
         preflight(spec)
@@ -196,7 +222,8 @@ class DevCluster:
             f"olladist dev: cluster {spec.cluster}, {len(spec.nodes)} nodes, HAProxy {version}"
         )
         self.say(f"  {which}")
-        self.say(f"  spec repository: {repo} ({'created' if fresh else 'reused'}, {head[:12]})")
+        made = f"created from {self.spec_dir}" if fresh else f"reused, made from {origin}"
+        self.say(f"  spec repository: {repo} ({made}; at {head[:12]})")
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.share_peer_secret(spec)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -236,6 +263,49 @@ class DevCluster:
         self.wait_converged(spec, head if self.source is None else None, timeout)
         self.wait_gateways(spec, max(5.0, deadline - time.monotonic()))
         return spec
+
+    def check_origin(self) -> str:
+        """The existing dev repository must come from the spec asked for: a cluster made from
+        another spec would not be the one the user reads about."""
+        origin = repo_origin(self.state_dir)
+        wanted = str(self.spec_dir.resolve())
+        if origin != wanted:
+            made = f"from {origin}" if origin else "from an unknown spec"
+            raise OlladistError(
+                f"the dev repository {self.state_dir / 'repo'} was made {made}, not from {wanted}",
+                hint=f"start afresh from {wanted} (this deletes the dev repository and its "
+                "commits): add --reset"
+                + (f"; or keep that cluster: olladist dev --spec {origin}" if origin else ""),
+            )
+        return origin
+
+    def reset(self) -> None:
+        """Forget the dev repository and the nodes' roots, so the next ``up`` starts afresh."""
+        if any(p.alive() for p in _record(self.state_dir)):
+            raise OlladistError(
+                f"a dev cluster from {self.state_dir} is running",
+                hint="stop it first: olladist dev --down",
+            )
+        for name in ("repo", "nodes", "logs"):
+            shutil.rmtree(self.state_dir / name, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / ORIGIN_RECORD).unlink()
+        self.say(f"olladist dev: removed the dev repository and node roots of {self.state_dir}")
+
+    def wait_stopped(self, poll: float = 0.5) -> tuple[bool, str]:
+        """Block while the cluster runs; then (stopped on purpose?, why it no longer runs).
+        ``olladist dev --down`` from elsewhere stops the reconcilers and removes the record;
+        a reconciler can also die on its own."""
+        while True:
+            for child in self._popen:
+                child.poll()  # reap: a dead child left a zombie would still look alive
+            if not (self.state_dir / DEV_RECORD).exists():
+                return True, "the cluster was stopped from elsewhere (olladist dev --down)"
+            dead = [p.node for p in self.procs if not p.alive()]
+            if dead:
+                logs = self.state_dir / "logs"
+                return False, f"the reconciler of {', '.join(dead)} exited (see {logs})"
+            time.sleep(poll)
 
     def write_env_file(self, node: str, repo: str, binary: str) -> None:
         """The node-local settings a real node keeps in /etc/olladist/olladist.env, so that
@@ -313,6 +383,10 @@ class DevCluster:
 
     def down(self) -> None:
         procs = self.procs or _record(self.state_dir)
+        # First, so that a foreground `olladist dev` watching the record knows at once that
+        # this stop is on purpose (and stops too), not a reconciler dying on its own.
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / DEV_RECORD).unlink()
         for p in procs:
             if p.alive():
                 with contextlib.suppress(ProcessLookupError):
@@ -334,8 +408,6 @@ class DevCluster:
         if nodes.is_dir():
             for root in sorted(nodes.iterdir()):
                 LocalRuntime(Layout(root), stop_timeout=5).stop_all()
-        with contextlib.suppress(FileNotFoundError):
-            (self.state_dir / DEV_RECORD).unlink()
 
 
 def _progress_line(status: dict[str, Any], commit: str | None) -> str:

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,23 +99,123 @@ def check_binary(spec: Spec | None, config: NodeConfig) -> Finding:
     )
 
 
+def _root_flag(layout: Layout) -> str:
+    return "" if layout.root.as_posix() == "/" else f" --root {layout.root}"
+
+
 def check_env_file(config: NodeConfig) -> list[Finding]:
-    path = config.layout.real(ENV_FILE)
+    from olladist.nodesetup import has_settings, redact  # noqa: PLC0415
+
+    layout = config.layout
+    path = layout.real(ENV_FILE)
+    location = config.spec or config.source
     out = []
-    if not path.exists():
+    init = f"olladist node init --source URL --node NAME{_root_flag(layout)}"
+    if not has_settings(path):
+        # The unit reads its settings from this file only: without it the reconciler cannot
+        # start, whatever this command was given on its command line.
+        out.append(
+            Finding(
+                "warn" if location else "FAIL",
+                f"{path} " + ("sets nothing" if path.exists() else "does not exist"),
+                init,
+            )
+        )
+    elif path.stat().st_mode & 0o077:
         out.append(
             Finding(
                 "warn",
-                f"{path} does not exist",
-                "create it with OLLADIST_SOURCE=<git URL> and OLLADIST_NODE=<name> "
-                "(see docs/operating.md)",
+                f"{path} is readable by others (mode {path.stat().st_mode & 0o777:04o}); "
+                "its source URL may hold a token",
+                f"chmod 0600 {path}",
             )
         )
-    location = config.spec or config.source
     if not location:
-        out.append(Finding("FAIL", "OLLADIST_SOURCE is not set", f"set it in {ENV_FILE}"))
+        out.append(Finding("FAIL", "OLLADIST_SOURCE is not set", init))
     else:
-        out.append(Finding("ok", f"source {location}"))
+        out.append(Finding("ok", f"source {redact(location)}"))
+    return out
+
+
+def check_node_local(
+    spec: Spec | None, node: str, layout: Layout, env: Mapping[str, str]
+) -> list[Finding]:
+    """The node-local files this node's gateway loads (never in git): the peer secret, the
+    API keys file. HAProxy refuses its config while one is missing."""
+    from olladist.gateway.topology import build  # noqa: PLC0415
+    from olladist.layout import PEER_SECRET_FILE, ROOT  # noqa: PLC0415
+    from olladist.nodelocal import node_tls_from_env  # noqa: PLC0415
+    from olladist.placement import place  # noqa: PLC0415
+
+    if spec is None or node not in [n.name for n in spec.nodes]:
+        return []
+    out = []
+    try:
+        topology = build(spec, node, place(spec), ROOT, node_tls_from_env(dict(env)))
+    except OlladistError as exc:
+        return [Finding("FAIL", exc.message, exc.hint or "")]
+    root = _root_flag(layout)
+    secret = layout.real(PEER_SECRET_FILE)
+    if topology.needs_peer_secret:
+        if secret.is_file():
+            out.append(Finding("ok", f"peer secret {secret}"))
+        else:
+            out.append(
+                Finding(
+                    "FAIL",
+                    f"peer secret {secret} is missing (this node has peers)",
+                    "once, on any machine: olladist secret new > peer.map; then on every "
+                    f"node: olladist secret install peer.map{root}",
+                )
+            )
+    keys = spec.gateway.api_keys_file
+    if keys and not layout.real(keys).is_file():
+        out.append(
+            Finding(
+                "FAIL",
+                f"API keys file {layout.real(keys)} is missing (gateway.api_keys_file)",
+                "create it with the SHA-256 of each key, one a line: docs/operating.md, section 3",
+            )
+        )
+    return out
+
+
+def check_installed(layout: Layout) -> list[Finding]:
+    """On a real node (root /): the olladist user and the reconciler enabled."""
+    import pwd  # noqa: PLC0415
+
+    if layout.root.as_posix() != "/":
+        return []
+    out = []
+    try:
+        pwd.getpwnam("olladist")
+        out.append(Finding("ok", "user olladist exists"))
+    except KeyError:
+        out.append(
+            Finding(
+                "FAIL",
+                "user olladist does not exist (the gateway and instances run as it)",
+                "install the olladist package, or: systemd-sysusers "
+                "packaging/olladist.sysusers.conf",
+            )
+        )
+    if booted_with_systemd() and shutil.which("systemctl"):
+        state = subprocess.run(
+            ["systemctl", "is-enabled", "olladist-reconcile.service"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        if state == "enabled":
+            out.append(Finding("ok", "olladist-reconcile.service is enabled"))
+        else:
+            out.append(
+                Finding(
+                    "warn",
+                    f"olladist-reconcile.service is {state or 'not installed'}",
+                    "systemctl enable --now olladist-reconcile",
+                )
+            )
     return out
 
 
@@ -187,7 +287,8 @@ def run_doctor(config: NodeConfig, emit: Callable[[str], object]) -> bool:
     findings += check_env_file(config)
     src, spec = check_source(config)
     findings += [src, check_node(spec, node), check_binary(spec, config), *check_ports(spec, node)]
-    findings += [check_permissions(config.layout), check_fds()]
+    findings += check_node_local(spec, node, config.layout, config.settings)
+    findings += [check_permissions(config.layout), check_fds(), *check_installed(config.layout)]
     for f in findings:
         emit(f.lines())
     failed = sum(f.level == "FAIL" for f in findings)

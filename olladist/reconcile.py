@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from olladist.drain import DrainingRuntime
 from olladist.errors import ApplyError, OlladistError
 from olladist.files import File
 from olladist.gateway.render import node_local_files
-from olladist.layout import INSTANCE_HOST, Layout
+from olladist.layout import INSTANCE_HOST, SYSTEMD_DIR, Layout
 from olladist.models import ModelSync, memory_of, observe_models, plan_models, remember
 from olladist.nodelocal import NodeLocal
 from olladist.observe import observe
@@ -30,7 +31,7 @@ from olladist.runtime import Runtime
 from olladist.spec import Spec
 from olladist.specload import load_spec
 from olladist.state import State
-from olladist.units import instance_name
+from olladist.units import instance_name, managed_dirs, shipped_unit
 from olladist.validators import validate_render
 
 log = logging.getLogger("olladist.reconcile")
@@ -86,7 +87,8 @@ def load_desired(
             "node-local files the gateway needs are missing: "
             + ", ".join(str(layout.real(p)) for p in missing),
             hint="they hold secrets and never come from git: create them on the node "
-            "(docs/gateway.md, 'Node-local files')",
+            "(the peer secret: olladist secret install FILE; docs/gateway.md, "
+            "'Node-local files')",
         )
     if validate:
         validate_render(
@@ -147,6 +149,8 @@ def execute(
         runtime = DrainingRuntime(runtime, layout, node, on_wait=on_wait)
     outcome.done = apply(p, layout, state, runtime)
     if not runtime.executes:
+        if layout.root.as_posix() != "/":
+            _make_managed_dirs(desired, layout)
         return outcome
     if not node.instances:
         return outcome
@@ -173,6 +177,15 @@ def execute(
     outcome.model_errors = result.failed
     remember(state, memory.after(desired.commit, result))
     return outcome
+
+
+def _make_managed_dirs(desired: Desired, layout: Layout) -> None:
+    """Under a root with nothing running, make the folders systemd would make at start, so
+    that the rendered services start by hand there (``haproxy -f ROOT/etc/olladist/...``)."""
+    for path in desired.files:
+        if path.startswith(SYSTEMD_DIR + "/") and path.endswith(".service"):
+            for d in managed_dirs(shipped_unit(path.rsplit("/", 1)[1]), layout):
+                os.makedirs(d, exist_ok=True)
 
 
 def restart_slot(spec: Spec, placement: Placement, node: str, commit: str) -> int:

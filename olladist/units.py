@@ -108,6 +108,18 @@ def for_layout(text: str, layout: Layout) -> str:
     return "".join(out)
 
 
+def managed_dirs(text: str, layout: Layout) -> list[str]:
+    """Real paths of the directories systemd makes for a unit at start (``StateDirectory=``,
+    ``RuntimeDirectory=``), under ``layout``."""
+    dirs: list[str] = []
+    for line in text.splitlines():
+        managed = _MANAGED_DIR.match(line)
+        if managed:
+            base = _MANAGED_DIRS[managed.group(1)]
+            dirs += [layout.path(f"{base}/{d}") for d in managed.group(2).split()]
+    return dirs
+
+
 def unit_files(layout: Layout) -> dict[str, File]:
     return {
         f"{SYSTEMD_DIR}/{name}": File(for_layout(shipped_unit(name), layout), 0o644)

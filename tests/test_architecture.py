@@ -71,6 +71,7 @@ COMMAND_LINE = {
     "olladist.report",
     "olladist.progress",
     "olladist.docgen",
+    "olladist.nodesetup",
 }
 ROOMS = {
     "core": CORE,

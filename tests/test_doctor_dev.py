@@ -12,6 +12,7 @@ import pytest
 from olladist.cli import main
 from olladist.dev import DevCluster
 from olladist.errors import OlladistError
+from olladist.nodesetup import new_secret
 from olladist.specload import load_spec
 from tests.conftest import EXAMPLE_SPEC
 
@@ -33,6 +34,11 @@ def test_doctor_passes_with_the_simulator_as_binary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OLLADIST_OLLAMA_BINARY", str(Path(sys.executable).parent / "olladist-sim"))
+    # gpu-b has peers: its gateway loads the peer secret, which doctor checks for.
+    secret = tmp_path / "peer.map"
+    secret.write_text(new_secret())
+    assert main(["secret", "install", str(secret), "--root", str(tmp_path)]) == 0
+    capsys.readouterr()
     code = main(["doctor", "--spec", str(EXAMPLE_SPEC), "--node", "gpu-b", "--root", str(tmp_path)])
     out = capsys.readouterr().out
     assert "FAIL" not in out, out

@@ -26,6 +26,9 @@ class Mount(enum.StrEnum):
     Values name the mount in refusals and in the test-only `skip_mounts` parameter.
     """
 
+    # Only with `overlay_system`: /etc, /usr and /var become overlays whose writes land in
+    # the workdir, so a test may install a package (dpkg -i) without touching the host.
+    OVERLAY = "overlay"
     RUN = "run"
     UNITS = "units"
     VENDOR_UNITS = "vendor-units"
@@ -43,6 +46,7 @@ class Layout:
     # Host folders under /tmp that stay visible inside at the same path (a checkout or venv
     # living under /tmp); each is bound into the private /tmp.
     shares: tuple[Path, ...] = ()
+    overlay_system: bool = False
 
     @property
     def units(self) -> Path:
@@ -73,10 +77,22 @@ class Layout:
     def cgroup(self) -> Path:
         return CGROUP_UNIFIED / self.name
 
+    def overlay_upper(self, top: str) -> Path:
+        """Host path of the folder that receives the writes to /TOP inside (overlay mode)."""
+        return self.workdir / "overlay" / "upper" / top
+
+    def overlay_work(self, top: str) -> Path:
+        return self.workdir / "overlay" / "work" / top
+
     def share_mountpoint(self, share: Path) -> Path:
         """Host path, in the private tmp folder, where `share` is bound."""
         return self.tmp / share.relative_to("/tmp")
 
+
+# The top folders dpkg writes to (the package's files, its database, users, logs). Each must
+# be a folder of the root file system with nothing mounted below it: an overlay shows its
+# lower folder's own contents, not mounts inside it.
+OVERLAY_TOPS = ("etc", "usr", "var")
 
 STUB_TARGETS = ("sysinit.target", "basic.target", "shutdown.target", "multi-user.target")
 
@@ -98,10 +114,20 @@ def stub_target(name: str) -> str:
 
 def _mount_commands(layout: Layout, console: str) -> dict[Mount, str]:
     q = shlex.quote
-    return {
+    overlays = " && ".join(
+        f"mount -t overlay overlay -o lowerdir=/{top},"
+        f"upperdir={q(str(layout.overlay_upper(top)))},workdir={q(str(layout.overlay_work(top)))}"
+        f" /{top}"
+        for top in OVERLAY_TOPS
+    )
+    # Writable in overlay mode: the package's units are installed there. It is still checked
+    # empty before systemd starts, so only what a test installs is ever loaded.
+    vendor = "mode=0755" if layout.overlay_system else "ro,mode=0755"
+    commands = {
+        Mount.OVERLAY: overlays,
         Mount.RUN: "mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run && mkdir -p /run/lock",
         Mount.UNITS: f"mount --bind {q(str(layout.units))} /etc/systemd/system",
-        Mount.VENDOR_UNITS: "mount -t tmpfs -o ro,mode=0755 tmpfs /usr/lib/systemd/system",
+        Mount.VENDOR_UNITS: f"mount -t tmpfs -o {vendor} tmpfs /usr/lib/systemd/system",
         Mount.GENERATORS: (
             "mount -t tmpfs -o ro,mode=0755 tmpfs /usr/lib/systemd/system-generators"
         ),
@@ -122,6 +148,9 @@ def _mount_commands(layout: Layout, console: str) -> dict[Mount, str]:
             ]
         ),
     }
+    if not layout.overlay_system:
+        del commands[Mount.OVERLAY]
+    return commands
 
 
 # Places systemd 252 reads units or runs generators from, besides the ones mounted over.
@@ -173,6 +202,14 @@ def inner_script(
         f" || refuse 'shared folder {share} is not the host one'"
         for i, share in enumerate(layout.shares)
     ]
+    # mountinfo: "... ROOT MOUNTPOINT OPTIONS - overlay overlay rw,lowerdir=...,upperdir=...".
+    overlay_checks = [
+        f'[ "$(fstype /{top})" = overlayfs ]'
+        f" && grep -q {q(f' /{top} .* overlay .*upperdir={layout.overlay_upper(top)},')}"
+        " /proc/self/mountinfo"
+        f" || refuse '/{top} is not an overlay writing to the sandbox'"
+        for top in (OVERLAY_TOPS if layout.overlay_system else ())
+    ]
     empty_checks = [
         f"[ ! -e {d} ] || [ -z \"$(ls -A {d})\" ] || refuse '{d} is not empty'"
         for d in _MUST_BE_EMPTY
@@ -208,6 +245,7 @@ def inner_script(
             '[ -z "$(echo "$propagation" | grep -vx private)" ]'
             " || refuse 'a mount is not private'",
             *mount_lines,
+            *overlay_checks,
             'mountpoint -q /run && [ "$(fstype /run)" = tmpfs ]'
             " || refuse '/run is not a private tmpfs'",
             "[ -d /run/lock ] || refuse '/run/lock is missing'",

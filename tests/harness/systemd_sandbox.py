@@ -55,6 +55,7 @@ from tests.harness.sandbox_procs import (
 from tests.harness.sandbox_script import (
     BOOT_TARGET,
     CGROUP_UNIFIED,
+    OVERLAY_TOPS,
     REFUSED_EXIT,
     STUB_TARGETS,
     SYSTEMD,
@@ -143,9 +144,15 @@ class SystemdSandbox:
         share: Sequence[Path] = (),
         skip_mounts: frozenset[Mount] = frozenset(),
         verify_only: bool = False,
+        overlay_system: bool = False,
     ) -> None:
         """`share`: host folders to keep visible inside at the same path; only those under the
         host's /tmp need it (everything outside /tmp is visible anyway).
+
+        `overlay_system`: /etc, /usr and /var are overlays of the host's whose writes land in
+        `overlay_upper(TOP)` (in the workdir), so a package can be installed, upgraded and
+        purged inside without changing a file of the host. /usr/lib/systemd/system is then a
+        writable (still empty at boot) tmpfs, so that the package's units land there.
 
         `skip_mounts` and `verify_only` are for testing the harness itself: with either, the
         inner script stops after its checks and systemd is never started.
@@ -163,7 +170,10 @@ class SystemdSandbox:
         # A folder inside another shared one is visible already.
         shares = [s for s in shares if not any(s != o and s.is_relative_to(o) for o in shares)]
         self._layout = Layout(
-            workdir.resolve(), f"{_CGROUP_PREFIX}{uuid.uuid4().hex[:12]}", tuple(shares)
+            workdir.resolve(),
+            f"{_CGROUP_PREFIX}{uuid.uuid4().hex[:12]}",
+            tuple(shares),
+            overlay_system,
         )
         self._skip_mounts = skip_mounts
         self._verify_only = verify_only or bool(skip_mounts)
@@ -202,6 +212,13 @@ class SystemdSandbox:
             private.chmod(0o1777)
         for shared in layout.shares:
             layout.share_mountpoint(shared).mkdir(parents=True, exist_ok=True)
+        if layout.overlay_system:
+            # An upper folder inside its own lower one would loop (and /var/tmp is private).
+            if any(layout.workdir.is_relative_to(f"/{top}") for top in OVERLAY_TOPS):
+                raise SandboxError(f"{layout.workdir}: overlay mode needs a workdir outside them")
+            for top in OVERLAY_TOPS:
+                layout.overlay_upper(top).mkdir(parents=True, exist_ok=True)
+                layout.overlay_work(top).mkdir(parents=True, exist_ok=True)
         (layout.tmp / layout.marker).write_text(layout.name)
         layout.console_log.write_bytes(b"")
         for target in (*STUB_TARGETS, BOOT_TARGET):
@@ -341,6 +358,10 @@ class SystemdSandbox:
     def unit_dir(self) -> Path:
         """Host path of the folder seen as /etc/systemd/system inside."""
         return self._layout.units
+
+    def overlay_upper(self, top: str) -> Path:
+        """Host path of what the sandbox wrote to /TOP (with `overlay_system`)."""
+        return self._layout.overlay_upper(top)
 
     @property
     def private_tmp(self) -> Path:

@@ -149,7 +149,11 @@ def test_killing_the_launcher_takes_systemd_down(sandbox_available: None, tmp_pa
 def test_a_missing_mount_is_refused_before_systemd_starts(
     sandbox_available: None, tmp_path: Path, skipped: Mount
 ) -> None:
-    sandbox = SystemdSandbox(tmp_path / "sb", skip_mounts=frozenset({skipped}))
+    sandbox = SystemdSandbox(
+        tmp_path / "sb",
+        skip_mounts=frozenset({skipped}),
+        overlay_system=skipped is Mount.OVERLAY,
+    )
     with pytest.raises(SandboxRefused, match="refusing to start systemd"), sandbox:
         pytest.fail("the sandbox started")
     assert sandbox.console_log() == ""  # systemd never wrote a line
@@ -162,6 +166,22 @@ def test_the_full_recipe_passes_every_check(sandbox_available: None, tmp_path: P
     with SystemdSandbox(tmp_path / "sb", verify_only=True) as sandbox:
         pass
     assert "all mounts verified" in (tmp_path / "sb" / "launcher.log").read_text()
+    assert not sandbox.cgroup.exists()
+
+
+def test_overlay_mode_passes_every_check_and_keeps_writes_off_the_host(
+    sandbox_available: None, tmp_path: Path
+) -> None:
+    with SystemdSandbox(tmp_path / "v", verify_only=True, overlay_system=True):
+        pass
+    assert "all mounts verified" in (tmp_path / "v" / "launcher.log").read_text()
+    probe = f"olladist-overlay-probe-{uuid.uuid4().hex[:8]}"
+    with SystemdSandbox(tmp_path / "sb", overlay_system=True) as sandbox:
+        sandbox.wait_until_running()
+        sandbox.run("touch", f"/etc/{probe}", f"/usr/{probe}", f"/var/{probe}")
+        for top in ("etc", "usr", "var"):
+            assert (sandbox.overlay_upper(top) / probe).is_file()
+            assert not Path(f"/{top}/{probe}").exists()
     assert not sandbox.cgroup.exists()
 
 
