@@ -218,7 +218,7 @@ def cmd_apply(ctx: Context) -> int:
 
 
 def open_source(ctx: Context) -> Any:
-    from olladist.layout import STATE_DIR  # noqa: PLC0415
+    from olladist.layout import ACCEPTED_FILE, STATE_DIR  # noqa: PLC0415
     from olladist.source import DirSource, open_source, verify_from_env  # noqa: PLC0415
 
     state_dir = ctx.layout.real(STATE_DIR) / "source"
@@ -238,6 +238,7 @@ def open_source(ctx: Context) -> Any:
         path=ctx.setting(getattr(ctx.args, "path", None), "OLLADIST_PATH", ".") or ".",
         verify=verify_from_env(ctx.env, state_dir),
         allow_rollback=(ctx.env.get("OLLADIST_ALLOW_ROLLBACK", "").lower() in ("1", "true", "yes")),
+        floor_file=ctx.layout.real(ACCEPTED_FILE),
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cluster import DEFAULT_MODELS, Cluster, start_cluster
-from tests.source.test_verify import _gen_key, run
+from tests.source.signing import gen_key, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,7 +35,7 @@ def test_gpg(tmp_path: Path) -> None:
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     try:
-        fpr = _gen_key(home, "Ops <ops@example.com>")
+        fpr = gen_key(home, "Ops <ops@example.com>")
         sign = (["-c", f"user.signingkey={fpr}", "-c", "gpg.program=gpg"], {"GNUPGHOME": str(home)})
         env = {"OLLADIST_VERIFY_GPG_KEYS": fpr, "OLLADIST_GNUPGHOME": str(home)}
         cluster = start_cluster(
