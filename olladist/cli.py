@@ -167,12 +167,24 @@ def _plan(ctx: Context) -> tuple[Any, Any, Any, Any]:
 
 def cmd_diff(ctx: Context) -> int:
     from olladist.report import print_plan  # noqa: PLC0415
+    from olladist.rolloutstate import diff_view  # noqa: PLC0415
+    from olladist.specload import load_spec  # noqa: PLC0415
 
-    p, _, _, _ = _plan(ctx)
+    p, desired, state, _ = _plan(ctx)
+    status = state.status() or {}
+    rollout, rollout_json = diff_view(
+        status.get("rollout") or {},
+        desired.node,
+        commit=ctx.commit,
+        applied=status.get("applied_commit") or "",
+        spec_of=lambda commit: load_spec(open_source(ctx).checkout(commit)),
+    )
     if ctx.args.json:
-        print(json.dumps(p.to_dict(), indent=2))
+        print(json.dumps({**p.to_dict(), "rollout": rollout_json}, indent=2))
     else:
         print_plan(p)
+        for line in rollout:
+            print(line)
     return 1 if p.drift else 0
 
 
@@ -287,6 +299,8 @@ def cmd_status(ctx: Context) -> int:
 def format_status(s: Any) -> str:
     import datetime as dt  # noqa: PLC0415
 
+    from olladist.rolloutstate import lines as rollout_lines  # noqa: PLC0415
+
     def when(t: float) -> str:
         if not t:
             return "never"
@@ -310,6 +324,7 @@ def format_status(s: Any) -> str:
             f"{h['kind']:<10}  {h['name']:<16} {h['status']:<10} sessions {h['sessions']}"
             f" queued {h['queued']} ({h['check'] or 'no check'})"
         )
+    lines += rollout_lines(s.rollout)
     lines += [f"note:       {n}" for n in s.notes]
     for e in s.errors:
         lines.append(f"error:      {e['message']}")

@@ -101,13 +101,21 @@ class DrainingRuntime:
         except ToolError as exc:
             log.warning("cannot set %s ready: %s", inst, exc.message)
 
-    def _wait_healthy(self, inst: str) -> None:
+    def _wait_healthy(self, inst: str, unit: str) -> None:
         port = next((i.port for i in self.node.instances if i.name == inst), None)
         if port is None:
             return
         deadline = time.monotonic() + self.health_timeout
+        is_active = getattr(self.inner, "is_active", None)
         with OllamaClient(f"http://127.0.0.1:{port}", timeout=2.0) as client:
             while not client.healthy():
+                if is_active is not None and not is_active(unit):
+                    # An instance that exits at start will not answer: say so now, not after
+                    # the whole bound.
+                    raise OlladistError(
+                        f"instance {inst} exited after its restart (not running)",
+                        hint="see its log; it stays drained in the gateway until it answers",
+                    )
                 if time.monotonic() > deadline:
                     raise OlladistError(
                         f"instance {inst} did not answer on 127.0.0.1:{port} within "
@@ -143,7 +151,7 @@ class DrainingRuntime:
             return
         drained = self.drain(inst)
         self.inner.restart(unit)
-        self._wait_healthy(inst)
+        self._wait_healthy(inst, unit)
         if drained:
             self._ready(inst)
             # Only once the gateway's own health check sees it up may the next instance go:
