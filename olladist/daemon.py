@@ -289,7 +289,7 @@ class Daemon:
             fetched = self.source.poll(accepted=applied or None)
         except OlladistError as exc:
             # A refused signature or rollback names the tip it refused.
-            tip = getattr(exc, "commit", None) or getattr(exc, "tip", None)
+            tip = getattr(exc, "tip", None) or getattr(exc, "commit", None)
             self.status.attempt(tip or self.status.attempted_commit or "", exc.message)
             self._reconcile_last_good()
             raise

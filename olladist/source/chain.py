@@ -134,6 +134,7 @@ def verify_range(
                 f"{known[0][:12]} fails verification: {exc.message}",
                 commit=sha,
                 signer=exc.signer,
+                tip=tip_sha,
                 hint="every commit since the accepted one must be signed: re-sign them "
                 "(git rebase --force-rebase --gpg-sign ACCEPTED) and push, or revert "
                 "the change in a signed commit on top of a clean history",

@@ -77,7 +77,7 @@ def test_unsigned_commit_in_the_middle_refused_though_the_tip_is_signed(
     tip = sign.signed("cluster: b\n")
     with pytest.raises(SignatureError, match="is not signed") as info:
         src.poll(accepted=accepted)
-    assert info.value.commit == middle
+    assert (info.value.commit, info.value.tip) == (middle, tip)
     assert f"refusing commit {tip}: commit {middle} in its history" in info.value.message
     assert info.value.hint and "rebase" in info.value.hint
 
