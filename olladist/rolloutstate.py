@@ -1,7 +1,8 @@
 """This node's rollout state: the ``rollout`` key of its status (``olladist status --json``).
 
-    {"commit": the newest commit this node took part in rolling out,
+    {"commit": the newest commit this node took part in rolling out (the attempted one),
      "from": the commit it was on before,
+     "applied": the commit it runs now ("commit" once healthy or unchanged, else "from"),
      "waves": [[node, ...], ...], "wave": this node's wave (1 = first; null: no change here),
      "unavailable": [{"model", "node"}], models held by one restarting single-instance node,
      "state": "applying" | "healthy" | "unchanged" | "failed",
@@ -31,6 +32,7 @@ def begin(record: dict[str, Any], plan: RolloutPlan, node: str, previous: str) -
     out = {
         "commit": plan.commit,
         "from": previous,
+        "applied": plan.commit if wave is None else previous,
         "waves": [list(w) for w in plan.waves],
         "wave": None if wave is None else wave + 1,
         "unavailable": [{"model": m, "node": n} for m, n in plan.unavailable],
@@ -48,7 +50,9 @@ def settle(record: dict[str, Any], failures: list[str]) -> dict[str, Any]:
     out["at"] = round(time.time(), 3)
     if not failures:
         out["state"], out["reason"] = "healthy", None
+        out["applied"] = out.get("commit")
         return out
+    out["applied"] = out.get("from")
     reason = "; ".join(failures)
     out["state"], out["reason"] = "failed", reason
     failed = dict(out.get("failed") or {})
