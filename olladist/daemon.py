@@ -389,7 +389,9 @@ class Daemon:
             self.status.error(f"model {model}: {why}", None)
         if rolling:
             failures = [f"model {m}: {why}" for m, why in outcome.model_errors.items()]
-            failures += check_after_apply(desired, self.layout, self.runtime, self._waiting)
+            failures += check_after_apply(
+                desired, self.layout, self.runtime, self._waiting, tls=self.local.tls
+            )
             if failures:
                 self._roll_back(desired, last_good, failures)
             self.status.rollout = rolloutstate.settle(self.status.rollout, [])

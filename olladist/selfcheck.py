@@ -24,6 +24,7 @@ from typing import TypeVar
 import httpx
 
 from olladist.check import check_model
+from olladist.gateway.topology import NodeTLS
 from olladist.layout import Layout
 from olladist.models import instance_url, observe_models
 from olladist.names import normalize_model
@@ -38,15 +39,17 @@ log = logging.getLogger("olladist.selfcheck")
 T = TypeVar("T")
 
 
-def gateway_url(desired: Desired) -> str:
-    """Where this node's own gateway answers the Ollama API, seen from the node itself."""
+def gateway_url(desired: Desired, tls: NodeTLS | None = None) -> str:
+    """Where this node's own gateway answers the Ollama API, seen from the node itself
+    (https when the node-local settings turn TLS on for the public port)."""
     node = desired.spec.node(desired.node)
     ip = ipaddress.ip_address(node.listen)
     if ip.is_unspecified:
         host = "[::1]" if ip.version == 6 else "127.0.0.1"
     else:
         host = f"[{ip}]" if ip.version == 6 else str(ip)
-    return f"http://{host}:{desired.spec.gateway.port}"
+    scheme = "https" if tls is not None and tls.public_cert else "http"
+    return f"{scheme}://{host}:{desired.spec.gateway.port}"
 
 
 def _feeding(call: Callable[[], T], wait: Callable[[], None]) -> T:
@@ -73,8 +76,10 @@ def check_after_apply(
     layout: Layout,
     runtime: Runtime,
     on_wait: Callable[[], None] | None = None,
+    tls: NodeTLS | None = None,
 ) -> list[str]:
-    """Why this node is not healthy on ``desired`` (empty: healthy)."""
+    """Why this node is not healthy on ``desired`` (empty: healthy). ``tls``: the node-local
+    TLS settings, for the scheme of the public port."""
     if not runtime.executes:
         return []
     wait = on_wait or (lambda: None)
@@ -117,11 +122,13 @@ def check_after_apply(
     failures = []
     # With API keys on the public port the node holds only their digests: ask the first
     # instance directly (the servers-up check above covers the gateway's side).
-    base = gateway_url(desired)
+    base = gateway_url(desired, tls)
     if desired.spec.gateway.api_keys_file and node.instances:
         base = instance_url(node.instances[0].port)
     timeout = httpx.Timeout(bound, connect=5.0)
-    with httpx.Client(timeout=timeout, trust_env=False) as client:
+    # The node talks to its own gateway on its own address, which its certificate need not
+    # name: this checks serving, not the certificate.
+    with httpx.Client(timeout=timeout, trust_env=False, verify=False) as client:  # noqa: S501
         for model in models:
             result = _feeding(functools.partial(check_model, client, base, model), wait)
             if not result.ok:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from olladist.errors import OlladistError
+from olladist.gateway.topology import NodeTLS
 from olladist.placement import place
 from olladist.reconcile import Desired
 from olladist.rollout import plan_rollout
@@ -84,3 +85,5 @@ def test_gateway_url_is_the_nodes_own_listen_address() -> None:
         s = spec(listen=listen)
         desired = Desired("", s, "n0", place(s), {})
         assert gateway_url(desired) == f"http://{host}:11434"
+    tls = NodeTLS(public_cert="/etc/olladist/gateway.pem")
+    assert gateway_url(desired, tls) == "https://[::1]:11434"
