@@ -43,6 +43,7 @@ log = logging.getLogger("olladist.source")
 # A range longer than this is refused rather than verified one gpg run at a time for minutes;
 # it means a bound was lost (and there is no floor), or an unrelated history.
 MAX_CHAIN = 5000
+_MAX_SPEC_BYTES = 4 * 1024 * 1024  # as olladist.specload
 
 
 def spec_floor(repo: Repo, commit: Commit, subpath: str) -> str | None:
@@ -59,7 +60,8 @@ def spec_floor(repo: Repo, commit: Commit, subpath: str) -> str | None:
         except KeyError:
             return None
         obj = repo.object_store[sha]
-    if not isinstance(obj, Blob):
+    # The spec loader refuses larger files; do not parse one here either.
+    if not isinstance(obj, Blob) or obj.raw_length() > _MAX_SPEC_BYTES:
         return None
     try:
         data = yaml.safe_load(obj.as_raw_string())
