@@ -141,12 +141,24 @@ def _plan(ctx: Context) -> tuple[Any, Any, Any, Any]:
 
 
 def cmd_diff(ctx: Context) -> int:
+    from olladist.rolloutstate import diff_view  # noqa: PLC0415
+    from olladist.specload import load_spec  # noqa: PLC0415
 
-    p, _, _, _ = _plan(ctx)
+    p, desired, state, _ = _plan(ctx)
+    status = state.status() or {}
+    rollout, rollout_json = diff_view(
+        status.get("rollout") or {},
+        desired.node,
+        commit=ctx.commit,
+        applied=status.get("applied_commit") or "",
+        spec_of=lambda commit: load_spec(ctx.config.open_source().checkout(commit)),
+    )
     if ctx.args.json:
-        print(json.dumps(p.to_dict(), indent=2))
+        print(json.dumps({**p.to_dict(), "rollout": rollout_json}, indent=2))
     else:
         print_plan(p)
+        for line in rollout:
+            print(line)
     return 1 if p.drift else 0
 
 

@@ -29,8 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
+from olladist import rolloutstate
 from olladist.errors import OlladistError
 from olladist.layout import ETC_DIR, SYSTEMD_DIR
 from olladist.models import forget_preloads
@@ -38,9 +39,12 @@ from olladist.nodeconfig import NodeConfig
 from olladist.ollama import Progress
 from olladist.plan import Kind, Plan
 from olladist.reconcile import Desired, execute, full_plan, load_desired, restart_slot
+from olladist.rollout import plan_rollout
 from olladist.runtime import Runtime
+from olladist.selfcheck import check_after_apply
 from olladist.source import DirSource, SourceError
-from olladist.spec import DriftPolicy, duration_ms
+from olladist.spec import DriftPolicy, Spec, duration_ms
+from olladist.specload import load_spec
 from olladist.state import State
 from olladist.status import Status, gateway_health, write_metrics
 from olladist.statusd import StatusServer, Transfers
@@ -304,6 +308,16 @@ class Daemon:
             self._reconcile_last_good()
             raise
         commit = fetched.commit
+        failed = rolloutstate.failed_reason(self.status.rollout, commit)
+        if commit != applied and applied and failed is not None:
+            # This node rolled back from it: it stays on its commit until a newer one comes.
+            error = OlladistError(
+                f"commit {commit} failed its check after apply here (rolled back): {failed}",
+                hint="push a newer commit that fixes it",
+            )
+            self.status.attempt(commit, error.message)
+            self._reconcile_last_good()
+            raise error
         if commit != applied:
             try:
                 desired = load_desired(
@@ -340,11 +354,17 @@ class Daemon:
             self._converge(self.desired, "last-known-good", record_applied=False)
 
     def _converge(self, desired: Desired, reason: str, record_applied: bool = True) -> None:
-        self.desired = desired
+        last_good, self.desired = self.desired, desired
         policy = desired.spec.policy
+        # A new commit is checked after it is applied, and rolled back from if it fails.
+        rolling = record_applied and desired.commit != self.status.applied_commit
+        if rolling:
+            self._rollout_begin(desired)
         p = full_plan(desired, self.layout, self.state, self.runtime)
         self.status.planned(p)
         if not p.drift:
+            if rolling and self.status.rollout.get("state") == "applying":
+                self.status.rollout = rolloutstate.settle(self.status.rollout, [])
             if record_applied:
                 self.status.applied(desired.commit)
             return
@@ -365,22 +385,81 @@ class Daemon:
                     return
                 p = full_plan(desired, self.layout, self.state, self.runtime)
         self._stagger(desired, p)
-        outcome = execute(
-            p,
-            desired,
-            self.layout,
-            self.state,
-            self.runtime,
-            on_progress=self._progress,
-            on_wait=self._waiting,
-        )
+        try:
+            outcome = execute(
+                p,
+                desired,
+                self.layout,
+                self.state,
+                self.runtime,
+                on_progress=self._progress,
+                on_wait=self._waiting,
+            )
+        except OlladistError as exc:
+            if not rolling:
+                raise
+            self._roll_back(desired, last_good, [f"apply failed: {exc.message}"])
         for model, why in outcome.model_errors.items():
             self.status.error(f"model {model}: {why}", None)
+        if rolling:
+            failures = [f"model {m}: {why}" for m, why in outcome.model_errors.items()]
+            failures += check_after_apply(
+                desired, self.layout, self.runtime, self._waiting, tls=self.local.tls
+            )
+            if failures:
+                self._roll_back(desired, last_good, failures)
+            self.status.rollout = rolloutstate.settle(self.status.rollout, [])
         if record_applied:
             self.status.applied(desired.commit)
         self.status.planned(full_plan(desired, self.layout, self.state, self.runtime))
 
+    def _rollout_begin(self, desired: Desired) -> None:
+        """Record the waves of a new commit. They come from the specs as committed (no
+        node-local overrides), so every node computes the same ones."""
+        applied = self.status.applied_commit
+        try:
+            new = load_spec(self.source.checkout(desired.commit))
+            old: Spec | None = None
+            if applied:
+                with contextlib.suppress(OlladistError):
+                    old = load_spec(self.source.checkout(applied))
+            plan = plan_rollout(old, new, desired.commit)
+        except OlladistError as exc:
+            log.warning("no rollout waves for %s: %s", desired.commit[:12], exc.message)
+            return
+        self.status.rollout = rolloutstate.begin(self.status.rollout, plan, self.node, applied)
+        for line in plan.notes(self.node):
+            log.info("%s", line)
+
+    def _roll_back(
+        self, desired: Desired, last_good: Desired | None, failures: list[str]
+    ) -> NoReturn:
+        """Go back to the last applied commit's files after ``desired`` failed; raises."""
+        self.status.rollout = rolloutstate.settle(self.status.rollout, failures)
+        reason = self.status.rollout["reason"]
+        back_to = self.status.applied_commit
+        if not back_to:
+            # Nothing to go back to: the node keeps the commit and reports it failed.
+            self.status.applied(desired.commit)
+            raise OlladistError(
+                f"commit {desired.commit} failed its check after apply, and this node has no "
+                f"earlier commit to go back to: {reason}",
+                hint="push a commit that fixes it",
+            )
+        error = OlladistError(
+            f"commit {desired.commit} failed its check after apply; rolled back to "
+            f"{back_to}: {reason}",
+            hint="push a newer commit that fixes it; this node does not try this one again",
+        )
+        self.status.attempt(desired.commit, error.message)
+        self.desired = last_good if last_good is not None and last_good.commit == back_to else None
+        self._reconcile_last_good()
+        raise error
+
     def _stagger(self, desired: Desired, p: Plan) -> None:
+        # The rollout gate goes here once peers' reports can be read: wait until every node
+        # of the earlier waves (self.status.rollout["waves"]) reports healthy on this commit,
+        # or stop at policy.rollout.wave_timeout. Until then, the open-loop restart stagger.
         restarts = [a for a in p.actions if a.kind is Kind.RESTART and "@" in a.target]
         if not restarts or not desired.commit:
             return

@@ -27,6 +27,7 @@ from olladist.spec import (
     Node,
     Ollama,
     Policy,
+    Rollout,
     Spec,
     Timeouts,
 )
@@ -38,6 +39,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("gateway.health", Health),
     ("ollama", Ollama),
     ("policy", Policy),
+    ("policy.rollout", Rollout),
     ("nodes[] (or one file in nodes/)", Node),
     ("nodes[].capacity", Capacity),
     ("nodes[].instances[]", Instance),

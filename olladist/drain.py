@@ -114,11 +114,18 @@ class DrainingRuntime:
         except ToolError as exc:
             log.warning("cannot set %s ready: %s", inst, exc.message)
 
-    def _wait_healthy(self, inst: str) -> None:
+    def _wait_healthy(self, inst: str, unit: str) -> None:
         port = next((i.port for i in self.node.instances if i.name == inst), None)
         if port is None:
             return
-        if wait_healthy([port], self.health_timeout, self.on_wait):
+        if wait_healthy(
+            [port], self.health_timeout, self.on_wait, lambda: not self.inner.is_active(unit)
+        ):
+            if not self.inner.is_active(unit):
+                raise OlladistError(
+                    f"instance {inst} exited after its restart (not running)",
+                    hint="see its log; it stays drained in the gateway until it answers",
+                )
             raise OlladistError(
                 f"instance {inst} did not answer on {INSTANCE_HOST}:{port} within "
                 f"{self.health_timeout:.0f}s after its restart",
@@ -151,7 +158,7 @@ class DrainingRuntime:
             return
         drained = self.drain(inst)
         self.inner.restart(unit)
-        self._wait_healthy(inst)
+        self._wait_healthy(inst, unit)
         if drained:
             self._ready(inst)
             # Only once the gateway's own health check sees it up may the next instance go:

@@ -16,6 +16,9 @@ from pathlib import Path
 
 ETC_DIR = "/etc/olladist"
 ENV_FILE = "/etc/olladist/olladist.env"
+# The last commit the node accepted, kept out of STATE_DIR so deleting that does not let an
+# older signed commit back in (olladist.source.chain).
+ACCEPTED_FILE = "/etc/olladist/accepted-commit"
 HAPROXY_CFG = "/etc/olladist/haproxy.cfg"
 GATEWAY_DIR = "/etc/olladist/gateway"
 SECRETS_DIR = "/etc/olladist/secrets"

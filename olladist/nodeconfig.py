@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from olladist.errors import OlladistError
 from olladist.files import write_atomic
-from olladist.layout import ENV_FILE, PEER_SECRET_FILE, STATE_DIR, Layout
+from olladist.layout import ACCEPTED_FILE, ENV_FILE, PEER_SECRET_FILE, STATE_DIR, Layout
 from olladist.nodelocal import NodeLocal
 
 if TYPE_CHECKING:
@@ -133,7 +133,13 @@ class NodeConfig:
                 "no source given",
                 hint=f"pass --source URL (or --spec DIR), or set OLLADIST_SOURCE in {ENV_FILE}",
             )
-        return source_from_env(self.settings, state_dir or self.layout.real(STATE_DIR) / "source")
+        return source_from_env(
+            self.settings,
+            state_dir or self.layout.real(STATE_DIR) / "source",
+            # Kept outside the state directory: deleting /var/lib/olladist must not let an older
+            # signed commit back in (docs/security.md).
+            floor_file=self.layout.real(ACCEPTED_FILE),
+        )
 
     def make_runtime(self, default: str) -> Runtime:
         """What runs the services: OLLADIST_RUNTIME (``--runtime``), else systemd when this

@@ -27,18 +27,28 @@ def instance_url(port: int) -> str:
 
 
 def wait_healthy(
-    ports: list[int], timeout: float, on_wait: Callable[[], None] | None = None
+    ports: list[int],
+    timeout: float,
+    on_wait: Callable[[], None] | None = None,
+    gone: Callable[[], bool] | None = None,
 ) -> list[int]:
     """Wait until every instance answers /api/version; returns the ports that never did.
-    ``on_wait`` is called at every poll (progress, for the daemon's watchdog)."""
+    ``on_wait`` is called at every poll (progress, for the daemon's watchdog). ``gone``, asked
+    once a second (with systemd each look runs systemctl), says the process has exited: an
+    instance that exits at start will never answer, so the wait ends at once."""
     deadline = time.monotonic() + timeout
     pending = list(ports)
+    looked = time.monotonic()
     while pending and time.monotonic() < deadline:
         for port in list(pending):
             with OllamaClient(instance_url(port), timeout=2.0) as c:
                 if c.healthy():
                     pending.remove(port)
         if pending:
+            if gone is not None and time.monotonic() - looked >= 1.0:
+                looked = time.monotonic()
+                if gone():
+                    break
             if on_wait is not None:
                 on_wait()
             time.sleep(0.1)

@@ -35,6 +35,7 @@ GPU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"
 HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,252}[A-Za-z0-9])?$"
 PATH_PATTERN = r"^/[A-Za-z0-9_./@+-]*$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+COMMIT_PATTERN = r"^[0-9a-f]{40}$"
 
 # Variables olladist derives from the instance itself; setting them in `env` would silently
 # fight the rendered value, so the spec refuses them with a pointer to the right field.
@@ -183,6 +184,19 @@ class Ollama(_Model):
     )
 
 
+class Rollout(_Model):
+    wave_timeout: Duration = Field(
+        default="10m",
+        description="a wave whose nodes have not reported healthy after this stops the rollout",
+    )
+    check_timeout: Duration = Field(
+        default="2m",
+        description="after applying a commit, each model the node holds must answer a tiny "
+        "generate or embed through its gateway within this (a cold load included), and the "
+        "gateway see its instances up, or the node rolls back",
+    )
+
+
 class Policy(_Model):
     drift: DriftPolicy = Field(
         default=DriftPolicy.CORRECT,
@@ -196,6 +210,14 @@ class Policy(_Model):
     restart_stagger: Duration = Field(
         default="10s",
         description="delay between restart slots; nodes sharing a model restart in turn",
+    )
+    min_commit: Annotated[str, Field(pattern=COMMIT_PATTERN)] | None = Field(
+        default=None,
+        description="floor: a full commit sha every commit the nodes apply must descend from; "
+        "bounds the signature walk of a node that has no accepted commit",
+    )
+    rollout: Rollout = Field(
+        default=Rollout(), description="rollout waves, the check after apply, rollback"
     )
 
 

@@ -38,6 +38,7 @@ class Status:
     failures: int = 0
     models: list[str] = field(default_factory=list)  # what placement gives this node
     health: list[dict[str, Any]] = field(default_factory=list)  # gateway's view of servers
+    rollout: dict[str, Any] = field(default_factory=dict)  # olladist.rolloutstate
 
     @classmethod
     def load(cls, state: State, node: str) -> Status:

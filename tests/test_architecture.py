@@ -28,7 +28,7 @@ RENDER = {
     "olladist.gateway.topology",
     "olladist.gateway.render",
 }
-PLAN = {"olladist.plan"}
+PLAN = {"olladist.plan", "olladist.rollout"}
 NODE_LOCAL = {"olladist.nodelocal"}  # node-local settings as values; render takes them
 CORE = FOUNDATION | SPEC | NODE_LOCAL | RENDER | PLAN
 EDGES = {
@@ -40,6 +40,7 @@ EDGES = {
     "olladist.source.result",
     "olladist.source.tree",
     "olladist.source.verify",
+    "olladist.source.chain",
     "olladist.runtime",
     "olladist.runtime.local",
     "olladist.runtime.systemd",
@@ -60,6 +61,9 @@ LOOP = {
     "olladist.daemon",
     "olladist.status",
     "olladist.statusd",
+    "olladist.rolloutstate",
+    "olladist.selfcheck",
+    "olladist.check",
     "olladist.clusterview",
 }
 COMMAND_LINE = {
@@ -67,7 +71,6 @@ COMMAND_LINE = {
     "olladist.cli",
     "olladist.dev",
     "olladist.doctor",
-    "olladist.check",
     "olladist.report",
     "olladist.progress",
     "olladist.docgen",

@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(registry.serve(args))
             return 0
         config = config_from_env()
+        if config.faults.exit_at_start:
+            print("error: fault exit_at_start: exiting before listening", file=sys.stderr)
+            return 1
         if args.quiet:
             config = dataclasses.replace(config, quiet=True)
         asyncio.run(serve(config))

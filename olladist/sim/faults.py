@@ -18,6 +18,8 @@ comma list (``hang,slow=4,error_mid_stream=2,models=llama3.2:1b+qwen2.5:0.5b``).
     refuse_pulls      /api/pull fails after "pulling manifest", as when the registry is
                       unreachable
     disk_full         /api/pull fails while writing the first layer: no space left on device
+    exit_at_start     the process exits with status 1 before it listens, as `ollama serve`
+                      does with an environment it cannot use (environment only)
     models=a+b        restrict the faults above, except hang_all, to these models (default:
                       every model)
 """
@@ -43,6 +45,7 @@ class Faults:
     crash_mid_stream: int | None = None
     refuse_pulls: bool = False
     disk_full: bool = False
+    exit_at_start: bool = False
     models: tuple[str, ...] = ()
 
     def applies_to(self, model: str | None) -> bool:
@@ -61,7 +64,7 @@ class Faults:
         return data
 
 
-_BOOL_KEYS = {"hang", "hang_all", "crash", "refuse_pulls", "disk_full"}
+_BOOL_KEYS = {"hang", "hang_all", "crash", "refuse_pulls", "disk_full", "exit_at_start"}
 _COUNT_KEYS = {"error_mid_stream", "crash_mid_stream"}
 
 

@@ -75,6 +75,7 @@ def open_source(
     path: str = ".",
     verify: Verify | None = None,
     allow_rollback: bool = False,
+    floor_file: str | os.PathLike[str] | None = None,
 ) -> GitSource | DirSource:
     """A GitSource for a URL or a git repository on disk, else a DirSource of LOCATION/PATH.
 
@@ -90,6 +91,7 @@ def open_source(
             state_dir=state_dir,
             verify=verify,
             allow_rollback=allow_rollback,
+            floor_file=floor_file,
         )
     if verify is not None:
         raise SourceError(
@@ -121,8 +123,11 @@ def verify_from_env(env: Mapping[str, str], state_dir: Path) -> Verify | None:
     return None
 
 
-def source_from_env(env: Mapping[str, str], state_dir: Path) -> GitSource | DirSource:
-    """The source a node's olladist.env describes (OLLADIST_SOURCE, _REF, _PATH, ...)."""
+def source_from_env(
+    env: Mapping[str, str], state_dir: Path, floor_file: Path | None = None
+) -> GitSource | DirSource:
+    """The source a node's olladist.env describes (OLLADIST_SOURCE, _REF, _PATH, ...);
+    ``floor_file``: where the accepted commit is also kept (outside state_dir)."""
     location = env.get("OLLADIST_SOURCE", "").strip()
     if not location:
         raise SourceError(
@@ -136,4 +141,5 @@ def source_from_env(env: Mapping[str, str], state_dir: Path) -> GitSource | DirS
         path=env.get("OLLADIST_PATH", "").strip() or ".",
         verify=verify_from_env(env, state_dir),
         allow_rollback=_truthy(env.get("OLLADIST_ALLOW_ROLLBACK", "")),
+        floor_file=floor_file,
     )

@@ -4,7 +4,8 @@
      +-- SourceError            the source cannot give a usable commit (bad path in the tree, ...)
           +-- FetchError        remote unreachable, not a repository, ref missing or ambiguous
           +-- RollbackRefused   the tip does not descend from the accepted commit
-          +-- SignatureError    the tip is unsigned, badly signed, or signed by an untrusted key
+          +-- SignatureError    the tip, or a commit it brings, is unsigned, badly signed, or
+                                signed by an untrusted key
 
 Messages never hold credentials: every URL passes through `redact_url` first.
 """
@@ -45,12 +46,20 @@ class RollbackRefused(SourceError):
 
 
 class SignatureError(SourceError):
-    """The tip commit's signature is missing, invalid or from an untrusted key."""
+    """A commit's signature is missing, invalid or from an untrusted key: the tip's, or that
+    of a commit the tip brings (then ``commit`` is that one and ``tip`` the tip)."""
 
     def __init__(
-        self, message: str, *, commit: str, signer: str | None = None, hint: str | None = None
+        self,
+        message: str,
+        *,
+        commit: str,
+        signer: str | None = None,
+        hint: str | None = None,
+        tip: str | None = None,
     ) -> None:
         super().__init__(message, hint)
         self.commit = commit
         self.signer = signer
-        self.refused_commit = commit
+        self.tip = tip or commit
+        self.refused_commit = self.tip

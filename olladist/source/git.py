@@ -36,6 +36,7 @@ from dulwich.objects import Commit, ObjectID
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
+from olladist.source.chain import FloorRecord, check_spec_floor, spec_floor, verify_range
 from olladist.source.errors import FetchError, RollbackRefused, SourceError, redact_url
 from olladist.source.result import FetchResult
 from olladist.source.tree import SHA_RE, materialise, normalise_subpath, prune
@@ -84,7 +85,10 @@ class GitSource:
         allow_rollback: bool = False,
         keep: int = 3,
         timeout_s: float = 20.0,
+        floor_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``floor_file``: where the last accepted commit is also kept, outside state_dir
+        (see olladist.source.chain); None keeps no such record."""
         if not ref or ref.endswith("/") or ".." in ref or _PEELED_SUFFIX.decode() in ref:
             raise SourceError(f"bad ref {ref!r}", hint="give a branch or tag name, e.g. main")
         self.url = _location(url)
@@ -95,6 +99,7 @@ class GitSource:
         self.allow_rollback = allow_rollback
         self.keep = max(1, keep)
         self.timeout_s = timeout_s
+        self.floor = FloorRecord(floor_file) if floor_file is not None else None
         self._mirror = self.state_dir / "git"
         self._checkouts = self.state_dir / "checkouts"
         # Refs of this (url, ref, path) in the mirror, so a CLI run with other settings on the
@@ -135,7 +140,20 @@ class GitSource:
             tip_ref = self._tip_ref_name
             previous = repo.refs[tip_ref].decode("ascii") if tip_ref in repo.refs else None
             baseline = self._baseline(accepted, previous)
+            record = self.floor.read() if self.floor is not None else None
+            floor = spec_floor(repo, commit, self.path)
             self._check_descent(repo, baseline, tip)
+            if record not in (None, baseline):
+                self._check_descent(repo, record, tip, what="the floor record of")
+            check_spec_floor(repo, floor, tip, f"{self.display_url} ref {self.ref}")
+            checked = 1
+            if self.verify is not None:
+                bounds = [b for b in (baseline, record, floor) if b is not None]
+                checked = verify_range(repo, commit, bounds, self.verify, self.state_dir / "tmp")
+            if self.floor is not None and baseline is not None and baseline == accepted:
+                # The caller's accepted commit, kept where deleting the state dir (and the
+                # status with it) leaves it: the next tip must still descend from it.
+                self.floor.write(baseline)
             checkout = materialise(repo, commit, self.path, self._checkouts)
             repo.refs[tip_ref] = commit.id
             protect = {tip} | ({accepted} if accepted else set())
@@ -158,6 +176,8 @@ class GitSource:
             fetched=fetched,
             ref=refname.decode(),
             signer=signer,
+            verified=checked if self.verify is not None else 0,
+            floor=floor,
         )
 
     def checkout(self, commit: str) -> Path:
@@ -312,7 +332,9 @@ class GitSource:
         log.warning("accepted commit ignored commit=%s reason=not-a-git-sha", accepted)
         return previous
 
-    def _check_descent(self, repo: Repo, baseline: str | None, tip: str) -> None:
+    def _check_descent(
+        self, repo: Repo, baseline: str | None, tip: str, what: str = "the accepted commit"
+    ) -> None:
         if baseline is None or baseline == tip:
             return
         base_id, tip_id = ObjectID(baseline.encode()), ObjectID(tip.encode())
@@ -333,7 +355,7 @@ class GitSource:
         how = "is an older commit than" if older else "does not descend from"
         raise RollbackRefused(
             f"refusing commit {tip} of {self.display_url} ref {self.ref}: it {how} "
-            f"the accepted commit {baseline} (only fast-forwards are accepted)",
+            f"{what} {baseline} (only fast-forwards are accepted)",
             accepted=baseline,
             tip=tip,
             hint="push a new commit on top of the accepted one (git revert), or allow "

@@ -16,6 +16,9 @@ class FetchResult:
     checkout: directory with the spec files of `commit` (read-only by convention).
     fetched: objects were transferred from the remote during this poll.
     signer: who signed the tip, when signatures are verified.
+    verified: how many commits had their signature checked (the tip and those it brings
+        since the accepted commit or floor); 0 when verification is off.
+    floor: the tip's own ``policy.min_commit``, which it was checked to descend from.
     """
 
     commit: str
@@ -24,3 +27,5 @@ class FetchResult:
     fetched: bool = False
     ref: str | None = None
     signer: str | None = None
+    verified: int = 0
+    floor: str | None = None

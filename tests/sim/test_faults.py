@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -153,3 +157,13 @@ def test_stats_count_requests_and_reset(sim: Sim) -> None:
         c.delete("/_sim/stats")
         time.sleep(0.01)
         assert c.get("/_sim/stats").json()["cold_loads"] == 0
+
+
+def test_exit_at_start_exits_with_status_1_before_listening() -> None:
+    sim = Path(sys.executable).parent / "olladist-sim"
+    env = {**os.environ, "OLLADIST_SIM_FAULTS": "exit_at_start", "OLLAMA_HOST": "127.0.0.1:1"}
+    done = subprocess.run(
+        [str(sim), "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    assert "exit_at_start" in done.stderr

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.harness.gitserver import HttpServer, serve_git_http
+from tests.source.signing import gpg_keys, ssh_keys
+
+__all__ = ["gpg_keys", "ssh_keys"]  # module-scoped key fixtures, shared by tests/source
 
 
 @pytest.fixture(autouse=True)

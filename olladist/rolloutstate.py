@@ -1,0 +1,127 @@
+"""This node's rollout state: the ``rollout`` key of its status (``olladist status --json``).
+
+    {"commit": the newest commit this node took part in rolling out (the attempted one),
+     "from": the commit it was on before,
+     "applied": the commit it runs now ("commit" once healthy or unchanged, else "from"),
+     "waves": [[node, ...], ...], "wave": this node's wave (1 = first; null: no change here),
+     "unavailable": [{"model", "node"}], models held by one restarting single-instance node,
+     "state": "applying" | "healthy" | "unchanged" | "failed",
+     "reason": why it failed (null otherwise), "at": when the state was set,
+     "failed": {commit: reason}, the commits this node rolled back from (newest 20)}
+
+``applied_commit`` and ``attempted_commit`` sit beside it in the status. A commit in
+``failed`` is not applied again by this node; a newer commit is. Peers will read this record
+(next: the peer status endpoint) to gate their own wave.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from olladist.errors import OlladistError
+from olladist.rollout import RolloutPlan, plan_rollout
+from olladist.spec import Spec
+
+KEEP_FAILED = 20
+
+
+def begin(record: dict[str, Any], plan: RolloutPlan, node: str, previous: str) -> dict[str, Any]:
+    wave = plan.wave_of(node)
+    out = {
+        "commit": plan.commit,
+        "from": previous,
+        "applied": plan.commit if wave is None else previous,
+        "waves": [list(w) for w in plan.waves],
+        "wave": None if wave is None else wave + 1,
+        "unavailable": [{"model": m, "node": n} for m, n in plan.unavailable],
+        "state": "applying" if wave is not None else "unchanged",
+        "reason": None,
+        "at": round(time.time(), 3),
+        "failed": dict(record.get("failed") or {}),
+    }
+    return out
+
+
+def settle(record: dict[str, Any], failures: list[str]) -> dict[str, Any]:
+    """The outcome of the check after apply: healthy, or failed with the reasons."""
+    out = dict(record)
+    out["at"] = round(time.time(), 3)
+    if not failures:
+        out["state"], out["reason"] = "healthy", None
+        out["applied"] = out.get("commit")
+        return out
+    out["applied"] = out.get("from")
+    reason = "; ".join(failures)
+    out["state"], out["reason"] = "failed", reason
+    failed = dict(out.get("failed") or {})
+    failed[str(out.get("commit", ""))] = reason
+    out["failed"] = dict(list(failed.items())[-KEEP_FAILED:])
+    return out
+
+
+def failed_reason(record: dict[str, Any], commit: str) -> str | None:
+    """Why this node rolled back from ``commit``, if it did."""
+    failed = record.get("failed") or {}
+    reason = failed.get(commit)
+    return str(reason) if reason is not None else None
+
+
+def lines(record: dict[str, Any]) -> list[str]:
+    """Lines for ``olladist status`` and ``olladist diff``."""
+    if not record:
+        return []
+    commit = str(record.get("commit", ""))[:12]
+    waves = record.get("waves") or []
+    wave = record.get("wave")
+    where = f"wave {wave} of {len(waves)}" if wave else f"no change here ({len(waves)} wave(s))"
+    out = [
+        f"rollout:    {commit} from {str(record.get('from') or 'nothing')[:12]}: {where}, "
+        f"{record.get('state')}"
+    ]
+    if waves:
+        listed = "; ".join(f"{k + 1}: {', '.join(w)}" for k, w in enumerate(waves))
+        out.append(f"  waves:    {listed}")
+    if record.get("reason"):
+        out.append(f"  failed:   {record['reason']}")
+    for u in record.get("unavailable") or []:
+        out.append(
+            f"  note:     {u['model']} is held by {u['node']} only: unavailable while it restarts"
+        )
+    for sha, why in (record.get("failed") or {}).items():
+        if sha != record.get("commit"):
+            out.append(f"  rolled back from {sha[:12]}: {why}")
+    return out
+
+
+def diff_view(
+    record: dict[str, Any],
+    node: str,
+    *,
+    commit: str,
+    applied: str,
+    spec_of: Callable[[str], Spec],
+) -> tuple[list[str], dict[str, Any]]:
+    """What ``olladist diff`` adds about the rollout: the waves of the tip (``commit``) after the
+    applied commit, when they differ, and this node's recorded rollout state. ``spec_of``
+    loads a commit's spec as committed (without node-local overrides, so that every node
+    computes the same waves). Returns the text lines and the same for ``--json``."""
+    out: list[str] = []
+    data: dict[str, Any] = {"state": record or None, "plan": None}
+    if commit and commit != applied and not commit.startswith("dir:"):
+        old: Spec | None = None
+        if applied and not applied.startswith("dir:"):
+            try:
+                old = spec_of(applied)
+            except OlladistError as exc:
+                out.append(f"rollout: cannot load the applied commit {applied[:12]}: {exc.message}")
+        plan = plan_rollout(old, spec_of(commit), commit)
+        data["plan"] = plan.to_dict()
+        reason = failed_reason(record, commit)
+        if reason is not None:
+            out.append(f"rollout: this node rolled back from {commit[:12]}: {reason}")
+        out += plan.notes(node)
+    elif record:
+        out += lines(record)
+    return out, data
