@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+from dulwich import porcelain
+from dulwich.repo import Repo
+
+from olladist.check import check_servers
 from olladist.errors import OlladistError, ToolError
 from olladist.files import write_atomic
 from olladist.layout import ENV_FILE, INSTANCE_HOST, PEER_SECRET_FILE, Layout
@@ -115,9 +120,6 @@ def preflight(spec: Spec) -> None:
 
 def ensure_repo(spec_dir: Path, repo: Path) -> str:
     """Create the dev repository from ``spec_dir`` once; return its HEAD commit."""
-    from dulwich import porcelain  # noqa: PLC0415
-    from dulwich.repo import Repo  # noqa: PLC0415
-
     if not (repo / ".git").exists():
         repo.mkdir(parents=True, exist_ok=True)
         shutil.copytree(spec_dir, repo, dirs_exist_ok=True)
@@ -252,10 +254,6 @@ class DevCluster:
     def wait_gateways(self, spec: Spec, timeout: float) -> None:
         """Converged files are not yet a serving cluster: wait for every gateway's health
         checks to see its instances and peers up."""
-        import httpx  # noqa: PLC0415
-
-        from olladist.check import check_servers  # noqa: PLC0415
-
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=5.0, trust_env=False) as client:
             for node in spec.nodes:
