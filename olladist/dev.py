@@ -36,6 +36,7 @@ from olladist.runtime.local import LocalRuntime, Running
 from olladist.spec import Spec
 from olladist.specload import load_spec
 from olladist.state import State
+from olladist.validators import haproxy_version
 
 DEV_RECORD = "dev.json"
 
@@ -60,24 +61,6 @@ def find_binary() -> tuple[str, str]:
             )
         sim = Path(found)
     return str(sim), f"no ollama binary found: using the simulator {sim}"
-
-
-def check_haproxy() -> str:
-    exe = shutil.which("haproxy")
-    if exe is None:
-        raise ToolError(
-            "haproxy is not installed (olladist's gateway is HAProxy >= 2.6)",
-            hint="Debian/Ubuntu: sudo apt-get install haproxy",
-        )
-    out = subprocess.run([exe, "-v"], capture_output=True, text=True, check=False).stdout
-    version = out.split()[2] if len(out.split()) > 2 else "?"
-    major_minor = tuple(int(x) for x in version.split("-")[0].split(".")[:2] if x.isdigit())
-    if major_minor < (2, 6):
-        raise ToolError(
-            f"haproxy {version} is too old; olladist needs 2.6 or newer",
-            hint="install HAProxy >= 2.6 (Debian 12 and Ubuntu 24.04 ship it)",
-        )
-    return version
 
 
 def spec_ports(spec: Spec) -> list[tuple[str, int, str]]:
@@ -190,7 +173,7 @@ class DevCluster:
         repo = self.state_dir / "repo"
         fresh = not (repo / ".git").exists()
         spec = load_spec(self.spec_dir if fresh else repo)
-        version = check_haproxy()
+        _, version = haproxy_version()
         preflight(spec)
         binary, which = find_binary()
         head = ensure_repo(self.spec_dir, repo)
