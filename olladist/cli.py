@@ -270,12 +270,13 @@ Stop: Ctrl-C here, or `olladist dev --down` from another terminal.
 
 def cmd_check(ctx: Context) -> int:
     from olladist.check import run_checks  # noqa: PLC0415
+    from olladist.gateway.topology import local_address  # noqa: PLC0415
     from olladist.specload import load_spec  # noqa: PLC0415
 
     spec = load_spec(ctx.spec_dir())
     names = [n.name for n in spec.nodes]
     node = spec.node(ctx.node) if ctx.node in names else spec.nodes[0]
-    host = node.listen if node.loopback else "127.0.0.1"
+    host = local_address(node)
     gateway = ctx.args.gateway or f"http://{host}:{spec.gateway.port}"
     stats = ctx.args.stats or f"http://{host}:{spec.gateway.stats_port}"
     roots = [Path(r) for r in ctx.args.node_root]

@@ -28,7 +28,8 @@ from dulwich.repo import Repo
 from olladist.check import check_servers
 from olladist.errors import OlladistError, ToolError
 from olladist.files import write_atomic
-from olladist.layout import ENV_FILE, INSTANCE_HOST, PEER_SECRET_FILE, Layout
+from olladist.gateway.topology import listeners
+from olladist.layout import ENV_FILE, PEER_SECRET_FILE, Layout
 from olladist.nodeconfig import format_env_file, write_peer_secret
 from olladist.nodelocal import ENV_BINARY
 from olladist.ports import who_listens
@@ -65,19 +66,11 @@ def find_binary() -> tuple[str, str]:
 
 def spec_ports(spec: Spec) -> list[tuple[str, int, str]]:
     """Every (address, port, what) the cluster will listen on on this machine."""
-    gw = spec.gateway
-    out = []
-    for node in spec.nodes:
-        addr = node.listen
-        out += [
-            (addr, gw.port, f"gateway of {node.name}"),
-            (addr, gw.peer_port, f"peer frontend of {node.name}"),
-            (addr if node.loopback else "127.0.0.1", gw.stats_port, f"stats of {node.name}"),
-        ]
-        out += [
-            (INSTANCE_HOST, i.port, f"instance {i.name} of {node.name}") for i in node.instances
-        ]
-    return out
+    return [
+        (addr, port, f"{what} of {node.name}")
+        for node in spec.nodes
+        for addr, port, what in listeners(spec, node)
+    ]
 
 
 def preflight(spec: Spec) -> None:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from olladist.errors import OlladistError, ToolError
-from olladist.layout import ENV_FILE, INSTANCE_HOST, STATE_DIR, Layout
+from olladist.gateway.topology import listeners
+from olladist.layout import ENV_FILE, STATE_DIR, Layout
 from olladist.nodeconfig import NodeConfig
 from olladist.ports import who_listens
 from olladist.runtime.systemd import booted_with_systemd
@@ -135,12 +136,8 @@ def check_node(spec: Spec | None, node: str) -> Finding:
 def check_ports(spec: Spec | None, node: str) -> list[Finding]:
     if spec is None or node not in [n.name for n in spec.nodes]:
         return []
-    n = spec.node(node)
-    gw = spec.gateway
-    wanted = [(n.listen, gw.port, "gateway"), (n.listen, gw.peer_port, "peer frontend")]
-    wanted += [(INSTANCE_HOST, i.port, f"instance {i.name}") for i in n.instances]
     out = []
-    for addr, port, what in wanted:
+    for addr, port, what in listeners(spec, spec.node(node)):
         holder = who_listens(addr, port)
         if holder and "haproxy" not in holder and "ollama" not in holder:
             out.append(
