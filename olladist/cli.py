@@ -106,23 +106,13 @@ def cmd_render(ctx: Context) -> int:
     from olladist.specload import load_spec  # noqa: PLC0415
 
     spec = load_spec(ctx.spec_dir())
-    node = _known_node(spec, ctx.node)
+    node = spec.this_node(ctx.node).name
     out = Path(ctx.args.out)
     files = render_node(spec, node, layout=Layout(out.resolve()) if ctx.args.rooted else ctx.layout)
     write_tree(files, out)
     for path in files:
         print(path)
     return 0
-
-
-def _known_node(spec: Any, name: str) -> str:
-    names = [n.name for n in spec.nodes]
-    if name not in names:
-        raise OlladistError(
-            f"node {name!r} is not in the spec (nodes: {', '.join(names)})",
-            hint="pass --node NAME or set OLLADIST_NODE in /etc/olladist/olladist.env",
-        )
-    return name
 
 
 def _plan(ctx: Context) -> tuple[Any, Any, Any, Any]:
@@ -296,12 +286,13 @@ Stop: Ctrl-C here, or `olladist dev --down` from another terminal.
 
 def cmd_check(ctx: Context) -> int:
     from olladist.check import run_checks  # noqa: PLC0415
+    from olladist.gateway.topology import local_address  # noqa: PLC0415
     from olladist.specload import load_spec  # noqa: PLC0415
 
     spec = load_spec(ctx.spec_dir())
     names = [n.name for n in spec.nodes]
     node = spec.node(ctx.node) if ctx.node in names else spec.nodes[0]
-    host = node.listen if node.loopback else "127.0.0.1"
+    host = local_address(node)
     gateway = ctx.args.gateway or f"http://{host}:{spec.gateway.port}"
     stats = ctx.args.stats or f"http://{host}:{spec.gateway.stats_port}"
     roots = [Path(r) for r in ctx.args.node_root]

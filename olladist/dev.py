@@ -21,9 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+from dulwich import porcelain
+from dulwich.repo import Repo
+
+from olladist.check import check_servers
 from olladist.errors import OlladistError, ToolError
 from olladist.files import write_atomic
-from olladist.layout import ENV_FILE, INSTANCE_HOST, PEER_SECRET_FILE, Layout
+from olladist.gateway.topology import listeners
+from olladist.layout import ENV_FILE, PEER_SECRET_FILE, Layout
 from olladist.nodeconfig import format_env_file, write_peer_secret
 from olladist.nodelocal import ENV_BINARY
 from olladist.ports import who_listens
@@ -31,6 +37,7 @@ from olladist.runtime.local import LocalRuntime, Running
 from olladist.spec import Spec
 from olladist.specload import load_spec
 from olladist.state import State
+from olladist.validators import haproxy_version
 
 DEV_RECORD = "dev.json"
 # The spec directory the dev repository was made from (absolute path, one line).
@@ -60,39 +67,13 @@ def find_binary() -> tuple[str, str]:
     return str(sim), f"no ollama binary found: using the simulator {sim}"
 
 
-def check_haproxy() -> str:
-    exe = shutil.which("haproxy")
-    if exe is None:
-        raise ToolError(
-            "haproxy is not installed (olladist's gateway is HAProxy >= 2.6)",
-            hint="Debian/Ubuntu: sudo apt-get install haproxy",
-        )
-    out = subprocess.run([exe, "-v"], capture_output=True, text=True, check=False).stdout
-    version = out.split()[2] if len(out.split()) > 2 else "?"
-    major_minor = tuple(int(x) for x in version.split("-")[0].split(".")[:2] if x.isdigit())
-    if major_minor < (2, 6):
-        raise ToolError(
-            f"haproxy {version} is too old; olladist needs 2.6 or newer",
-            hint="install HAProxy >= 2.6 (Debian 12 and Ubuntu 24.04 ship it)",
-        )
-    return version
-
-
 def spec_ports(spec: Spec) -> list[tuple[str, int, str]]:
     """Every (address, port, what) the cluster will listen on on this machine."""
-    gw = spec.gateway
-    out = []
-    for node in spec.nodes:
-        addr = node.listen
-        out += [
-            (addr, gw.port, f"gateway of {node.name}"),
-            (addr, gw.peer_port, f"peer frontend of {node.name}"),
-            (addr if node.loopback else "127.0.0.1", gw.stats_port, f"stats of {node.name}"),
-        ]
-        out += [
-            (INSTANCE_HOST, i.port, f"instance {i.name} of {node.name}") for i in node.instances
-        ]
-    return out
+    return [
+        (addr, port, f"{what} of {node.name}")
+        for node in spec.nodes
+        for addr, port, what in listeners(spec, node)
+    ]
 
 
 def preflight(spec: Spec) -> None:
@@ -139,9 +120,6 @@ def repo_origin(state_dir: Path) -> str | None:
 
 def ensure_repo(spec_dir: Path, repo: Path) -> str:
     """Create the dev repository from ``spec_dir`` once; return its HEAD commit."""
-    from dulwich import porcelain  # noqa: PLC0415
-    from dulwich.repo import Repo  # noqa: PLC0415
-
     if not (repo / ".git").exists():
         repo.mkdir(parents=True, exist_ok=True)
         (repo.parent / ORIGIN_RECORD).write_text(f"{spec_dir.resolve()}\n")
@@ -214,7 +192,7 @@ class DevCluster:
         fresh = not (repo / ".git").exists()
         origin = None if fresh else self.check_origin()
         spec = load_spec(self.spec_dir if fresh else repo)
-        version = check_haproxy()
+        _, version = haproxy_version()
         preflight(spec)
         binary, which = find_binary()
         head = ensure_repo(self.spec_dir, repo)
@@ -322,10 +300,6 @@ class DevCluster:
     def wait_gateways(self, spec: Spec, timeout: float) -> None:
         """Converged files are not yet a serving cluster: wait for every gateway's health
         checks to see its instances and peers up."""
-        import httpx  # noqa: PLC0415
-
-        from olladist.check import check_servers  # noqa: PLC0415
-
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=5.0, trust_env=False) as client:
             for node in spec.nodes:

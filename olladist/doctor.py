@@ -16,13 +16,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from olladist.errors import OlladistError
-from olladist.layout import ENV_FILE, INSTANCE_HOST, STATE_DIR, Layout
+from olladist.errors import OlladistError, ToolError
+from olladist.gateway.topology import listeners
+from olladist.layout import ENV_FILE, STATE_DIR, Layout
 from olladist.nodeconfig import NodeConfig
 from olladist.ports import who_listens
 from olladist.runtime.systemd import booted_with_systemd
 from olladist.spec import Spec
 from olladist.specload import load_spec
+from olladist.validators import haproxy_version
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,6 @@ class Finding:
         return head + (f"\n     fix: {self.fix}" if self.fix and self.level != "ok" else "")
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    head = text.split("-", maxsplit=1)[0]
-    return tuple(int(x) for x in head.split(".")[:2] if x.isdigit())
-
-
 def check_python() -> Finding:
     v = sys.version_info
     if v < (3, 11):
@@ -49,18 +46,10 @@ def check_python() -> Finding:
 
 
 def check_haproxy() -> Finding:
-    exe = shutil.which("haproxy")
-    if exe is None:
-        return Finding(
-            "FAIL",
-            "haproxy not found",
-            "apt-get install haproxy (Debian 12 / Ubuntu 24.04 ship >= 2.6); RHEL 9's 2.4 is "
-            "too old",
-        )
-    out = subprocess.run([exe, "-v"], capture_output=True, text=True, check=False).stdout.split()
-    version = out[2] if len(out) > 2 else "unknown"
-    if _version_tuple(version) < (2, 6):
-        return Finding("FAIL", f"haproxy {version} at {exe}", "install HAProxy 2.6 or newer")
+    try:
+        exe, version = haproxy_version()
+    except ToolError as exc:
+        return Finding("FAIL", exc.message, exc.hint or "")
     return Finding("ok", f"haproxy {version} at {exe}")
 
 
@@ -248,12 +237,8 @@ def check_node(spec: Spec | None, node: str) -> Finding:
 def check_ports(spec: Spec | None, node: str) -> list[Finding]:
     if spec is None or node not in [n.name for n in spec.nodes]:
         return []
-    n = spec.node(node)
-    gw = spec.gateway
-    wanted = [(n.listen, gw.port, "gateway"), (n.listen, gw.peer_port, "peer frontend")]
-    wanted += [(INSTANCE_HOST, i.port, f"instance {i.name}") for i in n.instances]
     out = []
-    for addr, port, what in wanted:
+    for addr, port, what in listeners(spec, spec.node(node)):
         holder = who_listens(addr, port)
         if holder and "haproxy" not in holder and "ollama" not in holder:
             out.append(

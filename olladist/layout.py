@@ -31,6 +31,8 @@ MASTER_SOCKET = "/run/olladist/gateway/master.sock"
 # Node-local: the shared secret peers send, as a one-line HAProxy map ("secret VALUE"). The same
 # file on every node; never rendered, never in git. Mode 0640, group of the gateway's user.
 PEER_SECRET_FILE = f"{SECRETS_DIR}/peer.map"
+# The gateway refuses a shorter secret (an empty or truncated file must not let peers in).
+MIN_SECRET_LEN = 32
 # Where HAProxy finds server states (drain, maintenance) again after a reload.
 SERVER_STATE_FILE = f"{STATE_DIR}/gateway/servers.state"
 

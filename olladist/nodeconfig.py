@@ -144,7 +144,8 @@ class NodeConfig:
     def make_runtime(self, default: str) -> Runtime:
         """What runs the services: OLLADIST_RUNTIME (``--runtime``), else systemd when this
         machine was booted with it, else ``default`` (the command's own)."""
-        from olladist.runtime import FilesOnly  # noqa: PLC0415 - only commands that act
+        # Deferred like the source: subprocess and the unit parser, for commands that act.
+        from olladist.runtime import FilesOnly  # noqa: PLC0415
         from olladist.runtime.systemd import SystemdRuntime, booted_with_systemd  # noqa: PLC0415
 
         booted = booted_with_systemd()

@@ -27,8 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from olladist.errors import OlladistError
 from olladist.files import write_atomic
-from olladist.gateway.topology import MIN_SECRET_LEN
-from olladist.layout import ENV_FILE, PEER_SECRET_FILE, SECRETS_DIR, Layout
+from olladist.layout import ENV_FILE, MIN_SECRET_LEN, PEER_SECRET_FILE, SECRETS_DIR, Layout
 
 # The system group that runs HAProxy and the instances (packaging/olladist.sysusers.conf).
 GROUP = "olladist"

@@ -73,12 +73,7 @@ def load_desired(
     if local.binary:
         binary = local.binary
         spec = spec.model_copy(update={"ollama": spec.ollama.model_copy(update={"binary": binary})})
-    names = [n.name for n in spec.nodes]
-    if node not in names:
-        raise OlladistError(
-            f"node {node!r} is not in the spec (nodes: {', '.join(names)})",
-            hint="pass --node NAME or set OLLADIST_NODE in /etc/olladist/olladist.env",
-        )
+    spec.this_node(node)
     placement = place(spec)
     local_files = node_local_files(spec, node, placement)
     missing = [p for p in local_files if not layout.real(p).is_file()]

@@ -9,7 +9,6 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 from olladist.plan import Action, Kind, Plan
-from olladist.rolloutstate import lines as rollout_lines
 from olladist.status import Status
 
 if TYPE_CHECKING:
@@ -104,6 +103,9 @@ def format_status(s: Status) -> str:
             f"{h['kind']:<10}  {h['name']:<16} {h['status']:<10} sessions {h['sessions']}"
             f" queued {h['queued']} ({h['check'] or 'no check'})"
         )
+    # Deferred: rolloutstate needs the spec's pydantic, which `olladist status` never loads.
+    from olladist.rolloutstate import lines as rollout_lines  # noqa: PLC0415
+
     lines += rollout_lines(s.rollout)
     lines += [f"note:       {n}" for n in s.notes]
     for e in s.errors:

@@ -21,6 +21,8 @@ from pydantic import (
     Field,
 )
 
+from olladist.errors import OlladistError
+from olladist.layout import ENV_FILE
 from olladist.names import normalize_model
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -308,6 +310,16 @@ class Spec(_Model):
                 return n
         known = ", ".join(n.name for n in self.nodes)
         raise KeyError(f"no node {name!r} in the spec (nodes: {known})")
+
+    def this_node(self, name: str) -> Node:
+        """The node a command acts as, or the error an operator sees when it is not there."""
+        names = [n.name for n in self.nodes]
+        if name not in names:
+            raise OlladistError(
+                f"node {name!r} is not in the spec (nodes: {', '.join(names)})",
+                hint=f"pass --node NAME or set OLLADIST_NODE in {ENV_FILE}",
+            )
+        return self.node(name)
 
     def strategy_for(self, model: Model) -> Strategy:
         return model.strategy or self.gateway.strategy

@@ -12,10 +12,10 @@ import difflib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from olladist.errors import Loc, Problem, SpecError
 from olladist.placement import placement_problems
@@ -191,8 +191,6 @@ def _pydantic_problems(doc: Located, exc: ValidationError) -> list[Problem]:
 
 def _fields_at(loc: Loc) -> list[str]:
     """Field names valid at ``loc`` of the merged document (for 'did you mean')."""
-    from pydantic import BaseModel  # noqa: PLC0415
-
     model: type[BaseModel] = Spec
     for part in loc:
         if isinstance(part, int):
@@ -208,10 +206,6 @@ def _fields_at(loc: Loc) -> list[str]:
 
 
 def _model_in(annotation: object) -> Any:
-    from typing import get_args  # noqa: PLC0415
-
-    from pydantic import BaseModel  # noqa: PLC0415
-
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in get_args(annotation):

@@ -32,6 +32,31 @@ def _tool(name: str, hint: str) -> str:
     return found
 
 
+# The gateway's config needs HAProxy 2.6 (balance hash, json_query, set-var-fmt).
+MIN_HAPROXY = (2, 6)
+
+
+def haproxy_version() -> tuple[str, str]:
+    """(path, version) of the HAProxy olladist runs; ToolError when it is missing or older
+    than 2.6. The one check of it, for doctor and dev alike."""
+    exe = shutil.which(HAPROXY)
+    if exe is None:
+        raise ToolError(
+            "haproxy is not installed (olladist's gateway is HAProxy >= 2.6)",
+            hint="Debian/Ubuntu: sudo apt-get install haproxy (Debian 12 and Ubuntu 24.04 ship "
+            ">= 2.6; RHEL 9's 2.4 is too old)",
+        )
+    out = subprocess.run([exe, "-v"], capture_output=True, text=True, check=False).stdout.split()
+    version = out[2] if len(out) > 2 else "unknown"
+    head = version.split("-", maxsplit=1)[0]
+    if tuple(int(x) for x in head.split(".")[:2] if x.isdigit()) < MIN_HAPROXY:
+        raise ToolError(
+            f"haproxy {version} is too old; olladist needs 2.6 or newer",
+            hint="install HAProxy >= 2.6 (Debian 12 and Ubuntu 24.04 ship it)",
+        )
+    return exe, version
+
+
 def check_haproxy(config: Path) -> None:
     exe = _tool(HAPROXY, "install HAProxy >= 2.6 (Debian/Ubuntu: apt-get install haproxy)")
     # Not -q: it silences the alerts too, leaving an error without a reason.

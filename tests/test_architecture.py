@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,3 +297,31 @@ def test_docs_architecture_names_every_module() -> None:
         if name not in text:
             missing.append(name)
     assert missing == []
+
+
+HEAVY = ("pydantic", "jinja2", "httpx", "dulwich", "yaml")
+LOADED_HEAVY = """
+import json, sys
+from olladist.cli import main
+try:
+    main(sys.argv[2:])
+except SystemExit:
+    pass
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[1].split(",")))))
+"""
+
+
+@pytest.mark.parametrize("argv", [["status", "--root", "{root}"], ["--help"], ["--version"]])
+def test_quick_commands_load_no_heavy_library(tmp_path: Path, argv: list[str]) -> None:
+    """cli.py defers the heavy imports so that `status`, `--help` and `--version` start fast
+    (docs/architecture.md); this keeps it so."""
+    args = [a.format(root=tmp_path) for a in argv]
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADED_HEAVY, ",".join(HEAVY), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=PACKAGE.parent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]"

@@ -1,9 +1,11 @@
 """A small client for HAProxy's runtime API over unix sockets.
 
 Two sockets: the worker's stats socket (``level admin``, ``/run/olladist/gateway/admin.sock``)
-for server states and stats, and the master socket (``master.sock``) for ``reload`` and
-``show proc``. Each command opens a connection, sends one line, half-closes and reads to EOF;
-HAProxy answers and closes (the master socket only closes once it sees our half-close).
+for server states and stats, and the master socket (``master.sock``) for ``show proc``.
+Reloads go through the gateway unit's ExecReload (``haproxy -c``, then SIGUSR2 to the master),
+run by the node's runtime, never through this socket. Each command opens a connection, sends
+one line, half-closes and reads to EOF; HAProxy answers and closes (the master socket only
+closes once it sees our half-close).
 
 Parsers are pure functions of the text HAProxy prints, tested on captured output.
 """
@@ -234,27 +236,3 @@ class HAProxyRuntime:
 
     def processes(self) -> ProcInfo:
         return parse_show_proc(self._master("show proc"))
-
-    def reload(self, wait: float = 30.0) -> ProcInfo:
-        """Reload through the master socket and wait until the master reports it done.
-
-        HAProxy 2.6 answers ``reload`` with nothing and re-executes; success shows as a higher
-        reload count with an unchanged failure count in ``show proc``."""
-        before = self.processes()
-        self._master("reload")
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                now = self.processes()
-            except ToolError:
-                now = None
-            if now is not None and now.reloads > before.reloads:
-                if now.failed_reloads > before.failed_reloads:
-                    raise ToolError(
-                        "HAProxy refused the new configuration; the old one keeps serving",
-                        hint="run `haproxy -c -f /etc/olladist/haproxy.cfg` to see why",
-                    )
-                return now
-            if time.monotonic() > deadline:
-                raise ToolError(f"HAProxy did not finish reloading within {wait:.0f}s")
-            time.sleep(0.05)

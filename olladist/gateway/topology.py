@@ -33,6 +33,7 @@ from olladist.layout import (
     ADMIN_SOCKET,
     GATEWAY_DIR,
     INSTANCE_HOST,
+    MIN_SECRET_LEN,
     PEER_SECRET_FILE,
     SERVER_STATE_FILE,
     STATUS_SOCKET,
@@ -57,7 +58,6 @@ HASH_BALANCE_FACTOR = 125
 ROUTE_NAME_MAX = 80
 # HAProxy 2.6 refuses longer unix socket paths (sun_path minus its own suffix room).
 SOCKET_PATH_MAX = 97
-MIN_SECRET_LEN = 32
 
 # File paths end up unquoted inside sample expressions (`map(PATH)`), where a comma, a
 # parenthesis, a quote or a space would change the meaning; we refuse them instead of escaping.
@@ -246,6 +246,23 @@ def _capacity(node: Node) -> int:
     return sum(i.num_parallel for i in node.instances)
 
 
+def local_address(node: Node) -> str:
+    """Where this machine reaches the node's listeners, and where its stats listener binds:
+    nodes of a one-machine cluster each have their own 127.0.0.N, so their ports do not clash."""
+    return node.listen if node.loopback else "127.0.0.1"
+
+
+def listeners(spec: Spec, node: Node) -> list[tuple[str, int, str]]:
+    """Every (address, port, what) the node's gateway and instances listen on."""
+    gw = spec.gateway
+    out = [
+        (node.listen, gw.port, "gateway"),
+        (node.listen, gw.peer_port, "peer frontend"),
+        (local_address(node), gw.stats_port, "stats"),
+    ]
+    return out + [(INSTANCE_HOST, i.port, f"instance {i.name}") for i in node.instances]
+
+
 def _unspecified(addr: str) -> bool:
     return ipaddress.ip_address(addr).is_unspecified
 
@@ -381,8 +398,7 @@ def build(
         listen=listen,
         port=gw.port,
         peer_port=gw.peer_port,
-        # Nodes of a one-machine cluster each bind their own 127.0.0.N, so stats ports differ.
-        stats_bind=listen if node.loopback else "127.0.0.1",
+        stats_bind=local_address(node),
         stats_port=gw.stats_port,
         timeouts=gw.timeouts,
         health_interval=gw.health.interval,

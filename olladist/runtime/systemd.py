@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+from pathlib import Path
 
 from olladist.errors import ToolError
 
@@ -13,8 +14,6 @@ log = logging.getLogger("olladist.runtime.systemd")
 
 def booted_with_systemd() -> bool:
     """sd_booted(): the way systemd itself tells whether it is PID 1."""
-    from pathlib import Path  # noqa: PLC0415
-
     return Path("/run/systemd/system").is_dir()
 
 

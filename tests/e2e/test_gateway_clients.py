@@ -32,7 +32,9 @@ from olladist.gateway.runtime import HAProxyRuntime
 from olladist.layout import ADMIN_SOCKET, MASTER_SOCKET
 from olladist.names import normalize_model
 from olladist.placement import Placement, place
+from olladist.runtime.local import LocalRuntime
 from olladist.specload import load_spec
+from olladist.units import GATEWAY_UNIT
 from tests.e2e.cluster import Cluster, NodeProc, start_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -337,9 +339,21 @@ def _status_of(call: Any) -> int:
     return 200
 
 
+def _reload_as_the_reconciler_does(local: LocalRuntime, rt: HAProxyRuntime) -> None:
+    """The gateway unit's ExecReload (`haproxy -c`, then SIGUSR2 to the master) through the
+    node's runtime, then wait until the master counts the reload."""
+    before = rt.processes().reloads
+    local.reload(GATEWAY_UNIT)
+    deadline = time.monotonic() + 10
+    while rt.processes().reloads <= before:
+        assert time.monotonic() < deadline, "the master did not count the reload"
+        time.sleep(0.05)
+
+
 def test_200_streams_during_5_reloads_all_succeed(cluster: Cluster) -> None:
     node = cluster.nodes[0]
     rt = HAProxyRuntime(node.layout.real(ADMIN_SOCKET), node.layout.real(MASTER_SOCKET))
+    local = LocalRuntime(node.layout)
     reloads_before = rt.processes().reloads
     failures: list[str] = []
     completed = [0]
@@ -367,7 +381,7 @@ def test_200_streams_during_5_reloads_all_succeed(cluster: Cluster) -> None:
         for _ in range(5):
             await asyncio.sleep(0.4)
             seen_in_flight_at_reload.append(in_flight[0])
-            await asyncio.to_thread(rt.reload)
+            await asyncio.to_thread(_reload_as_the_reconciler_does, local, rt)
 
     async def main() -> float:
         reloads_done = asyncio.Event()

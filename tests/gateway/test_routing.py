@@ -412,3 +412,54 @@ def test_a_dead_peer_leaves_rotation_and_local_instances_serve(gw_tmp: Path) -> 
         wait_until(
             lambda: not next(s for s in n0.runtime.servers_state() if s.backend == "peers").serving
         )
+
+
+def test_model_affinity_picks_one_instance_whichever_gateway_a_request_enters(
+    gw_tmp: Path,
+) -> None:
+    """What HAProxy actually picks: every gateway (holders and not) sends a model-affinity
+    model to the same instance, so its cache is warm wherever clients come in."""
+    models = [
+        {"name": f"affine{k}:1b", "nodes": ["n0", "n1"], "strategy": "model-affinity"}
+        for k in range(4)
+    ]
+    spec = make_spec(loopback_hosts(3), {0: [2, 2], 1: [2, 2], 2: [2]}, models)
+    with cluster(gw_tmp, spec) as c:
+        for g in c.gateways.values():
+            wait_until(lambda g=g: all_up(g))
+        for m in models:
+            picked = {
+                post(c, node, "/api/generate", {"model": m["name"]}).json()["instance"]
+                for node in ("n0", "n1", "n2")
+                for _ in range(3)
+            }
+            assert len(picked) == 1, (m["name"], picked)
+            assert picked.pop().split("/")[0] in ("n0", "n1")
+
+
+def test_local_first_fails_over_to_the_peer_when_its_instance_dies(gw_tmp: Path) -> None:
+    """local-first keeps requests on the node while its instance is up; once the checks see
+    it down, the peer (a backup server) answers, and the peer's own gateway stays local."""
+    model = {"name": "lf:1b", "nodes": ["n0", "n1"], "strategy": "local-first"}
+    spec = make_spec(loopback_hosts(2), {0: [2], 1: [2]}, [model])
+    with cluster(gw_tmp, spec) as c:
+        for g in c.gateways.values():
+            wait_until(lambda g=g: all_up(g))
+        body = {"model": "lf:1b"}
+        assert {post(c, "n0", "/api/generate", body).json()["instance"] for _ in range(4)} == {
+            "n0/i0"
+        }
+        c.fakes["n0/i0"].kill()
+        n0 = c.gw("n0").runtime
+        wait_until(
+            lambda: (
+                not next(
+                    s for s in n0.servers_state() if s.backend == "instances" and s.server == "i0"
+                ).serving
+            )
+        )
+        answers = [post(c, "n0", "/api/generate", body) for _ in range(4)]
+        assert [(r.status_code, r.json()["instance"]) for r in answers] == [(200, "n1/i0")] * 4
+        assert {post(c, "n1", "/api/generate", body).json()["instance"] for _ in range(4)} == {
+            "n1/i0"
+        }

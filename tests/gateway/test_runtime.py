@@ -1,5 +1,6 @@
 """The runtime API client: parsers on captured output, then the real thing (drain, failover,
-reloads under streaming load, a refused reload)."""
+reloads under streaming load, a refused reload). Reloads go the way production reloads: the
+rendered gateway unit run by LocalRuntime, reloaded through DrainingRuntime."""
 
 from __future__ import annotations
 
@@ -7,22 +8,33 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from olladist.check import check_servers
-from olladist.drain import active_sessions, drain_instance, set_ready
+from olladist.drain import DrainingRuntime, active_sessions, drain_instance, set_ready
 from olladist.errors import ToolError
+from olladist.files import write_atomic
+from olladist.gateway import INSTANCES_BACKEND
+from olladist.gateway.render import gateway_files
 from olladist.gateway.runtime import (
     AdminFlag,
     AdminState,
+    HAProxyRuntime,
     OpState,
+    ServerState,
     parse_servers_state,
     parse_show_proc,
     parse_stat,
 )
+from olladist.layout import ADMIN_SOCKET, MASTER_SOCKET, Layout
+from olladist.nodeconfig import write_peer_secret
+from olladist.placement import place
+from olladist.runtime.local import LocalRuntime
+from olladist.units import GATEWAY_UNIT, unit_files
 from tests.gateway.harness import Cluster, all_up, cluster, loopback_hosts, make_spec, wait_until
 
 DATA = Path(__file__).parent / "data"
@@ -114,9 +126,60 @@ def test_a_dead_instance_leaves_rotation_within_two_check_intervals(one_node: Cl
     assert {gen(one_node).json()["instance"] for _ in range(8)} == {"n0/i1"}
 
 
+@dataclass
+class UnitGateway:
+    """A gateway run the way the reconciler runs it: its rendered unit started by
+    LocalRuntime, reloaded through DrainingRuntime (as reconcile.execute wraps the runtime)."""
+
+    url: str
+    root: Path
+    runtime: DrainingRuntime
+    rt: HAProxyRuntime
+
+    def reload(self) -> int:
+        """Reload as apply does (save server states, then the unit's ExecReload: `haproxy -c`
+        and SIGUSR2 to the master) and wait until the master counts the reload."""
+        before = self.rt.processes().reloads
+        self.runtime.reload(GATEWAY_UNIT)
+        wait_until(lambda: self.rt.processes().reloads > before, timeout=10)
+        return self.rt.processes().reloads
+
+    def gen(self) -> httpx.Response:
+        with httpx.Client(trust_env=False, timeout=30) as h:
+            return h.post(self.url + "/api/generate", json={"model": "m"})
+
+
+@pytest.fixture
+def unit_gateway(gw_tmp: Path) -> Iterator[UnitGateway]:
+    spec = make_spec(loopback_hosts(1), {0: [4, 4]}, MODELS)
+    with cluster(gw_tmp, spec, gateways=[]):
+        layout = Layout(gw_tmp / "n0")
+        files = {**unit_files(layout), **gateway_files(spec, "n0", place(spec), layout)}
+        for path, f in files.items():
+            write_atomic(layout.real(path), f.content.encode(), f.mode)
+        write_peer_secret(layout)  # node-local; the config names it
+        runtime = DrainingRuntime(LocalRuntime(layout), layout, spec.node("n0"))
+        runtime.start(GATEWAY_UNIT)
+        try:
+            rt = HAProxyRuntime(layout.real(ADMIN_SOCKET), layout.real(MASTER_SOCKET))
+            node = spec.node("n0")
+            g = UnitGateway(f"http://{node.listen}:{spec.gateway.port}", layout.root, runtime, rt)
+            wait_until(lambda: all(s.serving for s in _servers(rt)))
+            yield g
+        finally:
+            runtime.stop_all()
+
+
+def _servers(rt: HAProxyRuntime) -> list[ServerState]:
+    try:
+        return [s for s in rt.servers_state() if s.backend == INSTANCES_BACKEND]
+    except ToolError:
+        return []
+
+
 @pytest.mark.integration
-def test_hitless_reloads_under_streaming_load(one_node: Cluster) -> None:
-    rt = one_node.gw("n0").runtime
+def test_hitless_reloads_under_streaming_load(unit_gateway: UnitGateway) -> None:
+    g = unit_gateway
     failures: list[str] = []
     done = 0
     stop = threading.Event()
@@ -128,7 +191,7 @@ def test_hitless_reloads_under_streaming_load(one_node: Cluster) -> None:
             while not stop.is_set():
                 body = {"model": "m", "stream": True, "lines": 4, "delay": 0.05}
                 try:
-                    with h.stream("POST", one_node.gw("n0").url + "/api/chat", json=body) as r:
+                    with h.stream("POST", g.url + "/api/chat", json=body) as r:
                         lines = [x for x in r.iter_lines() if x]
                     if r.status_code != 200 or len(lines) != 4:
                         failures.append(f"{r.status_code} {len(lines)} lines")
@@ -144,7 +207,7 @@ def test_hitless_reloads_under_streaming_load(one_node: Cluster) -> None:
         reloads = []
         for _ in range(5):
             time.sleep(0.3)
-            reloads.append(rt.reload().reloads)
+            reloads.append(g.reload())
         time.sleep(0.3)
     finally:
         stop.set()
@@ -152,40 +215,45 @@ def test_hitless_reloads_under_streaming_load(one_node: Cluster) -> None:
             t.join(30)
     assert failures == []
     assert reloads == sorted(reloads) and len(set(reloads)) == 5
+    assert g.rt.processes().failed_reloads == 0
     assert done >= 20
 
 
 @pytest.mark.integration
-def test_a_refused_reload_raises_and_the_old_config_serves(one_node: Cluster) -> None:
-    g = one_node.gw("n0")
+def test_a_refused_reload_raises_and_the_old_config_serves(unit_gateway: UnitGateway) -> None:
+    g = unit_gateway
     cfg = g.root / "etc/olladist/haproxy.cfg"
     good = cfg.read_text()
     cfg.write_text(good + "\nbackend broken\n    balance nonsense\n")
+    before = g.rt.processes()
     try:
-        with pytest.raises(ToolError, match="refused"):
-            g.runtime.reload()
-        assert gen(one_node).status_code == 200
+        # ExecReload checks the config before it signals: HAProxy is never told to reload.
+        with pytest.raises(ToolError, match=r"olladist-gateway.service: `.*haproxy.* -c` failed"):
+            g.runtime.reload(GATEWAY_UNIT)
+        assert g.gen().status_code == 200
+        assert g.rt.processes().reloads == before.reloads
     finally:
         cfg.write_text(good)
-    g.runtime.reload()
-    assert gen(one_node).status_code == 200
+    g.reload()
+    assert g.gen().status_code == 200
 
 
 @pytest.mark.integration
-def test_save_server_state_keeps_a_drain_across_reload(one_node: Cluster) -> None:
-    g = one_node.gw("n0")
-    g.runtime.set_state("instances", "i1", AdminState.DRAIN)
-    g.runtime.save_server_state(g.root / "var/lib/olladist/gateway/servers.state")
-    g.runtime.reload()
-    state = {(s.backend, s.server): s for s in g.runtime.servers_state()}
-    assert state[("instances", "i1")].draining
-    assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i0"}
+def test_a_drain_survives_a_reload(unit_gateway: UnitGateway) -> None:
+    """The reload apply does saves server states first, so a drained instance stays out."""
+    g = unit_gateway
+    g.rt.set_state(INSTANCES_BACKEND, "i1", AdminState.DRAIN)
+    g.reload()
+    state = {(s.backend, s.server): s for s in g.rt.servers_state()}
+    assert state[(INSTANCES_BACKEND, "i1")].draining
+    assert {g.gen().json()["instance"] for _ in range(6)} == {"n0/i0"}
 
 
 @pytest.mark.integration
 def test_drain_waits_for_running_streams(one_node: Cluster) -> None:
     rt = one_node.gw("n0").runtime
-    body = {"model": "m", "stream": True, "lines": 4, "delay": 0.25}
+    # 2 s streams: long enough that all four are open at once even on a loaded machine.
+    body = {"model": "m", "stream": True, "lines": 8, "delay": 0.25}
     finished: list[tuple[str, float]] = []  # (instance, when its stream ended)
 
     def stream() -> None:
@@ -195,10 +263,9 @@ def test_drain_waits_for_running_streams(one_node: Cluster) -> None:
     threads = [threading.Thread(target=stream) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
-    assert active_sessions(rt, "i0") + active_sessions(rt, "i1") == 4
+    wait_until(lambda: active_sessions(rt, "i0") + active_sessions(rt, "i1") == 4)
     assert not drain_instance(rt, "i0", timeout=0.1)  # still streaming: not idle yet, but drained
-    assert drain_instance(rt, "i0", timeout=5)
+    assert drain_instance(rt, "i0", timeout=30)
     drained_at = time.monotonic()
     for t in threads:
         t.join(10)
