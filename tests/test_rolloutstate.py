@@ -55,9 +55,39 @@ def test_begin_settle_and_the_failed_list() -> None:
 def test_a_node_the_commit_leaves_alone_is_unchanged() -> None:
     old = spec()
     new = old.model_copy(update={"models": [*old.models]})  # the same spec
-    record = begin({}, plan_rollout(old, new, B), "n1", A)
-    assert (record["state"], record["wave"], record["applied"]) == ("unchanged", None, B)
-    assert "no change here" in lines(record)[0]
+    plan = plan_rollout(old, new, B)
+    record = begin({}, plan, "n1", A)
+    # Still in a wave (after those of the changed nodes, none here): it reports at its turn.
+    assert record["wave"] == (plan.gate_wave_of("n1") or 0) + 1 and record["changed_waves"] == 0
+    assert (record["state"], record["applied"]) == ("applying", A)
+    settled = settle(record, [], unchanged=True)
+    assert (settled["state"], settled["applied"]) == ("unchanged", B)
+    assert "no change in the commit here" in lines(settled)[0]
+
+
+def test_waiting_at_the_gate_survives_a_restart_and_stopping_keeps_the_old_commit() -> None:
+    from olladist.gate import Action, Verdict  # noqa: PLC0415
+    from olladist.rolloutstate import stopped, stopped_reason, through, waiting  # noqa: PLC0415
+
+    plan = plan_rollout(spec(), spec("11m"), B)
+    record = begin({}, plan, "n0", A)
+    first = waiting(record, Verdict(Action.WAIT, "waiting for wave 1", 1, ("n1",)))
+    assert first["state"] == "waiting" and first["gate"]["wave"] == 1
+    since = first["gate"]["since"]
+    again = waiting(first, Verdict(Action.WAIT, "still", 1, ("n1",)))
+    assert again["gate"]["since"] == since  # the same wave: the wait goes on
+    # A restarted reconciler begins the same commit again: the wait resumes where it was.
+    resumed = begin(again, plan, "n0", A)
+    assert resumed["state"] == "waiting" and resumed["gate"]["since"] == since
+    assert "gate:" in "\n".join(lines(resumed))
+    assert "gate" not in through(resumed) and through(resumed)["state"] == "applying"
+    stop = stopped(resumed, Verdict(Action.STOP, "commit failed on n1: broke", 1, ("n1",)))
+    assert (stop["state"], stop["applied"], stop["stopped"]["nodes"]) == ("stopped", A, ["n1"])
+    assert stopped_reason(stop, B) == "commit failed on n1: broke"
+    assert stopped_reason(stop, A) is None
+    assert "stopped:  commit failed on n1: broke" in "\n".join(lines(stop))
+    # A newer commit starts afresh.
+    assert begin(stop, plan_rollout(spec("11m"), spec("12m"), A), "n0", B)["state"] == "applying"
 
 
 def test_diff_view_shows_the_tip_rollout_and_a_rollback() -> None:
