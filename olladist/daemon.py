@@ -386,9 +386,7 @@ class Daemon:
             self.status.planned(p)
         if not p.drift:
             if rolling and self.status.rollout.get("state") == "applying":
-                self.status.rollout = rolloutstate.settle(
-                    self.status.rollout, [], unchanged=True
-                )
+                self.status.rollout = rolloutstate.settle(self.status.rollout, [], unchanged=True)
             if record_applied:
                 self.status.applied(desired.commit)
             return

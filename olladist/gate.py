@@ -103,9 +103,7 @@ def decide(
     (a peer missing from it was not read); ``waiting``: (wave, since) of the wait so far, the
     wall clock at which this node began to wait on that wave (None: not waiting yet)."""
     short = commit[:12]
-    failed = [
-        (n, why) for n, r in sorted(reports.items()) if (why := failed_on(r.record, commit))
-    ]
+    failed = [(n, why) for n, r in sorted(reports.items()) if (why := failed_on(r.record, commit))]
     if failed:
         names = tuple(n for n, _ in failed)
         where = "; ".join(f"{n}: {why}" for n, why in failed)
@@ -127,8 +125,7 @@ def decide(
         if now - since >= timeout_s:
             return Verdict(
                 Action.STOP,
-                f"wave {k + 1} did not report healthy on {short} within {timeout_s:g}s: "
-                f"{detail}",
+                f"wave {k + 1} did not report healthy on {short} within {timeout_s:g}s: {detail}",
                 k + 1,
                 tuple(pending),
             )

@@ -164,20 +164,25 @@ def diff_view(
     commit: str,
     applied: str,
     spec_of: Callable[[str], Spec],
+    parent: str | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """What ``olladist diff`` adds about the rollout: the waves of the tip (``commit``) after the
     applied commit, when they differ, and this node's recorded rollout state. ``spec_of``
     loads a commit's spec as committed (without node-local overrides, so that every node
-    computes the same waves). Returns the text lines and the same for ``--json``."""
+    computes the same waves). ``parent``: the tip's first parent, which the waves are planned
+    against (as the daemon does); None: the applied commit. Returns the text lines and the
+    same for ``--json``."""
     out: list[str] = []
     data: dict[str, Any] = {"state": record or None, "plan": None}
     if commit and commit != applied and not commit.startswith("dir:"):
         old: Spec | None = None
-        if applied and not applied.startswith("dir:"):
+        before = parent if parent is not None else applied
+        if before and not before.startswith("dir:"):
             try:
-                old = spec_of(applied)
+                old = spec_of(before)
             except OlladistError as exc:
-                out.append(f"rollout: cannot load the applied commit {applied[:12]}: {exc.message}")
+                what = "applied commit" if parent is None else "parent commit"
+                out.append(f"rollout: cannot load the {what} {before[:12]}: {exc.message}")
         plan = plan_rollout(old, spec_of(commit), commit)
         data["plan"] = plan.to_dict()
         reason = failed_reason(record, commit)

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from olladist.errors import OlladistError
+from olladist.gate import Action, Verdict
 from olladist.gateway.topology import NodeTLS
 from olladist.placement import place
 from olladist.reconcile import Desired
 from olladist.rollout import plan_rollout
-from olladist.rolloutstate import begin, diff_view, failed_reason, lines, settle
+from olladist.rolloutstate import (
+    begin,
+    diff_view,
+    failed_reason,
+    lines,
+    settle,
+    stopped,
+    stopped_reason,
+    through,
+    waiting,
+)
 from olladist.selfcheck import gateway_url
 from olladist.spec import Spec
 
@@ -66,9 +77,6 @@ def test_a_node_the_commit_leaves_alone_is_unchanged() -> None:
 
 
 def test_waiting_at_the_gate_survives_a_restart_and_stopping_keeps_the_old_commit() -> None:
-    from olladist.gate import Action, Verdict  # noqa: PLC0415
-    from olladist.rolloutstate import stopped, stopped_reason, through, waiting  # noqa: PLC0415
-
     plan = plan_rollout(spec(), spec("11m"), B)
     record = begin({}, plan, "n0", A)
     first = waiting(record, Verdict(Action.WAIT, "waiting for wave 1", 1, ("n1",)))
