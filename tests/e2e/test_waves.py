@@ -1,4 +1,4 @@
-"""The wave gate end to end: three nodes of one instance each, following one git repository
+"""The wave gate end to end: three nodes of two instances each, following one git repository
 over HTTP, clients streaming through every gateway.
 
 - A commit that restarts every instance rolls out wave by wave: every gateway's view of its
@@ -11,8 +11,9 @@ over HTTP, clients streaming through every gateway.
 - A wave that does not report within ``wave_timeout`` stops the rollout: the later nodes say
   which wave and which nodes, stay on their commit, and the next commit rolls out everywhere.
 
-One instance per node, so a node's restart takes its replica out of service (with two, a node
-restarts them one at a time and always serves).
+A node is *restarting* while any of its instances is out of service in its gateway (a node
+restarts its instances one at a time, so it keeps serving; what the waves prevent is every
+holder of a model being in the middle of a restart at once).
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ REPLICATED = ["llama3.2:1b", "nomic-embed-text"]
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = start_cluster(
         tmp_path_factory.mktemp("waves"),
-        instances=1,
         models=MODELS,
         policy=", rollout: {check_timeout: 30s, wave_timeout: 5m}",
     )
@@ -112,8 +112,8 @@ class Clients:
 
 
 class Sampler:
-    """Every 100 ms, which nodes' gateways do not have their instance in service (DRAIN,
-    MAINT, DOWN, or no answer from the stats page)."""
+    """Every 100 ms, which nodes are restarting: an instance not in service in its gateway
+    (DRAIN, MAINT, DOWN), or no answer from its stats page."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -128,7 +128,7 @@ class Sampler:
         except httpx.HTTPError:
             return True
         rows = [s for s in parse_stat(r.text) if s.backend == INSTANCES_BACKEND]
-        return not any(s.status.startswith("UP") for s in rows)
+        return not rows or not all(s.status.startswith("UP") for s in rows)
 
     def _run(self) -> None:
         with httpx.Client(timeout=2.0, trust_env=False) as c:
@@ -190,8 +190,8 @@ def _rollout(node: NodeProc) -> dict[str, Any]:
 
 def test_a_commit_that_restarts_every_instance_rolls_out_wave_by_wave(cluster: Cluster) -> None:
     spec = load_spec(cluster.repo)
-    holders = {m: place(spec).nodes_for(m) for m in REPLICATED}
-    assert all(len(h) == 2 for h in holders.values()), holders
+    holders = {m.key: place(spec).nodes_for(m.key) for m in spec.models}
+    assert len(holders) == 2 and all(len(h) == 2 for h in holders.values()), holders
     _keep_alive(cluster, "11m")
     with Clients(cluster) as clients, Sampler(cluster) as sampler:
         time.sleep(1.0)
