@@ -508,6 +508,7 @@ class Daemon:
         while True:
             self.alive_at = time.monotonic()  # a wait at the gate is progress, not a hang
             got = peers.fetch("/olladist/v1/status") if peers is not None else {}
+            self.alive_at = time.monotonic()  # each peer's answer is bounded by its timeout
             reports = {
                 name: gate.Report(
                     name,
