@@ -188,6 +188,12 @@ def diff_view(
         reason = failed_reason(record, commit)
         if reason is not None:
             out.append(f"rollout: this node rolled back from {commit[:12]}: {reason}")
+        stop = stopped_reason(record, commit)
+        if stop is not None:
+            out.append(f"rollout: {commit[:12]} stopped before this node: {stop}")
+        gate = record.get("gate") or {}
+        if record.get("commit") == commit and record.get("state") == "waiting" and gate:
+            out.append(f"rollout: {commit[:12]} waits at the gate: {gate.get('reason')}")
         out += plan.notes(node)
     elif record:
         out += lines(record)

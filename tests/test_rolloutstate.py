@@ -94,6 +94,11 @@ def test_waiting_at_the_gate_survives_a_restart_and_stopping_keeps_the_old_commi
     assert stopped_reason(stop, B) == "commit failed on n1: broke"
     assert stopped_reason(stop, A) is None
     assert "stopped:  commit failed on n1: broke" in "\n".join(lines(stop))
+    text, data = diff_view(
+        stop, "n0", commit=B, applied=A, spec_of={A: spec(), B: spec("11m")}.__getitem__
+    )
+    assert f"rollout: {B[:12]} stopped before this node: commit failed on n1: broke" in text
+    assert data["state"]["stopped"] == {"wave": 1, "nodes": ["n1"], "reason": stop["reason"]}
     # A newer commit starts afresh.
     assert begin(stop, plan_rollout(spec("11m"), spec("12m"), A), "n0", B)["state"] == "applying"
 

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
+from olladist.cli import main
 from olladist.gateway import INSTANCES_BACKEND
 from olladist.gateway.runtime import parse_stat
 from olladist.placement import place
@@ -188,7 +189,9 @@ def _rollout(node: NodeProc) -> dict[str, Any]:
     return node.status().get("rollout") or {}
 
 
-def test_a_commit_that_restarts_every_instance_rolls_out_wave_by_wave(cluster: Cluster) -> None:
+def test_a_commit_that_restarts_every_instance_rolls_out_wave_by_wave(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = load_spec(cluster.repo)
     holders = {m.key: place(spec).nodes_for(m.key) for m in spec.models}
     assert len(holders) == 2 and all(len(h) == 2 for h in holders.values()), holders
@@ -197,8 +200,10 @@ def test_a_commit_that_restarts_every_instance_rolls_out_wave_by_wave(cluster: C
         time.sleep(1.0)
         sha, plan = _commit_planned(cluster, "every instance: a new keep-alive")
         assert len(plan.waves) >= 2  # replicas apart: not every node at once
-        cluster.wait_converged(sha, timeout=cluster.interval + 120)
+        took = cluster.wait_converged(sha, timeout=cluster.interval + 120)
         time.sleep(1.0)
+    with capsys.disabled():  # a figure, not an assertion (bench/ holds the timed ones)
+        print(f"\ncommit to converged, {len(plan.gate_waves)} waves: {took:.1f}s")
 
     # Every node restarted, and was seen to.
     seen = set().union(*sampler.samples)
@@ -260,7 +265,9 @@ def test_a_node_killed_while_it_waits_at_the_gate_resumes_the_wait(cluster: Clus
     assert victim.service_pids() != pids
 
 
-def test_a_wave_that_does_not_report_in_time_stops_the_rollout(cluster: Cluster) -> None:
+def test_a_wave_that_does_not_report_in_time_stops_the_rollout(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
     every = list(cluster.nodes)
     good = cluster.head()
     _signal(every, signal.SIGSTOP)
@@ -283,6 +290,11 @@ def test_a_wave_that_does_not_report_in_time_stops_the_rollout(cluster: Cluster)
         assert r["stopped"]["wave"] == 1 and r["stopped"]["nodes"] == sorted(plan.waves[0])
         assert f"wave 1 did not report healthy on {sha[:12]} within 4s" in r["reason"]
         assert s["applied_commit"] == good and "stopped before this node" in s["attempted_error"]
+    capsys.readouterr()
+    main(["diff", "--root", str(later[0].root)])
+    assert f"rollout: {sha[:12]} stopped before this node: wave 1 did not report" in (
+        capsys.readouterr().out
+    )
     # The first wave goes on (it waits for nobody); the later ones stay where they are.
     cluster.wait(
         lambda: all(n.status().get("applied_commit") == sha for n in first),
