@@ -136,12 +136,21 @@ def cmd_diff(ctx: Context) -> int:
 
     p, desired, state, _ = _plan(ctx)
     status = state.status() or {}
+    source = ctx.config.open_source()
+    first_parent = getattr(source, "first_parent", None)
+    parent = None
+    if first_parent is not None and not ctx.commit.startswith("dir:"):
+        try:
+            parent = first_parent(ctx.commit) or ""
+        except OlladistError:
+            parent = None  # not in the mirror: against the applied commit, as before
     rollout, rollout_json = diff_view(
         status.get("rollout") or {},
         desired.node,
         commit=ctx.commit,
         applied=status.get("applied_commit") or "",
-        spec_of=lambda commit: load_spec(ctx.config.open_source().checkout(commit)),
+        spec_of=lambda commit: load_spec(source.checkout(commit)),
+        parent=parent,
     )
     if ctx.args.json:
         print(json.dumps({**p.to_dict(), "rollout": rollout_json}, indent=2))

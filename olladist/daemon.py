@@ -31,12 +31,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from olladist import rolloutstate
+from olladist import gate, rolloutstate
 from olladist.errors import OlladistError
 from olladist.layout import ETC_DIR, SYSTEMD_DIR
 from olladist.models import forget_preloads
 from olladist.nodeconfig import NodeConfig
 from olladist.ollama import Progress
+from olladist.peers import PeerError, Peers
 from olladist.plan import Kind, Plan
 from olladist.reconcile import Desired, execute, full_plan, load_desired, restart_slot
 from olladist.rollout import plan_rollout
@@ -318,6 +319,16 @@ class Daemon:
             self.status.attempt(commit, error.message)
             self._reconcile_last_good()
             raise error
+        stopped = rolloutstate.stopped_reason(self.status.rollout, commit)
+        if commit != applied and stopped is not None:
+            # The gate stopped this commit here: the node stays on its commit.
+            error = OlladistError(
+                f"the rollout of {commit} stopped before this node: {stopped}",
+                hint="push a newer commit (it rolls out from the start)",
+            )
+            self.status.attempt(commit, error.message)
+            self._reconcile_last_good()
+            raise error
         if commit != applied:
             try:
                 desired = load_desired(
@@ -362,9 +373,20 @@ class Daemon:
             self._rollout_begin(desired)
         p = full_plan(desired, self.layout, self.state, self.runtime)
         self.status.planned(p)
+        if rolling:
+            try:
+                go = self._gate(desired)
+            except OlladistError:
+                self.desired = last_good  # nothing of it applied: the node stays as it is
+                raise
+            if not go:
+                self.desired = last_good  # a newer commit superseded the wait
+                return
+            p = full_plan(desired, self.layout, self.state, self.runtime)  # after the wait
+            self.status.planned(p)
         if not p.drift:
             if rolling and self.status.rollout.get("state") == "applying":
-                self.status.rollout = rolloutstate.settle(self.status.rollout, [])
+                self.status.rollout = rolloutstate.settle(self.status.rollout, [], unchanged=True)
             if record_applied:
                 self.status.applied(desired.commit)
             return
@@ -384,7 +406,8 @@ class Daemon:
                 if self.stopping.wait(delay):
                     return
                 p = full_plan(desired, self.layout, self.state, self.runtime)
-        self._stagger(desired, p)
+        if not rolling or not self.status.rollout.get("waves"):
+            self._stagger(desired, p)  # no waves to gate on (a directory source)
         try:
             outcome = execute(
                 p,
@@ -415,14 +438,18 @@ class Daemon:
 
     def _rollout_begin(self, desired: Desired) -> None:
         """Record the waves of a new commit. They come from the specs as committed (no
-        node-local overrides), so every node computes the same ones."""
+        node-local overrides) of the commit and its first parent, so every node computes the
+        same ones, whatever commit each of them runs (a directory source has no parents: its
+        waves are against the applied commit)."""
         applied = self.status.applied_commit
         try:
             new = load_spec(self.source.checkout(desired.commit))
+            first_parent = getattr(self.source, "first_parent", None)
+            before = first_parent(desired.commit) if first_parent is not None else applied
             old: Spec | None = None
-            if applied:
+            if before:
                 with contextlib.suppress(OlladistError):
-                    old = load_spec(self.source.checkout(applied))
+                    old = load_spec(self.source.checkout(before))
             plan = plan_rollout(old, new, desired.commit)
         except OlladistError as exc:
             log.warning("no rollout waves for %s: %s", desired.commit[:12], exc.message)
@@ -456,10 +483,91 @@ class Daemon:
         self._reconcile_last_good()
         raise error
 
+    def _gate(self, desired: Desired) -> bool:
+        """Wait until this node's wave may apply ``desired`` (olladist.gate): True to go on,
+        False when a newer commit supersedes the wait (or the daemon stops); raises when the
+        rollout stops here. The record on disk says where the wait is, for the peers and for
+        a restarted reconciler. A node with nothing applied yet serves nothing, so it has
+        nothing to protect and does not wait."""
+        record = self.status.rollout
+        if record.get("commit") != desired.commit or not record.get("waves"):
+            return True
+        if not self.status.applied_commit or self.once:
+            return True
+        spec = desired.spec
+        timeout = duration_ms(spec.policy.rollout.wave_timeout) / 1000
+        exempt = {n.name for n in spec.nodes if not n.instances}
+        try:
+            peers = Peers.of(spec, self.node, self.layout, self.local.tls)
+        except PeerError as exc:
+            peers = None  # every peer unreadable: not healthy, so the gate waits
+            log.error("%s", exc.message)
+        poll_every = max(1.0, min(self._interval(), 10.0))
+        next_poll = time.monotonic() + poll_every
+        shown = ""
+        while True:
+            self.alive_at = time.monotonic()  # a wait at the gate is progress, not a hang
+            got = peers.fetch("/olladist/v1/status") if peers is not None else {}
+            self.alive_at = time.monotonic()  # each peer's answer is bounded by its timeout
+            reports = {
+                name: gate.Report(
+                    name,
+                    r.data.get("rollout") if r.ok and isinstance(r.data, dict) else None,
+                    r.error,
+                )
+                for name, r in got.items()
+            }
+            since = self.status.rollout.get("gate") or {}
+            verdict = gate.decide(
+                desired.commit,
+                self.status.rollout["waves"],
+                self.node,
+                reports,
+                waiting=(since["wave"], since["since"]) if since.get("wave") else None,
+                now=time.time(),
+                timeout_s=timeout,
+                exempt=exempt,
+            )
+            if verdict.action is gate.Action.GO:
+                self.status.rollout = rolloutstate.through(self.status.rollout)
+                return True
+            if verdict.action is gate.Action.STOP:
+                self.status.rollout = rolloutstate.stopped(self.status.rollout, verdict)
+                error = OlladistError(
+                    f"the rollout of {desired.commit} stopped before this node: {verdict.reason}",
+                    hint="push a newer commit (it rolls out from the start)",
+                )
+                self.status.attempt(desired.commit, error.message)
+                raise error
+            self.status.rollout = rolloutstate.waiting(self.status.rollout, verdict)
+            self.status.save(self.state)  # what the peers and the status page read
+            if verdict.reason != shown:
+                log.info("%s: %s", desired.commit[:12], verdict.reason)
+                self.notify(f"STATUS=rollout of {desired.commit[:12]}: {verdict.reason}"[:400])
+                shown = verdict.reason
+            for unit in self.runtime.supervise():
+                log.warning("%s was not running; started it", unit)
+            if self.stopping.wait(1.0):
+                return False
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + poll_every
+                if self._superseded(desired.commit):
+                    self.wake.put("newer commit")
+                    return False
+
+    def _superseded(self, commit: str) -> bool:
+        """Has the source moved past ``commit``? (Polling errors: not now, ask again later.)"""
+        try:
+            tip = self.source.poll(accepted=self.status.applied_commit or None).commit
+        except OlladistError as exc:
+            log.warning("poll while waiting at the gate: %s", exc.message)
+            return False
+        if tip != commit:
+            log.info("commit %s supersedes the wait for %s", tip[:12], commit[:12])
+        return tip != commit
+
     def _stagger(self, desired: Desired, p: Plan) -> None:
-        # The rollout gate goes here once peers' reports can be read: wait until every node
-        # of the earlier waves (self.status.rollout["waves"]) reports healthy on this commit,
-        # or stop at policy.rollout.wave_timeout. Until then, the open-loop restart stagger.
+        # The open-loop restart stagger, for what has no waves to gate on.
         restarts = [a for a in p.actions if a.kind is Kind.RESTART and "@" in a.target]
         if not restarts or not desired.commit:
             return

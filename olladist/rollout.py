@@ -1,12 +1,15 @@
 """Rollout waves: in which order the nodes take a commit, computed by every node alike.
 
 A pure function of the previous spec, the new spec and the new commit id, so every node computes
-the same waves without talking to the others:
+the same waves without talking to the others. The previous spec is that of the new commit's
+first parent, never a node's own applied commit: nodes on different commits (one lagging, one
+that refused a commit) would otherwise compute different waves for the same commit.
 
 1. **Which nodes change.** Each node's files are rendered for the old and the new spec (with
    the same fixed layout and no node-local settings, so every node gets the same renders for
-   every other node) and compared. A node whose files do not change is in no wave: it has
-   nothing to apply and reports so.
+   every other node) and compared. The nodes whose files do not change come after the waves
+   of those that do (``later``), coloured the same way: most report "unchanged" at once, and
+   one that lags behind the parent still changes and waits for every earlier wave.
 2. **Which nodes may not go together.** Two changed nodes that hold a replica of the same model
    (before or after the commit) never share a wave, so a commit never takes every replica of a
    model down at once. A ``nodes: all`` model is the exception: it would give every node its
@@ -19,8 +22,8 @@ the same waves without talking to the others:
 A model held by one node, with one instance, is unavailable while that instance restarts,
 whatever the waves: ``olladist diff`` says so.
 
-The waves gate the rollout once peers' reports can be read (``Daemon._stagger``, where the
-restart stagger waits today, is where a node waits for the earlier waves).
+The wave gate (olladist.gate) holds a node of wave k until every node of the earlier waves
+reports healthy on the commit (or unchanged).
 """
 
 from __future__ import annotations
@@ -73,6 +76,17 @@ class RolloutPlan:
     unchanged: tuple[str, ...]  # nodes the commit leaves as they are
     # (model, node): held by that node only, with one instance, which restarts
     unavailable: tuple[tuple[str, str], ...] = ()
+    # The waves of the unchanged nodes, after ``waves``: every node is in exactly one wave of
+    # ``gate_waves``, which is what the wave gate (olladist.gate) waits on.
+    later: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def gate_waves(self) -> tuple[tuple[str, ...], ...]:
+        return self.waves + self.later
+
+    def gate_wave_of(self, node: str) -> int | None:
+        """The wave of ``node`` in ``gate_waves`` (0 first); None for a node not in the spec."""
+        return next((k for k, wave in enumerate(self.gate_waves) if node in wave), None)
 
     def wave_of(self, node: str) -> int | None:
         """The wave of ``node`` (0 first), or None when the commit does not change it."""
@@ -88,6 +102,7 @@ class RolloutPlan:
             "changes": [c.to_dict() for c in self.changes],
             "unchanged": list(self.unchanged),
             "unavailable": [{"model": m, "node": n} for m, n in self.unavailable],
+            "later": [list(w) for w in self.later],
         }
 
     def notes(self, node: str) -> list[str]:
@@ -198,7 +213,47 @@ def plan_rollout(old: Spec | None, new: Spec, commit: str) -> RolloutPlan:
         for n in members:
             apart[n] |= members - {n}
 
-    order = sorted(changed, key=lambda n: (-len(apart[n]), _rank(commit, n)))
+    waves = _colour(changed, apart, capped, commit)
+    # The nodes this step leaves alone come after, coloured the same way among themselves: a
+    # node that lags (it is on an older commit than the parent) may still change, and waits
+    # for every wave of the step before it; the others report "unchanged" there at once.
+    rest = sorted({n.name for n in new.nodes} - changed_set)
+    rest_apart: dict[str, set[str]] = {n: set() for n in rest}
+    for model, nodes in holders.items():
+        members = nodes & set(rest)
+        if model in everywhere:
+            continue
+        for n in members:
+            rest_apart[n] |= members - {n}
+    rest_capped = {m: (cap, set(rest) & holders[m]) for m, (cap, _) in capped.items()}
+    later = _colour(rest, rest_apart, rest_capped, commit)
+
+    unavailable = []
+    for c in changes:
+        if not c.restarts or len(new.node(c.node).instances) != 1:
+            continue
+        for model in new_placement.models_for(c.node):
+            if new_placement.nodes_for(model) == (c.node,):
+                unavailable.append((model, c.node))
+    unchanged = tuple(sorted({n.name for n in new.nodes} - changed_set))
+    return RolloutPlan(
+        commit,
+        tuple(tuple(sorted(w)) for w in waves),
+        changes,
+        unchanged,
+        tuple(sorted(unavailable)),
+        tuple(tuple(sorted(w)) for w in later),
+    )
+
+
+def _colour(
+    nodes: list[str],
+    apart: Mapping[str, set[str]],
+    capped: Mapping[str, tuple[int, set[str]]],
+    commit: str,
+) -> list[list[str]]:
+    """Greedy colouring: the most constrained first, ties by the commit's hash of the node."""
+    order = sorted(nodes, key=lambda n: (-len(apart[n]), _rank(commit, n)))
     waves: list[list[str]] = []
     wave_of: dict[str, int] = {}
     for node in order:
@@ -217,19 +272,4 @@ def plan_rollout(old: Spec | None, new: Spec, commit: str) -> RolloutPlan:
             k += 1
         waves[k].append(node)
         wave_of[node] = k
-
-    unavailable = []
-    for c in changes:
-        if not c.restarts or len(new.node(c.node).instances) != 1:
-            continue
-        for model in new_placement.models_for(c.node):
-            if new_placement.nodes_for(model) == (c.node,):
-                unavailable.append((model, c.node))
-    unchanged = tuple(sorted({n.name for n in new.nodes} - changed_set))
-    return RolloutPlan(
-        commit,
-        tuple(tuple(sorted(w)) for w in waves),
-        changes,
-        unchanged,
-        tuple(sorted(unavailable)),
-    )
+    return waves

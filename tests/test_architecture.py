@@ -30,7 +30,7 @@ RENDER = {
     "olladist.gateway.topology",
     "olladist.gateway.render",
 }
-PLAN = {"olladist.plan", "olladist.rollout"}
+PLAN = {"olladist.plan", "olladist.rollout", "olladist.gate"}
 NODE_LOCAL = {"olladist.nodelocal"}  # node-local settings as values; render takes them
 CORE = FOUNDATION | SPEC | NODE_LOCAL | RENDER | PLAN
 EDGES = {

@@ -116,6 +116,11 @@ def test_only_the_nodes_a_commit_changes_take_part() -> None:
     plan = plan_rollout(old, spec(changed, models), "b" * 40)
     assert plan.waves == (("n1",),)
     assert plan.unchanged == ("n0", "n2")
+    # The unchanged nodes come after, still apart where they share a model, so a node that
+    # lags behind the parent commit also waits for its turn.
+    assert plan.gate_waves[0] == ("n1",)
+    assert sorted(n for w in plan.later for n in w) == ["n0", "n2"]
+    assert plan.gate_wave_of("n1") == 0 and (plan.gate_wave_of("n0") or 0) >= 1
     c = plan.change_of("n1")
     assert c is not None and c.restarts == ("olladist-ollama@i0.service",) and c.gateway == ""
     assert plan_rollout(old, old, "c" * 40).waves == ()

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from olladist.errors import OlladistError
+from olladist.gate import Action, Verdict
 from olladist.gateway.topology import NodeTLS
 from olladist.placement import place
 from olladist.reconcile import Desired
 from olladist.rollout import plan_rollout
-from olladist.rolloutstate import begin, diff_view, failed_reason, lines, settle
+from olladist.rolloutstate import (
+    begin,
+    diff_view,
+    failed_reason,
+    lines,
+    settle,
+    stopped,
+    stopped_reason,
+    through,
+    waiting,
+)
 from olladist.selfcheck import gateway_url
 from olladist.spec import Spec
 
@@ -55,9 +66,41 @@ def test_begin_settle_and_the_failed_list() -> None:
 def test_a_node_the_commit_leaves_alone_is_unchanged() -> None:
     old = spec()
     new = old.model_copy(update={"models": [*old.models]})  # the same spec
-    record = begin({}, plan_rollout(old, new, B), "n1", A)
-    assert (record["state"], record["wave"], record["applied"]) == ("unchanged", None, B)
-    assert "no change here" in lines(record)[0]
+    plan = plan_rollout(old, new, B)
+    record = begin({}, plan, "n1", A)
+    # Still in a wave (after those of the changed nodes, none here): it reports at its turn.
+    assert record["wave"] == (plan.gate_wave_of("n1") or 0) + 1 and record["changed_waves"] == 0
+    assert (record["state"], record["applied"]) == ("applying", A)
+    settled = settle(record, [], unchanged=True)
+    assert (settled["state"], settled["applied"]) == ("unchanged", B)
+    assert "no change in the commit here" in lines(settled)[0]
+
+
+def test_waiting_at_the_gate_survives_a_restart_and_stopping_keeps_the_old_commit() -> None:
+    plan = plan_rollout(spec(), spec("11m"), B)
+    record = begin({}, plan, "n0", A)
+    first = waiting(record, Verdict(Action.WAIT, "waiting for wave 1", 1, ("n1",)))
+    assert first["state"] == "waiting" and first["gate"]["wave"] == 1
+    since = first["gate"]["since"]
+    again = waiting(first, Verdict(Action.WAIT, "still", 1, ("n1",)))
+    assert again["gate"]["since"] == since  # the same wave: the wait goes on
+    # A restarted reconciler begins the same commit again: the wait resumes where it was.
+    resumed = begin(again, plan, "n0", A)
+    assert resumed["state"] == "waiting" and resumed["gate"]["since"] == since
+    assert "gate:" in "\n".join(lines(resumed))
+    assert "gate" not in through(resumed) and through(resumed)["state"] == "applying"
+    stop = stopped(resumed, Verdict(Action.STOP, "commit failed on n1: broke", 1, ("n1",)))
+    assert (stop["state"], stop["applied"], stop["stopped"]["nodes"]) == ("stopped", A, ["n1"])
+    assert stopped_reason(stop, B) == "commit failed on n1: broke"
+    assert stopped_reason(stop, A) is None
+    assert "stopped:  commit failed on n1: broke" in "\n".join(lines(stop))
+    text, data = diff_view(
+        stop, "n0", commit=B, applied=A, spec_of={A: spec(), B: spec("11m")}.__getitem__
+    )
+    assert f"rollout: {B[:12]} stopped before this node: commit failed on n1: broke" in text
+    assert data["state"]["stopped"] == {"wave": 1, "nodes": ["n1"], "reason": stop["reason"]}
+    # A newer commit starts afresh.
+    assert begin(stop, plan_rollout(spec("11m"), spec("12m"), A), "n0", B)["state"] == "applying"
 
 
 def test_diff_view_shows_the_tip_rollout_and_a_rollback() -> None:

@@ -196,6 +196,23 @@ class GitSource:
                 raise SourceError(f"object {commit} is a {obj.type_name.decode()}, not a commit")
             return materialise(repo, obj, self.path, self._checkouts)
 
+    def first_parent(self, commit: str) -> str | None:
+        """The first parent of COMMIT (in the mirror), None for a root commit. Every node
+        agrees on it, unlike on the commit each one applied (olladist.rollout)."""
+        if not SHA_RE.fullmatch(commit):
+            raise SourceError(f"not a full commit sha: {commit!r}")
+        with self._locked(), self._open_mirror() as repo:
+            try:
+                obj = repo.object_store[ObjectID(commit.encode("ascii"))]
+            except KeyError:
+                raise SourceError(
+                    f"commit {commit} is not in the local mirror of {self.display_url}",
+                    hint="poll the source first, or check the commit id",
+                ) from None
+            if not isinstance(obj, Commit) or not obj.parents:
+                return None
+            return obj.parents[0].decode("ascii")
+
     # -- steps -----------------------------------------------------------------------------
 
     @contextmanager

@@ -2,9 +2,10 @@
 repository over HTTP, olladist-sim instances, clients streaming through every gateway.
 
 A commit whose instance environment makes the simulator exit at start reaches the one node it
-changes; that node rolls back to its last applied commit by itself, serves again, names the
-commit and the reason in its status and its diff, and does not try it again. The next good
-commit goes through.
+changes, in the first wave; that node rolls back to its last applied commit by itself, serves
+again, names the commit and the reason in its status and its diff, and does not try it again.
+The other nodes read its failed report at the wave gate and never apply the commit; their
+status names it and the reason. The next good commit goes through everywhere.
 """
 
 from __future__ import annotations
@@ -118,22 +119,32 @@ def test_a_commit_whose_instance_exits_at_start_is_rolled_back_by_its_node(
         took = cluster.wait(rolled_back, cluster.interval + 60, "n1 to roll back")
         with capsys.disabled():
             print(f"\ncommit to rolled back on n1: {took:.1f}s")
-        # The nodes the commit does not change take it as it is: nothing to do there.
+        # The other nodes come in later waves: they read n1's failed report at the gate and
+        # stop there, on the commit they run.
         cluster.wait(
-            lambda: all(n.status().get("applied_commit") == bad for n in others),
-            cluster.interval + 10,
-            "the unchanged nodes to record the commit",
+            lambda: all(
+                (n.status().get("rollout") or {}).get("state") == "stopped" for n in others
+            ),
+            cluster.interval + 30,
+            "the other nodes to stop the rollout",
         )
         time.sleep(1.0)
     status = n1.status()
     rollout = status["rollout"]
     assert rollout["commit"] == bad and rollout["state"] == "failed"
-    assert rollout["waves"] == [["n1"]] and rollout["wave"] == 1
+    assert rollout["waves"][0] == ["n1"] and rollout["changed_waves"] == 1
+    assert rollout["wave"] == 1
     assert "olladist-ollama@i0" in rollout["reason"] and "exited" in rollout["reason"]
     assert bad in status["attempted_error"]
     assert "rolled back to " + good in status["attempted_error"]
     for n in others:
-        assert n.status()["rollout"]["state"] == "unchanged"
+        s = n.status()
+        assert s["applied_commit"] == good and s["attempted_commit"] == bad
+        r = s["rollout"]
+        assert (r["commit"], r["state"], r["stopped"]["nodes"]) == (bad, "stopped", ["n1"])
+        assert f"commit {bad[:12]} failed on n1: " in r["reason"]
+        assert "olladist-ollama@i0" in r["reason"] and "exited" in r["reason"]
+        assert bad in s["attempted_error"] and "stopped before this node" in s["attempted_error"]
 
     # n1 serves again, from its old instance, which runs again.
     pids_after = n1.service_pids()
@@ -165,7 +176,7 @@ def test_a_commit_whose_instance_exits_at_start_is_rolled_back_by_its_node(
     capsys.readouterr()
     assert main(["status", "--root", str(n1.root)]) == 1
     out = capsys.readouterr().out
-    assert f"rollout:    {bad[:12]} from {good[:12]}: wave 1 of 1, failed" in out
+    assert f"rollout:    {bad[:12]} from {good[:12]}: wave 1 of " in out and ", failed" in out
     assert "exited after its restart" in out
     # diff compares with the tip, the failed commit: its change is pending, and why it is.
     assert main(["diff", "--root", str(n1.root), "--json"]) == 1
@@ -173,7 +184,7 @@ def test_a_commit_whose_instance_exits_at_start_is_rolled_back_by_its_node(
     assert [a["target"] for a in diff["actions"] if a["kind"] == "restart"] == [
         "olladist-ollama@i0.service"
     ]
-    assert diff["rollout"]["plan"]["waves"] == [["n1"]]
+    assert diff["rollout"]["plan"]["waves"] == [["n1"]]  # the changed nodes
     assert bad in diff["rollout"]["state"]["failed"]
     main(["diff", "--root", str(n1.root)])
     assert f"rollout: this node rolled back from {bad[:12]}" in capsys.readouterr().out

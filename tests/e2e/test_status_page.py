@@ -276,7 +276,9 @@ def test_stopped_node_shows_unreachable_within_one_refresh(
     table = page.table()
     assert {c["present"] for c in (row["n3"] for row in table.values())} == {"null"}
     loaded = {n for n, c in table["llama3.2:1b"].items() if c["loaded"] == "true"}
-    assert len(loaded) == 1 and loaded <= placement(cluster)["llama3.2:1b"]
+    # The node that served it, and maybe its other holder (the check after apply loads each
+    # model once), never a node that does not hold it.
+    assert loaded and loaded <= placement(cluster)["llama3.2:1b"]
     assert page.errors == []
     page.screenshot(tmp_path, "status-page.png")
     phone = Page(browser, page.page.url)

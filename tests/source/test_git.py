@@ -50,6 +50,17 @@ def test_file_url_and_new_commit(upstream: Upstream, tmp_path: Path) -> None:
     assert (tmp_path / "state" / "checkouts" / first_sha / "cluster.yaml").is_file()
 
 
+def test_first_parent_is_what_every_node_agrees_on(upstream: Upstream, tmp_path: Path) -> None:
+    """The rollout waves are planned against it (olladist.rollout), not the applied commit."""
+    first = upstream.commit({"cluster.yaml": CLUSTER})
+    second = upstream.commit({"cluster.yaml": "cluster: lab2\n"})
+    src = GitSource(f"file://{upstream.path}", state_dir=tmp_path / "state")
+    assert src.poll().commit == second  # a node that never saw `first` still knows it
+    assert (src.first_parent(second), src.first_parent(first)) == (first, None)
+    with pytest.raises(SourceError, match="not in the local mirror"):
+        src.first_parent("0" * 40)
+
+
 @pytest.mark.integration
 def test_http_fetches_only_when_the_ref_moved(
     upstream: Upstream, http_server: HttpServer, tmp_path: Path

@@ -16,10 +16,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from olladist.rollout import plan_rollout
+from olladist.specload import load_spec
 from olladist.units import GATEWAY_UNIT, RECONCILE_UNIT
 from tests.harness.systemd_sandbox import SystemdSandbox
-from tests.system.node import MODELS, SandboxNode, sandbox_node
+from tests.system.node import (
+    MODELS,
+    SandboxNode,
+    cluster_yaml,
+    free_port,
+    git,
+    loopback_address,
+    sandbox_node,
+)
 
 pytestmark = pytest.mark.system
 
@@ -218,4 +229,73 @@ def test_watchdog_drain(node: SandboxNode) -> None:
     assert chunks and chunks[-1].get("done") is True, chunks[-3:]
     assert not [c for c in chunks if "error" in c]
     assert sb.show(RECONCILE_UNIT, "NRestarts") == restarts
+    assert "Watchdog timeout" not in sb.console_log()
+
+
+def _two_node_spec(
+    node: SandboxNode, note: str, ghost: tuple[str, tuple[int, int]], wave_timeout: str
+) -> str:
+    """The sandbox node's spec plus a node ``n0`` at ``ghost`` (address, instance ports),
+    where nothing listens: its peer port never answers, so it never reports healthy."""
+    spec = yaml.safe_load(cluster_yaml(node.address, node.ports, MODELS, note=note))
+    other = json.loads(json.dumps(spec["nodes"][0]))
+    other.update(name="n0", address=ghost[0], listen=ghost[0])
+    for inst, port in zip(other["instances"], ghost[1], strict=True):
+        inst["port"] = port
+    spec["nodes"].insert(0, other)
+    spec["policy"]["rollout"] = {"wave_timeout": wave_timeout}
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+def test_watchdog_gate(node: SandboxNode) -> None:
+    """A wave gate that waits several times WatchdogSec does not get the reconciler killed:
+    the wait feeds the watchdog, the status says what it waits for, and the wave timeout
+    stops the rollout with the node still on its commit."""
+    sb = node.sandbox
+    ghost = (loopback_address(), (free_port(), free_port()))
+    path = node.upstream / "cluster.yaml"
+    path.write_text(_two_node_spec(node, "0", ghost, "1h"))
+    git(node.upstream, "commit", "-qam", "two nodes")
+    first = node.head()
+    sb.systemctl("enable", "--now", RECONCILE_UNIT)
+    node.wait_converged(first)  # nothing applied before: the first commit does not wait
+    sb.install_file(f"{RECONCILE_UNIT}.d/70-watchdog.conf", "[Service]\nWatchdogSec=4s\n")
+    sb.systemctl("restart", RECONCILE_UNIT)
+    node.wait_converged(first)
+    restarts = sb.show(RECONCILE_UNIT, "NRestarts")
+
+    # A commit that changes both nodes, with n1 after n0 (retried until the waves say so).
+    for k in range(1, 30):
+        parent = load_spec(node.upstream)
+        path.write_text(_two_node_spec(node, str(k), ghost, "16s"))
+        git(node.upstream, "commit", "-qam", f"both nodes, try {k}")
+        second = node.head()
+        plan = plan_rollout(parent, load_spec(node.upstream), second)
+        if (plan.gate_wave_of("n1") or 0) >= 1:
+            break
+    assert plan.gate_wave_of("n1") == 1, plan
+    before = _pids(node, INSTANCES)
+    sb.systemctl("reload", RECONCILE_UNIT)
+
+    def rollout() -> dict[str, object]:
+        return dict(node.status().get("rollout") or {})
+
+    deadline = time.monotonic() + 30
+    while not (rollout().get("commit") == second and rollout().get("state") == "waiting"):
+        assert time.monotonic() < deadline, rollout()
+        time.sleep(0.2)
+    gate = rollout()["gate"]
+    assert isinstance(gate, dict) and gate["nodes"] == ["n0"] and "unreachable" in gate["reason"]
+    assert "rollout of" in sb.show(RECONCILE_UNIT, "StatusText")
+    # 16 s at the gate, four times WatchdogSec: then the wave timeout stops it.
+    deadline = time.monotonic() + 40
+    while rollout().get("state") != "stopped":
+        assert time.monotonic() < deadline, rollout()
+        time.sleep(0.5)
+    s = node.status()
+    assert s["applied_commit"] == first
+    assert "wave 1 did not report healthy" in s["rollout"]["reason"]
+    assert _pids(node, INSTANCES) == before  # nothing applied
+    assert sb.show(RECONCILE_UNIT, "NRestarts") == restarts
+    assert sb.show(RECONCILE_UNIT, "ActiveState") == "active"
     assert "Watchdog timeout" not in sb.console_log()
