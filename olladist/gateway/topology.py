@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from olladist.errors import RenderError
-from olladist.layout import ADMIN_SOCKET, GATEWAY_DIR, SECRETS_DIR, STATE_DIR, Layout
+from olladist.layout import (
+    ADMIN_SOCKET,
+    GATEWAY_DIR,
+    GATEWAY_RUN_DIR,
+    SECRETS_DIR,
+    STATE_DIR,
+    Layout,
+)
 from olladist.placement import Placement
 from olladist.spec import Node, Spec, Strategy, Timeouts
 
@@ -53,6 +60,9 @@ PEER_SECRET_FILE = f"{SECRETS_DIR}/peer.map"
 # Where HAProxy finds server states (drain, maintenance) again after a reload.
 SERVER_STATE_FILE = f"{STATE_DIR}/gateway/servers.state"
 MIN_SECRET_LEN = 32
+# The live view's poller reaches peers through this listener of its own HAProxy, so the peer
+# server lines (secret header, client certificate) apply; Lua's HTTP client has no client cert.
+FEED_SOCKET = f"{GATEWAY_RUN_DIR}/feed.sock"
 
 # File paths end up unquoted inside sample expressions (`map(PATH)`), where a comma, a
 # parenthesis, a quote or a space would change the meaning; we refuse them instead of escaping.
@@ -159,10 +169,10 @@ class Paths:
     models_map: str
     local_map: str
     peers_acl: str
-    tags_json: str
-    v1_models_json: str
-    empty_ps_json: str
-    ps_lua: str
+    live_lua: str
+    ready_map: str  # models every holder can serve now (public port); written live by Lua
+    local_ready_map: str  # the same for this node's instances (peer port)
+    feed_socket: str  # loopback-only listener through which the Lua poller reaches peers
     peer_secret_map: str
     admin_socket: str
     server_state: str
@@ -230,6 +240,13 @@ class Topology:
         return self.peer_auth == PeerAuth.SECRET and bool(self.peers.servers)
 
     @property
+    def feed_peers(self) -> tuple[Server, ...]:
+        """Peers whose live report this node's poller fetches (its own peer frontend, listed
+        in ``peers`` for model-affinity, is not one)."""
+        own = _peer_server_name(self.node)
+        return tuple(s for s in self.peers.servers if s.name != own)
+
+    @property
     def has_peer_frontend(self) -> bool:
         """A node with instances and at least one peer serves the peer port."""
         return bool(self.instances.servers) and bool(self.peers.servers)
@@ -290,10 +307,10 @@ def build(
         models_map=safe_path(f"{gateway_dir}/models.map"),
         local_map=safe_path(f"{gateway_dir}/local.map"),
         peers_acl=safe_path(f"{gateway_dir}/peers.acl"),
-        tags_json=safe_path(f"{gateway_dir}/tags.json"),
-        v1_models_json=safe_path(f"{gateway_dir}/v1-models.json"),
-        empty_ps_json=safe_path(f"{gateway_dir}/ps-empty.json"),
-        ps_lua=safe_path(f"{gateway_dir}/ps.lua"),
+        live_lua=safe_path(f"{gateway_dir}/live.lua"),
+        ready_map=safe_path(f"{gateway_dir}/ready.map"),
+        local_ready_map=safe_path(f"{gateway_dir}/local-ready.map"),
+        feed_socket=socket_path(layout.path(FEED_SOCKET)),
         peer_secret_map=safe_path(layout.path(PEER_SECRET_FILE)),
         admin_socket=socket_path(layout.path(ADMIN_SOCKET)),
         server_state=safe_path(layout.path(SERVER_STATE_FILE)),
