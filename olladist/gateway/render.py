@@ -108,13 +108,16 @@ def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, obje
         out: list[dict[str, object]] = []
         for s in backends[backend].servers:
             if s.peer and s.name != own_peer:
-                out.append({"name": s.name, "node": s.name.removeprefix("peer.")})
+                item: dict[str, object] = {"name": s.name, "node": s.name.removeprefix("peer.")}
             elif s.peer:
                 # model-affinity through this node's own peer frontend: ready when a local
                 # instance is.
-                out.append({"name": s.name, "node": t.node})
+                item = {"name": s.name, "node": t.node}
             else:
-                out.append({"name": s.name, "instance": s.name})
+                item = {"name": s.name, "instance": s.name}
+            if s.backup:
+                item["backup"] = True
+            out.append(item)
         return out
 
     return {

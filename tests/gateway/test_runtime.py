@@ -21,7 +21,15 @@ from olladist.gateway.runtime import (
     parse_show_proc,
     parse_stat,
 )
-from tests.gateway.harness import Cluster, all_up, cluster, loopback_hosts, make_spec, wait_until
+from tests.gateway.harness import (
+    Cluster,
+    all_ready,
+    all_up,
+    cluster,
+    loopback_hosts,
+    make_spec,
+    wait_until,
+)
 
 DATA = Path(__file__).parent / "data"
 
@@ -192,8 +200,7 @@ def test_drain_waits_for_running_streams(one_node: Cluster) -> None:
     threads = [threading.Thread(target=stream) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
-    assert rt.active_sessions("i0") + rt.active_sessions("i1") == 4
+    wait_until(lambda: rt.active_sessions("i0") + rt.active_sessions("i1") == 4)
     assert not rt.drain("i0", timeout=0.1)  # still streaming: not idle yet, but drained
     assert rt.drain("i0", timeout=5)
     drained_at = time.monotonic()
@@ -203,4 +210,6 @@ def test_drain_waits_for_running_streams(one_node: Cluster) -> None:
     assert on_i0 and all(at <= drained_at for at in on_i0)
     assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i1"}
     rt.ready("i0")
+    # The live view sees i0 ready again at its next poll.
+    wait_until(lambda: all_ready(one_node.gw("n0"), ["m:latest"]))
     assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i0", "n0/i1"}
