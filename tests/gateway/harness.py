@@ -271,7 +271,7 @@ def cluster(  # noqa: PLR0917 - test helper, read at the call site
                     f"{n.name}/{inst.name}", inst.port, line_delay, held
                 )
         for f in c.fakes.values():
-            wait_port("127.0.0.1", f.port)
+            wait_port("127.0.0.1", f.port, timeout=30)  # slow to start on a loaded machine
         for name in gateways if gateways is not None else [n.name for n in spec.nodes]:
             c.gateways[name] = start_gateway(spec, name, base, (tls or {}).get(name), local_files)
         if wait_ready:
