@@ -35,7 +35,7 @@ from olladist.errors import OlladistError
 from olladist.layout import ETC_DIR, SYSTEMD_DIR, Layout
 from olladist.nodelocal import NodeLocal
 from olladist.ollama import Progress
-from olladist.plan import Kind, Plan
+from olladist.plan import Action, Kind, Plan
 from olladist.reconcile import Desired, execute, full_plan, load_desired, restart_slot
 from olladist.runtime import Runtime
 from olladist.source import DirSource, GitSource
@@ -45,6 +45,9 @@ from olladist.status import Status, gateway_health, write_metrics
 
 log = logging.getLogger("olladist.daemon")
 
+# After an apply, how long "the gateway cannot serve it yet" may take to clear before it is
+# recorded as drift (the live view's polls, a pull that just landed).
+SERVING_SETTLE = 10.0
 DRIFT_STORM_WINDOW = 60.0  # seconds: corrections of the same drift within it count as a storm
 DRIFT_STORM_FREE = 3  # corrections allowed in the window before backing off
 
@@ -364,7 +367,19 @@ class Daemon:
             self.status.error(f"model {model}: {why}", None)
         if record_applied:
             self.status.applied(desired.commit)
-        self.status.planned(full_plan(desired, self.layout, self.state, self.runtime))
+        self.status.planned(self._settled(desired))
+
+    def _settled(self, desired: Desired) -> Plan:
+        """The plan after an apply. The gateway's live view sees a change at its next poll (a
+        second or two), so drift that is only "cannot serve yet" gets that long to clear
+        before it is recorded."""
+        p = full_plan(desired, self.layout, self.state, self.runtime)
+        deadline = time.monotonic() + SERVING_SETTLE
+        while p.actions and all(_serving_only(a) for a in p.actions):
+            if time.monotonic() > deadline or self.stopping.wait(0.5):
+                break
+            p = full_plan(desired, self.layout, self.state, self.runtime)
+        return p
 
     def _stagger(self, desired: Desired, p: Plan) -> None:
         restarts = [a for a in p.actions if a.kind is Kind.RESTART and "@" in a.target]
@@ -375,6 +390,10 @@ class Daemon:
         if delay:
             log.info("restart slot %d: waiting %.0fs before restarting instances", slot, delay)
             self.stopping.wait(delay)
+
+
+def _serving_only(a: Action) -> bool:
+    return a.kind is Kind.REPORT and a.target.startswith(("serving ", "peer ", "gateway"))
 
 
 def _signature(p: Plan) -> str:

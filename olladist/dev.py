@@ -249,11 +249,17 @@ class DevCluster:
 
     def wait_gateways(self, spec: Spec, timeout: float) -> None:
         """Converged files are not yet a serving cluster: wait for every gateway's health
-        checks to see its instances and peers up."""
+        checks to see its instances and peers up, and for its live view to serve every model
+        placed in the cluster (listed, and every holder ready)."""
         import httpx  # noqa: PLC0415
 
-        from olladist.check import check_servers  # noqa: PLC0415
+        from olladist.check import Result, check_servers  # noqa: PLC0415
+        from olladist.gateway.live import LIVE_PATH, LiveUnavailable, fetch_live  # noqa: PLC0415
+        from olladist.gateway.live import serves_everything  # noqa: PLC0415
+        from olladist.placement import place  # noqa: PLC0415
 
+        placement = place(spec)
+        listed = sorted(m.key for m in spec.models if placement.nodes_for(m.key))
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=5.0, trust_env=False) as client:
             for node in spec.nodes:
@@ -261,7 +267,17 @@ class DevCluster:
                 while True:
                     result = check_servers(client, url)
                     if result.ok:
-                        self.say(f"  {node.name}: gateway healthy ({result.detail})")
+                        try:
+                            missing = serves_everything(fetch_live(url + LIVE_PATH, client), listed)
+                        except LiveUnavailable as exc:
+                            missing = [str(exc)]
+                        if missing:
+                            result = Result(False, "serving", f"not serving {', '.join(missing)}")
+                    if result.ok:
+                        self.say(
+                            f"  {node.name}: gateway healthy ({result.detail}), serving "
+                            f"{len(listed)} model(s)"
+                        )
                         break
                     if time.monotonic() > deadline:
                         raise OlladistError(

@@ -136,16 +136,12 @@ def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, obje
         "local_ready_map": t.paths.local_ready_map if t.has_peer_frontend else None,
         "feed_socket": t.paths.feed_socket,
         "instances": [{"name": s.name, "port": s.port} for s in t.instances.servers],
-        "peers": [
-            {"server": s.name, "node": s.name.removeprefix("peer.")} for s in t.feed_peers
-        ],
+        "peers": [{"server": s.name, "node": s.name.removeprefix("peer.")} for s in t.feed_peers],
         "held": [r.model for r in t.local_routes],
         "models": {
             r.model: {
                 "servers": servers(r.backend),
-                "holders": sorted(
-                    placement.nodes_for(r.model), key=lambda n: (n != t.node, n)
-                ),
+                "holders": sorted(placement.nodes_for(r.model), key=lambda n: (n != t.node, n)),
                 "fallback": _fallback_entry(by_key[r.model]),
             }
             for r in t.routes

@@ -58,7 +58,9 @@ def make_app(name: str, line_delay: float, models: list[str]) -> web.Application
     loaded = {"models": [f"{name}-loaded:latest"]}
 
     async def ps(_: web.Request) -> web.Response:
-        entries = [{"name": m, "model": m, "size": 2000, "size_vram": 1234} for m in loaded["models"]]
+        entries = [
+            {"name": m, "model": m, "size": 2000, "size_vram": 1234} for m in loaded["models"]
+        ]
         return web.json_response({"models": entries})
 
     async def set_ps(request: web.Request) -> web.Response:

@@ -205,12 +205,11 @@ def test_ps_shows_the_whole_cluster_and_version_comes_from_this_node(two_nodes: 
 
 def test_ps_lists_a_model_loaded_twice_once(gw_tmp: Path) -> None:
     spec = make_spec(loopback_hosts(2), {0: [1, 1], 1: [1]}, [{"name": "m", "nodes": ["n0"]}])
-    with cluster(gw_tmp, spec) as c:
-        with client() as h:
-            for fake in c.fakes.values():
-                h.post(f"http://127.0.0.1:{fake.port}/fake/ps", json=["same:latest"])
-            wait_until(lambda: len(h.get(c.gw("n1").url + "/api/ps").json()["models"]) == 1)
-            ps = h.get(c.gw("n1").url + "/api/ps").json()
+    with cluster(gw_tmp, spec) as c, client() as h:
+        for fake in c.fakes.values():
+            h.post(f"http://127.0.0.1:{fake.port}/fake/ps", json=["same:latest"])
+        wait_until(lambda: len(h.get(c.gw("n1").url + "/api/ps").json()["models"]) == 1)
+        ps = h.get(c.gw("n1").url + "/api/ps").json()
     assert [(m["name"], m["loaded_on"]) for m in ps["models"]] == [
         ("same:latest", ["n0/i0", "n0/i1", "n1/i0"])
     ]

@@ -582,7 +582,9 @@ local function local_view(now)
     if ready then v.ready_any = true end
     if is_up(status) then v.up_any = true end
     if is_held(status) then v.held_any = true end
-    if (is_up(status) and not answers) or (not is_dead(status) and not is_up(status) and not is_held(status)) then
+    -- Coming: not asked yet (a fresh worker after a reload), up but not answering yet,
+    -- answering but its check not passed yet (just started), or a check recovering.
+    if rec == nil or is_up(status) ~= answers or (not is_dead(status) and not is_up(status) and not is_held(status)) then
       v.starting = true
     end
   end
@@ -705,9 +707,10 @@ local function poll_instance(inst)
   local base = "http://localhost:" .. inst.port
   local dst = "127.0.0.1:" .. inst.port
   while true do
-    local status = status_of("instances", inst.name)
     local rec = { at = now_ms(), ok = false, store = {}, loaded = {} }
-    if not is_dead(status) then
+    -- Asked whatever its check says: a DOWN instance that answers is starting, not dead (a
+    -- refused connection costs nothing).
+    do
       local body, err = http_get(base .. "/api/tags", dst)
       local models = body and models_of(body)
       if models then
@@ -721,8 +724,6 @@ local function poll_instance(inst)
       else
         rec.err = err or "bad /api/tags answer"
       end
-    else
-      rec.err = "health check " .. string.lower(status)
     end
     S.inst[inst.name] = rec
     safe_recompute()
