@@ -254,8 +254,12 @@ class DevCluster:
         import httpx  # noqa: PLC0415
 
         from olladist.check import Result, check_servers  # noqa: PLC0415
-        from olladist.gateway.live import LIVE_PATH, LiveUnavailable, fetch_live  # noqa: PLC0415
-        from olladist.gateway.live import serves_everything  # noqa: PLC0415
+        from olladist.gateway.live import (  # noqa: PLC0415
+            LIVE_PATH,
+            LiveUnavailable,
+            fetch_live,
+            serves_everything,
+        )
         from olladist.placement import place  # noqa: PLC0415
 
         placement = place(spec)
