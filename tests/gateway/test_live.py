@@ -113,7 +113,7 @@ def test_a_placed_model_is_listed_only_once_a_holder_has_it(three: Cluster) -> N
     assert result[0].status_code == 200, result[0].text
     assert result[0].json()["instance"] == "n1/i0"
     assert waited < 3  # released when the model landed, not at the queue timeout
-    assert "solo:latest" in tags(three, "n0")
+    wait_until(lambda: "solo:latest" in tags(three, "n0"))
     assert reloads(three, "n0") == before
 
 

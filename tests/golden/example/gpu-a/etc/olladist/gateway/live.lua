@@ -606,13 +606,20 @@ local function poll_peer(peer)
       local report = body and decode(body)
       -- The feed backend falls back to another peer if this one is down: check who answered.
       if type(report) == "table" and report.node == peer.node then
-        rec.ok, rec.report = true, report
+        rec.ok, rec.report, rec.err = true, report, nil
         S.peer_seen[peer.node] = true
       else
         rec.err = err or "bad live report"
       end
     end
-    S.peer[peer.node] = rec
+    local last = S.peer[peer.node]
+    if not rec.ok and fresh(last, rec.at) then
+      -- One slow or lost answer (a busy node) does not flap the view: the last report stands
+      -- until it is stale (three polls), with the error shown.
+      last.err = rec.err
+    else
+      S.peer[peer.node] = rec
+    end
     safe_recompute()
     pause()
   end
@@ -806,7 +813,7 @@ local function live_report()
       health = pv.status or status_of("peers", p.server),
       reachable = fresh(rec, now) == true,
       report_ms_ago = rec.ok and (now - rec.at) or nil,
-      error = (not rec.ok) and rec.err or nil,
+      error = rec.err,
     }
   end
   local serving = array()
