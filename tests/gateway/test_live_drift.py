@@ -84,9 +84,17 @@ def test_lua_literal_strings_read_back_exactly(value: str, tmp_path: Path) -> No
 
 def test_lua_literal_tables() -> None:
     got = lua_literal({"b": [1, True], "a": {"x": None}, "c": []})
-    assert (
-        got
-        == '{\n  ["a"] = {\n    ["x"] = nil,\n  },\n  ["b"] = {\n    1,\n    true,\n  },\n  ["c"] = {},\n}'
-    )
+    assert got.splitlines() == [
+        "{",
+        '  ["a"] = {',
+        '    ["x"] = nil,',
+        "  },",
+        '  ["b"] = {',
+        "    1,",
+        "    true,",
+        "  },",
+        '  ["c"] = {},',
+        "}",
+    ]
     with pytest.raises(TypeError):
         lua_literal(1.5)
