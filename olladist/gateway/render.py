@@ -29,7 +29,7 @@ FAST_POLL_MS = 100
 # How often a waiting request looks at the view again (it changes only after a poll).
 WAIT_STEP_MS = 25
 # One /api/tags or live report must answer within this; a hung target delays only its own task.
-PROBE_TIMEOUT_MIN_MS = 1000
+PROBE_TIMEOUT_MIN_MS = 2000
 # Retry-After on the readiness 503: soon when a holder is coming, later when none is.
 RETRY_AFTER_S = 2
 RETRY_AFTER_DOWN_S = 10

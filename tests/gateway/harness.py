@@ -277,7 +277,7 @@ def cluster(  # noqa: PLR0917 - test helper, read at the call site
         if wait_ready:
             routed = [m.key for m in spec.models if placement.nodes_for(m.key)]
             for g in c.gateways.values():
-                wait_until(lambda g=g: all_ready(g, routed))
+                wait_until(lambda g=g: all_ready(g, routed), timeout=30)
         yield c
     finally:
         c.stop()

@@ -296,12 +296,12 @@ local C = {
     },
   },
   ["poll_ms"] = 1000,
-  ["probe_timeout_ms"] = 1000,
+  ["probe_timeout_ms"] = 2000,
   ["queue_ms"] = 30000,
   ["ready_map"] = "/etc/olladist/gateway/ready.map",
   ["retry_after_down_s"] = 10,
   ["retry_after_s"] = 2,
-  ["stale_ms"] = 4000,
+  ["stale_ms"] = 5000,
   ["wait_step_ms"] = 25,
 }
 ---------------------------------------------------------------------------------------------
@@ -722,7 +722,14 @@ local function poll_instance(inst)
         rec.err = err or "bad /api/tags answer"
       end
     end
-    S.inst[inst.name] = rec
+    local last = S.inst[inst.name]
+    if not rec.ok and fresh(last, rec.at) and status_of("instances", inst.name) == "UP" then
+      -- A slow answer from a busy instance whose checks all pass: the last one stands until
+      -- it is stale. A dead instance fails its next check ("UP 1/2") and is dropped then.
+      last.err = rec.err
+    else
+      S.inst[inst.name] = rec
+    end
     safe_recompute()
     pause()
   end
