@@ -798,7 +798,8 @@ local function live_report()
     peers[#peers + 1] = {
       node = p.node,
       health = pv.status or status_of("peers", p.server),
-      reachable = fresh(rec, now) == true,
+      -- The view keeps a report three polls; reachable is about the last poll.
+      reachable = fresh(rec, now) == true and rec.err == nil,
       report_ms_ago = rec.ok and (now - rec.at) or nil,
       error = rec.err,
     }
