@@ -117,6 +117,25 @@ def test_a_placed_model_is_listed_only_once_a_holder_has_it(three: Cluster) -> N
     assert reloads(three, "n0") == before
 
 
+def test_v1_models_name_answers_from_the_live_view(three: Cluster) -> None:
+    with http() as h:
+        r = h.get(three.gw("n0").url + "/v1/models/Solo")
+        assert r.status_code == 200, r.text
+        assert r.json()["id"] == "Solo" and r.json()["object"] == "model"
+        set_store(three.fakes["n1/i0"], [])
+        wait_until(lambda: "solo:latest" not in tags(three, "n0"))
+        r = h.get(three.gw("n0").url + "/v1/models/solo")
+    assert r.status_code == 404
+    assert r.json() == {
+        "error": {
+            "message": "model 'solo' not found",
+            "type": "not_found_error",
+            "param": None,
+            "code": None,
+        }
+    }
+
+
 def test_a_model_not_ready_in_time_gets_a_503_that_says_why(three: Cluster) -> None:
     set_store(three.fakes["n1/i0"], [])
     wait_until(lambda: "solo:latest" not in tags(three, "n0"))

@@ -254,6 +254,7 @@ local C = {
 
 local RAW = {}
 local ARRAY = {}
+local NULL = {} -- encodes as null (a nil value would drop the key)
 local MAX_DEPTH = 64
 local ESCAPES = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
 
@@ -388,6 +389,7 @@ encode = function(v)
     return string.format("%.17g", v)
   end
   if kind == "string" then return quote(v) end
+  if v == NULL then return "null" end
   if v[RAW] then return v[RAW] end
   local parts = {}
   if getmetatable(v) == ARRAY then
@@ -783,16 +785,31 @@ core.register_service("olladist_tags", "http", function(applet)
   reply(applet, 200, '{"models":[' .. table.concat(parts, ",") .. "]}")
 end)
 
+-- An OpenAI model object, as Ollama builds it from the store entry.
+local function model_object(item, id)
+  local entry = type(item.entry) == "table" and item.entry or decode(item.entry) or {}
+  local owner = string.match(item.name, "^(.*)/[^/]*$")
+  owner = owner and string.match(owner, "([^/]*)$") or "library"
+  return encode({ id = id or item.name, object = "model",
+    created = math.tointeger(unix_time(entry.modified_at)) or 0, owned_by = owner })
+end
+
 core.register_service("olladist_v1_models", "http", function(applet)
   local parts = {}
-  for _, item in ipairs(listed()) do
-    local entry = type(item.entry) == "table" and item.entry or decode(item.entry) or {}
-    local owner = string.match(item.name, "^(.*)/[^/]*$")
-    owner = owner and string.match(owner, "([^/]*)$") or "library"
-    parts[#parts + 1] = encode({ id = item.name, object = "model",
-      created = math.tointeger(unix_time(entry.modified_at)) or 0, owned_by = owner })
-  end
+  for _, item in ipairs(listed()) do parts[#parts + 1] = model_object(item) end
   reply(applet, 200, '{"object":"list","data":[' .. table.concat(parts, ",") .. "]}")
+end)
+
+-- GET /v1/models/NAME: the model when it is listed (shown under the name asked, as Ollama
+-- does), else 404 in the OpenAI shape.
+core.register_service("olladist_v1_model", "http", function(applet)
+  local model = applet:get_var("txn.model")
+  local raw = applet:get_var("txn.model_raw") or model or ""
+  for _, item in ipairs(listed()) do
+    if item.name == model then return reply(applet, 200, model_object(item, raw)) end
+  end
+  reply(applet, 404, encode({ error = { message = "model '" .. raw .. "' not found",
+    type = "not_found_error", param = NULL, code = NULL } }))
 end)
 
 -- Each loaded model once, as Ollama's clients read it, with where it is loaded added in
