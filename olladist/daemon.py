@@ -32,6 +32,7 @@ from types import FrameType
 from typing import Any
 
 from olladist.errors import OlladistError
+from olladist.gateway.pulls import PullBoard
 from olladist.layout import ETC_DIR, SYSTEMD_DIR, Layout
 from olladist.nodelocal import NodeLocal
 from olladist.ollama import Progress
@@ -112,6 +113,7 @@ class Daemon:
         self.desired: Desired | None = None
         self.drift_guard = _DriftGuard()
         self._user_progress = on_progress
+        self.pulls = PullBoard(layout)  # tells the gateway's live view how pulls are going
         self._threads: list[threading.Thread] = []
 
     # -- signals and watchers ----------------------------------------------------------------
@@ -125,6 +127,7 @@ class Daemon:
 
     def _progress(self, model: str, p: Progress) -> None:
         self.alive_at = time.monotonic()  # a long pull is progress, not a hang
+        self.pulls.progress(model, p)
         if self._user_progress:
             self._user_progress(model, p)
 
@@ -365,6 +368,7 @@ class Daemon:
         )
         for model, why in outcome.model_errors.items():
             self.status.error(f"model {model}: {why}", None)
+        self.pulls.finished(outcome.model_errors)
         if record_applied:
             self.status.applied(desired.commit)
         self.status.planned(self._settled(desired))

@@ -133,6 +133,7 @@ def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, obje
         "retry_after_s": RETRY_AFTER_S,
         "retry_after_down_s": RETRY_AFTER_DOWN_S,
         "ready_map": t.paths.ready_map,
+        "pulls_map": t.paths.pulls_map,
         "local_ready_map": t.paths.local_ready_map if t.has_peer_frontend else None,
         "feed_socket": t.paths.feed_socket,
         "instances": [{"name": s.name, "port": s.port} for s in t.instances.servers],
@@ -186,6 +187,9 @@ def gateway_files(
         # and requests take the slow path until the first poll, a few milliseconds).
         f"{GATEWAY_DIR}/ready.map": File(_READY_HEAD),
         f"{GATEWAY_DIR}/local-ready.map": File(_READY_HEAD),
+        f"{GATEWAY_DIR}/pulls.map": File(
+            "# model -> 43% or failed; filled at run time by the reconciler (gateway/pulls.py)\n"
+        ),
     }
     return dict(sorted(files.items()))
 

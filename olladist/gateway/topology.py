@@ -172,6 +172,7 @@ class Paths:
     live_lua: str
     ready_map: str  # models every holder can serve now (public port); written live by Lua
     local_ready_map: str  # the same for this node's instances (peer port)
+    pulls_map: str  # pulls in progress (model -> 43% or failed), written live by the reconciler
     feed_socket: str  # loopback-only listener through which the Lua poller reaches peers
     peer_secret_map: str
     admin_socket: str
@@ -310,6 +311,7 @@ def build(
         live_lua=safe_path(f"{gateway_dir}/live.lua"),
         ready_map=safe_path(f"{gateway_dir}/ready.map"),
         local_ready_map=safe_path(f"{gateway_dir}/local-ready.map"),
+        pulls_map=safe_path(f"{gateway_dir}/pulls.map"),
         feed_socket=socket_path(layout.path(FEED_SOCKET)),
         peer_secret_map=safe_path(layout.path(PEER_SECRET_FILE)),
         admin_socket=socket_path(layout.path(ADMIN_SOCKET)),

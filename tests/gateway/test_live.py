@@ -17,6 +17,9 @@ import httpx
 import ollama
 import pytest
 
+from olladist.gateway.pulls import PullBoard
+from olladist.layout import Layout
+from olladist.ollama import Progress
 from tests.gateway.harness import (
     Cluster,
     Fake,
@@ -300,3 +303,27 @@ def test_show_with_name_twice_is_refused(three: Cluster) -> None:
     assert r.status_code == 400
     r = post_raw(three, "n0", "/api/show", b'{"name":"mine"}')
     assert r.status_code == 200
+
+
+def test_a_pull_in_progress_and_a_failed_one_are_named(three: Cluster) -> None:
+    """The reconciler tells the gateway how its pulls go (gateway/pulls.py, the runtime
+    socket); a failed pull is not coming, so the answer comes at once."""
+    set_store(three.fakes["n1/i0"], [])
+    wait_until(lambda: "solo:latest" not in tags(three, "n0"))
+    board = PullBoard(Layout(three.gw("n1").root))
+    board.progress("solo", Progress("pulling sha256:ab", total=200, completed=87))
+    wait_until(lambda: live(three.gw("n1"))["placed"]["solo:latest"]["state"] == "pulling")
+    r = gen(three, "n0", "solo")
+    assert r.status_code == 503
+    assert r.json() == {"error": "model 'solo' is not ready on any node: n1 pulling (43%)"}
+    board.finished({"solo": "manifest unknown"})
+    wait_until(lambda: live(three.gw("n1"))["placed"]["solo:latest"]["state"] == "failed")
+    t0 = time.monotonic()
+    r = gen(three, "n0", "solo")
+    assert r.status_code == 503 and r.headers["retry-after"] == "10"
+    assert r.json() == {"error": "model 'solo' is not ready on any node: n1 pull failed"}
+    assert time.monotonic() - t0 < 2  # not coming: no wait for the queue timeout (3 s)
+    set_store(three.fakes["n1/i0"], ["solo:latest"])
+    board.finished({})
+    wait_until(lambda: "solo:latest" in tags(three, "n0"))
+    assert gen(three, "n0", "solo").status_code == 200

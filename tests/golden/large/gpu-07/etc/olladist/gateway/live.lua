@@ -240,6 +240,7 @@ local C = {
   },
   ["poll_ms"] = 1000,
   ["probe_timeout_ms"] = 2000,
+  ["pulls_map"] = "/etc/olladist/gateway/pulls.map",
   ["queue_ms"] = 30000,
   ["ready_map"] = "/etc/olladist/gateway/ready.map",
   ["retry_after_down_s"] = 10,
@@ -534,7 +535,17 @@ local function local_view(now)
 end
 
 -- This node's state for a model it holds: state, reason, and whether it may become ready.
+-- Pulls in progress, as the reconciler tells them (olladist/gateway/pulls.py).
+local PULLS = Map.new(C.pulls_map, Map._str)
+
 local function local_model_state(lv, model)
+  if lv.store[model] == nil then
+    local pull = PULLS:lookup(model)
+    if pull == "failed" then return "failed", "pull failed", false end
+    if pull then
+      if lv.ready_any then return "pulling", "pulling (" .. pull .. ")", true end
+    end
+  end
   if lv.ready_any and lv.store[model] then return "ready", "ready", true end
   if lv.ready_any then return "missing", "not in its model store yet", true end
   if lv.held_any then return "restarting", "restarting (drained)", true end
