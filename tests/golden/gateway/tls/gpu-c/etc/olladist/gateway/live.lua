@@ -883,12 +883,11 @@ local function why_not(view, spec, model)
   return table.concat(parts, ", "), coming
 end
 
-core.register_action("olladist_await", { "http-req" }, function(txn, scope)
+local function await(txn, scope, state)
   local model = txn:get_var("txn.model")
   local spec = (scope == "peer" and C.local_models or C.models)[model]
   if not spec then return end
   local deadline = now_ms() + C.queue_ms
-  local waited = false
   while true do
     local view = S.view
     if view then
@@ -912,15 +911,20 @@ core.register_action("olladist_await", { "http-req" }, function(txn, scope)
       txn:set_var("txn.olladist_retry", tostring(C.retry_after_s))
       break
     end
-    if not waited then
-      waited = true
+    if not state.waited then
+      state.waited = true
       S.waiting = S.waiting + 1
     end
     core.msleep(C.wait_step_ms)
   end
-  if waited then
-    S.waiting = S.waiting - 1
-  end
+end
+
+core.register_action("olladist_await", { "http-req" }, function(txn, scope)
+  local state = { waited = false }
+  local ok, err = pcall(await, txn, scope, state)
+  -- Counted even when the wait ends in an error, or the pollers would stay fast for good.
+  if state.waited then S.waiting = S.waiting - 1 end
+  if not ok then error(err, 0) end
 end, 1)
 
 ---------------------------------------------------------------------------------------------
