@@ -47,8 +47,8 @@ from olladist.status import Status, gateway_health, write_metrics
 log = logging.getLogger("olladist.daemon")
 
 # After an apply, how long "the gateway cannot serve it yet" may take to clear before it is
-# recorded as drift (the live view's polls, a pull that just landed).
-SERVING_SETTLE = 10.0
+# recorded as drift: two of the live view's polls (1 s at most each) and a probe timeout.
+SERVING_SETTLE = 4.0
 DRIFT_STORM_WINDOW = 60.0  # seconds: corrections of the same drift within it count as a storm
 DRIFT_STORM_FREE = 3  # corrections allowed in the window before backing off
 
