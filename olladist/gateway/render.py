@@ -1,4 +1,4 @@
-"""Render a node's gateway: HAProxy's config plus the maps and static JSON it loads.
+"""Render a node's gateway: HAProxy's config, the maps it loads and live.lua (the live view).
 
 Pure: the same (spec, node, placement, layout, tls) gives byte-identical files. Secrets are never
 rendered; the config only names the node-local files that hold them (see docs/gateway.md).
