@@ -250,7 +250,7 @@ def test_the_live_report(three: Cluster) -> None:
     with http() as h:
         # Not on the public port; on the peer port only with the peer's credentials.
         r = h.get(n0.url + "/olladist/v1/live")
-        assert r.status_code == 404 and r.json() == {"error": "404 page not found"}
+        assert r.status_code == 404 and "error" in r.json()
         r = h.get(f"http://{n0.host}:{n0.peer_port}/olladist/v1/live")
         assert r.status_code == 403
 
