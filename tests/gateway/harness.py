@@ -315,8 +315,10 @@ def live(gw: Gateway) -> dict[str, Any]:
 
 
 def all_ready(gw: Gateway, models: list[str]) -> bool:
-    """Every one of ``models`` (canonical names) is served by all its holders at ``gw``."""
+    """Every one of ``models`` (canonical names) is served by all its holders at ``gw``, and
+    every peer's live report reached it."""
     try:
-        return set(models) <= set(live(gw)["ready"])
+        report = live(gw)
     except OSError:
         return False
+    return set(models) <= set(report["ready"]) and all(p["reachable"] for p in report["peers"])

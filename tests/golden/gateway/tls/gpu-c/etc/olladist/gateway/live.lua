@@ -358,7 +358,6 @@ end
 local S = {
   inst = {}, -- instance name -> {at, ok, store = {model -> entry}, loaded = {entry}, err}
   peer = {}, -- node -> {at, report, err}
-  peer_seen = {}, -- node -> true once it sent a live report (it runs this code)
   view = nil, -- the last computed view (recompute)
   ready = {}, -- map file -> {model -> true} as last written to HAProxy
   waiting = 0,
@@ -484,13 +483,14 @@ local function node_model_state(view, node, model)
     return "starting", "gateway " .. string.lower(pv.status), true
   end
   if not pv.report then
-    if S.peer_seen[node] then
-      -- It reported before and stopped: going down, or too busy to answer.
-      return "starting", "not answering", true
+    local rec = S.peer[node]
+    if rec and rec.legacy and view.at - rec.at <= C.stale_ms then
+      -- An older olladist (its peer port answers 404 to /olladist/v1/live): its health check
+      -- is UP, so placement is trusted, as before this view existed.
+      return "ready", "ready (no live report)", true, true
     end
-    -- An older olladist without /olladist/v1/live: its health check is UP, so placement is
-    -- trusted (its peer frontend routes to its instances as before this view existed).
-    return "ready", "ready (no live report)", true, true
+    -- Not asked yet (this worker just started), or it stopped answering.
+    return "starting", "not answering", true
   end
   local placed = type(pv.report.placed) == "table" and pv.report.placed[model]
   if type(placed) ~= "table" then return "missing", "does not hold it (another commit?)", true end
@@ -607,9 +607,9 @@ local function poll_peer(peer)
       -- The feed backend falls back to another peer if this one is down: check who answered.
       if type(report) == "table" and report.node == peer.node then
         rec.ok, rec.report, rec.err = true, report, nil
-        S.peer_seen[peer.node] = true
       else
         rec.err = err or "bad live report"
+        rec.legacy = err == "HTTP 404"
       end
     end
     local last = S.peer[peer.node]
