@@ -1,6 +1,7 @@
 """The ``olladist`` command line.
 
-Exit codes: 0 success (``diff``: no drift), 1 drift (``diff`` only), 2 error (invalid spec, a tool
+Exit codes: 0 success (``diff``: no drift), 1 drift (``diff``; ``wait``: still after its
+timeout), 2 error (invalid spec, a tool
 missing, a failed apply), 130 interrupted. Errors print ``error: ...`` and ``hint: ...`` on
 stderr; ``--debug`` adds the traceback.
 """
@@ -159,6 +160,38 @@ def cmd_diff(ctx: Context) -> int:
         for line in rollout:
             print(line)
     return 1 if p.drift else 0
+
+
+def cmd_wait(ctx: Context) -> int:
+    """Wait until this node has no drift: its files, services and models match the spec and
+    its gateway serves every model it holds and reaches every peer."""
+    import time  # noqa: PLC0415
+
+    from olladist.reconcile import full_plan  # noqa: PLC0415
+    from olladist.report import print_plan  # noqa: PLC0415
+
+    deadline = time.monotonic() + ctx.args.timeout
+    p, desired, state, runtime = _plan(ctx)
+    while p.drift:
+        if time.monotonic() > deadline:
+            if ctx.args.json:
+                print(json.dumps(p.to_dict(), indent=2))
+            else:
+                print(f"olladist wait: {desired.node} not converged after {ctx.args.timeout:g}s")
+                print_plan(p)
+            return 1
+        time.sleep(WAIT_STEP)
+        p = full_plan(desired, ctx.layout, state, runtime)
+    commit = f" at {desired.commit[:12]}" if desired.commit else ""
+    if ctx.args.json:
+        print(json.dumps(p.to_dict(), indent=2))
+    else:
+        print(f"{desired.node}: converged and serving{commit}")
+    return 0
+
+
+# How often `olladist wait` plans again; a plan reads files and asks the local gateway.
+WAIT_STEP = 0.5
 
 
 def cmd_apply(ctx: Context) -> int:
@@ -367,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, help_ in (
         ("diff", cmd_diff, "drift of this node: exit 0 none, 1 drift, 2 error"),
         ("apply", cmd_apply, "converge this node once"),
+        (
+            "wait",
+            cmd_wait,
+            "wait until this node is converged and serving: exit 0, 1 on timeout, 2 error",
+        ),
     ):
         p = add(name, handler, help_)
         p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -382,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(default_runtime="none")
         if name == "apply":
             p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+        if name == "wait":
+            p.add_argument(
+                "--timeout", type=float, default=300.0, metavar="S", help="default 300 seconds"
+            )
     p = add("reconcile", cmd_reconcile, "the reconciler daemon (Type=notify under systemd)")
     p.add_argument("--once", action="store_true", help="reconcile once and exit")
     p.add_argument(

@@ -33,12 +33,13 @@ from typing import Any, NoReturn
 
 from olladist import gate, rolloutstate
 from olladist.errors import OlladistError
+from olladist.gateway.pulls import PullBoard
 from olladist.layout import ETC_DIR, SYSTEMD_DIR
 from olladist.models import forget_preloads
 from olladist.nodeconfig import NodeConfig
 from olladist.ollama import Progress
 from olladist.peers import PeerError, Peers
-from olladist.plan import Kind, Plan
+from olladist.plan import Action, Kind, Plan
 from olladist.reconcile import Desired, execute, full_plan, load_desired, restart_slot
 from olladist.rollout import plan_rollout
 from olladist.runtime import Runtime
@@ -53,6 +54,9 @@ from olladist.units import instance_name
 
 log = logging.getLogger("olladist.daemon")
 
+# After an apply, how long "the gateway cannot serve it yet" may take to clear before it is
+# recorded as drift: two of the live view's polls (1 s at most each) and a probe timeout.
+SERVING_SETTLE = 4.0
 DRIFT_STORM_WINDOW = 60.0  # seconds: corrections of the same drift within it count as a storm
 DRIFT_STORM_FREE = 3  # corrections allowed in the window before backing off
 
@@ -116,6 +120,7 @@ class Daemon:
         self.desired: Desired | None = None
         self.drift_guard = _DriftGuard()
         self._user_progress = on_progress
+        self.pulls = PullBoard(layout)  # tells the gateway's live view how pulls are going
         self._threads: list[threading.Thread] = []
         # Read by the status server (olladist.statusd) from its own thread.
         self.transfers = Transfers()
@@ -133,6 +138,7 @@ class Daemon:
     def _progress(self, model: str, p: Progress) -> None:
         self.alive_at = time.monotonic()  # a long pull is progress, not a hang
         self.transfers.update(model, p)
+        self.pulls.progress(model, p)
         if self._user_progress:
             self._user_progress(model, p)
 
@@ -432,9 +438,22 @@ class Daemon:
             if failures:
                 self._roll_back(desired, last_good, failures)
             self.status.rollout = rolloutstate.settle(self.status.rollout, [])
+        self.pulls.finished(outcome.model_errors)
         if record_applied:
             self.status.applied(desired.commit)
-        self.status.planned(full_plan(desired, self.layout, self.state, self.runtime))
+        self.status.planned(self._settled(desired))
+
+    def _settled(self, desired: Desired) -> Plan:
+        """The plan after an apply. The gateway's live view sees a change at its next poll (a
+        second or two), so drift that is only "cannot serve yet" gets that long to clear
+        before it is recorded."""
+        p = full_plan(desired, self.layout, self.state, self.runtime)
+        deadline = time.monotonic() + SERVING_SETTLE
+        while p.actions and all(_serving_only(a) for a in p.actions):
+            if time.monotonic() > deadline or self.stopping.wait(0.5):
+                break
+            p = full_plan(desired, self.layout, self.state, self.runtime)
+        return p
 
     def _rollout_begin(self, desired: Desired) -> None:
         """Record the waves of a new commit. They come from the specs as committed (no
@@ -576,6 +595,10 @@ class Daemon:
         if delay:
             log.info("restart slot %d: waiting %.0fs before restarting instances", slot, delay)
             self.stopping.wait(delay)
+
+
+def _serving_only(a: Action) -> bool:
+    return a.kind is Kind.REPORT and a.target.startswith(("serving ", "peer ", "gateway"))
 
 
 def _signature(p: Plan) -> str:

@@ -25,13 +25,15 @@ import httpx
 from dulwich import porcelain
 from dulwich.repo import Repo
 
-from olladist.check import check_servers
+from olladist.check import Result, check_servers
 from olladist.errors import OlladistError, ToolError
 from olladist.files import write_atomic
+from olladist.gateway.live import LIVE_PATH, LiveUnavailable, fetch_live, serves_everything
 from olladist.gateway.topology import listeners
 from olladist.layout import ENV_FILE, PEER_SECRET_FILE, Layout
 from olladist.nodeconfig import format_env_file, write_peer_secret
 from olladist.nodelocal import ENV_BINARY
+from olladist.placement import place
 from olladist.ports import who_listens
 from olladist.runtime.local import LocalRuntime, Running
 from olladist.spec import Spec
@@ -299,7 +301,10 @@ class DevCluster:
 
     def wait_gateways(self, spec: Spec, timeout: float) -> None:
         """Converged files are not yet a serving cluster: wait for every gateway's health
-        checks to see its instances and peers up."""
+        checks to see its instances and peers up, and for its live view to serve every model
+        placed in the cluster (listed, and every holder ready)."""
+        placement = place(spec)
+        listed = sorted(m.key for m in spec.models if placement.nodes_for(m.key))
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=5.0, trust_env=False) as client:
             for node in spec.nodes:
@@ -307,7 +312,17 @@ class DevCluster:
                 while True:
                     result = check_servers(client, url)
                     if result.ok:
-                        self.say(f"  {node.name}: gateway healthy ({result.detail})")
+                        try:
+                            missing = serves_everything(fetch_live(url + LIVE_PATH, client), listed)
+                        except LiveUnavailable as exc:
+                            missing = [str(exc)]
+                        if missing:
+                            result = Result(False, "serving", f"not serving {', '.join(missing)}")
+                    if result.ok:
+                        self.say(
+                            f"  {node.name}: gateway healthy ({result.detail}), serving "
+                            f"{len(listed)} model(s)"
+                        )
                         break
                     if time.monotonic() > deadline:
                         raise OlladistError(

@@ -18,6 +18,7 @@ from olladist.apply import apply
 from olladist.drain import DrainingRuntime
 from olladist.errors import ApplyError, OlladistError
 from olladist.files import File
+from olladist.gateway.live import node_serving_drift
 from olladist.gateway.render import node_local_files
 from olladist.layout import INSTANCE_HOST, SYSTEMD_DIR, Layout
 from olladist.models import ModelSync, memory_of, observe_models, plan_models, remember
@@ -112,7 +113,21 @@ def full_plan(desired: Desired, layout: Layout, state: State, runtime: Runtime) 
     mp = plan_models(
         desired.spec, node, desired.placement, obs, memory=memory_of(state), commit=desired.commit
     )
-    return Plan(p.node, p.actions + tuple(mp.actions), p.notes + tuple(mp.notes))
+    p = Plan(p.node, p.actions + tuple(mp.actions), p.notes + tuple(mp.notes))
+    return p.with_actions(_serving(desired, layout, p))
+
+
+def _serving(desired: Desired, layout: Layout, p: Plan) -> list[Action]:
+    """Converged means serving: what this node's gateway cannot serve or reach is drift too,
+    unless the plan already starts or restarts something (it is what will fix it)."""
+    if any(a.kind in (Kind.START, Kind.RESTART, Kind.RELOAD) for a in p.actions):
+        return []
+    acted = {a.target for a in p.actions if a.kind.is_model}
+    return [
+        a
+        for a in node_serving_drift(desired.spec, desired.node, desired.placement, layout)
+        if a.target.removeprefix("serving ") not in acted
+    ]
 
 
 def _stopped_units(desired: Desired, p: Plan, runtime: Runtime) -> list[Action]:

@@ -48,6 +48,8 @@ EDGES = {
     "olladist.runtime.systemd",
     "olladist.unitfile",
     "olladist.gateway.runtime",
+    "olladist.gateway.live",
+    "olladist.gateway.pulls",
     "olladist.ollama",
     "olladist.validators",
     "olladist.state",

@@ -59,3 +59,23 @@ def test_status_before_any_reconcile(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["status", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no reconcile has run on this node yet" in err
+
+
+def test_wait_exits_1_on_timeout_and_0_once_converged(
+    short_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from olladist.layout import Layout
+    from olladist.specload import load_spec
+    from tests.conftest import node_secrets
+
+    node_secrets(Layout(short_root), load_spec(EXAMPLE_SPEC))
+    base = ["--spec", str(EXAMPLE_SPEC), "--node", "gpu-b", "--root", str(short_root)]
+    base += ["--runtime", "none", "--no-validate"]  # no ollama binary here
+    # Nothing written yet: drift, and `wait` gives up after its timeout with the plan.
+    assert main(["wait", *base, "--timeout", "0.5"]) == 1
+    out = capsys.readouterr().out
+    assert "not converged after 0.5s" in out and "haproxy.cfg" in out
+    assert main(["apply", *base]) == 0
+    capsys.readouterr()
+    assert main(["wait", *base, "--timeout", "5"]) == 0
+    assert capsys.readouterr().out.startswith("gpu-b: converged and serving")

@@ -1,4 +1,4 @@
-"""Render a node's gateway: HAProxy's config plus the maps and static JSON it loads.
+"""Render a node's gateway: HAProxy's config, the maps it loads and live.lua (the live view).
 
 Pure: the same (spec, node, placement, layout, tls) gives byte-identical files. Secrets are never
 rendered; the config only names the node-local files that hold them (see docs/gateway.md).
@@ -13,14 +13,25 @@ from olladist.gateway.topology import Route, Topology, build
 from olladist.layout import GATEWAY_DIR, HAPROXY_CFG, PEER_SECRET_FILE, ROOT, Layout
 from olladist.nodelocal import NodeTLS
 from olladist.placement import Placement
-from olladist.spec import Spec
+from olladist.spec import Model, Spec, duration_ms
 from olladist.templating import render_template
 
-# Ollama reports times like this; a model's real modification time is only known to the
-# instance that holds it, so the cluster view shows a fixed one.
+_READY_HEAD = "# model -> 1 when every holder can serve it now; filled at run time by live.lua\n"
+
+# Ollama reports times like this. Only a peer without a live report (an older olladist during
+# an upgrade) is listed from the spec; every other entry is the holder's own.
 EPOCH = "1970-01-01T00:00:00Z"
-# /api/ps asks each local instance in turn; a hung one must not hold the answer for long.
-PS_TIMEOUT_MS = 3000
+# The poller asks each instance and peer this often at most, whatever the health interval.
+POLL_MAX_MS = 1000
+# ... and this often while requests wait for a holder, so they are released sooner.
+FAST_POLL_MS = 100
+# How often a waiting request looks at the view again (it changes only after a poll).
+WAIT_STEP_MS = 25
+# One /api/tags or live report must answer within this; a hung target delays only its own task.
+PROBE_TIMEOUT_MIN_MS = 2000
+# Retry-After on the readiness 503: soon when a holder is coming, later when none is.
+RETRY_AFTER_S = 2
+RETRY_AFTER_DOWN_S = 10
 
 
 def _map_file(routes: tuple[Route, ...]) -> str:
@@ -28,51 +39,122 @@ def _map_file(routes: tuple[Route, ...]) -> str:
     return head + "".join(f"{r.model} {r.backend}\n" for r in routes)
 
 
-def _served(spec: Spec, placement: Placement) -> list[tuple[str, int, str]]:
-    """(canonical name, size in bytes, digest hex) of every model the cluster serves."""
-    out = []
-    for m in spec.models:
-        if placement.nodes_for(m.key):
-            size = round(m.size_gb * 1e9) if m.size_gb else 0
-            digest = m.digest.removeprefix("sha256:") if m.digest else ""
-            out.append((m.key, size, digest))
-    return sorted(out)
+def _fallback_entry(model: Model) -> str:
+    """The /api/tags entry shown for a model whose only ready holders send no live report."""
+    size = round(model.size_gb * 1e9) if model.size_gb else 0
+    digest = model.digest.removeprefix("sha256:") if model.digest else ""
+    entry = {
+        "name": model.key,
+        "model": model.key,
+        "modified_at": EPOCH,
+        "size": size,
+        "digest": digest,
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": "",
+            "families": None,
+            "parameter_size": "",
+            "quantization_level": "",
+        },
+    }
+    return json.dumps(entry, separators=(",", ":"))
 
 
-def tags_json(spec: Spec, placement: Placement) -> str:
-    models = [
-        {
-            "name": name,
-            "model": name,
-            "modified_at": EPOCH,
-            "size": size,
-            "digest": digest,
-            "details": {
-                "parent_model": "",
-                "format": "gguf",
-                "family": "",
-                "families": None,
-                "parameter_size": "",
-                "quantization_level": "",
-            },
-        }
-        for name, size, digest in _served(spec, placement)
-    ]
-    return json.dumps({"models": models}, indent=1) + "\n"
+def lua_literal(value: object, indent: str = "") -> str:
+    """``value`` (dicts with str keys, lists, str, int, bool, None) as a Lua table constructor.
+
+    Strings are written with decimal escapes for anything outside printable ASCII, so no value
+    can end the string or the file early."""
+    inner = indent + "  "
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        out = []
+        for b in value.encode():
+            c = chr(b)
+            out.append(c if 32 <= b < 127 and c not in '"\\' else f"\\{b:03d}")
+        return '"' + "".join(out) + '"'
+    if isinstance(value, list | tuple):
+        if not value:
+            return "{}"
+        return "{\n" + "".join(f"{inner}{lua_literal(v, inner)},\n" for v in value) + indent + "}"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = "".join(
+            f"{inner}[{lua_literal(str(k))}] = {lua_literal(v, inner)},\n"
+            for k, v in sorted(value.items())
+        )
+        return "{\n" + items + indent + "}"
+    raise TypeError(f"no Lua literal for {type(value).__name__}")
 
 
-def v1_models_json(spec: Spec, placement: Placement) -> str:
-    data = [
-        {
-            "id": name,
-            "object": "model",
-            "created": 0,
-            # Ollama names the owner after the namespace; official models are "library".
-            "owned_by": name.rsplit("/", 1)[0].rsplit("/", 1)[-1] if "/" in name else "library",
-        }
-        for name, _, _ in _served(spec, placement)
-    ]
-    return json.dumps({"object": "list", "data": data}, indent=1) + "\n"
+def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, object]:
+    """What live.lua needs to know about this node, its peers and where each model goes."""
+    interval = duration_ms(t.health_interval)
+    poll = min(interval, POLL_MAX_MS)
+    probe = max(poll, PROBE_TIMEOUT_MIN_MS)
+    backends = {b.name: b for b in (*t.routes_backends, *t.locals)}
+    by_key = {m.key: m for m in spec.models}
+    own_peer = f"peer.{t.node}"
+
+    def servers(backend: str) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for s in backends[backend].servers:
+            if s.peer and s.name != own_peer:
+                item: dict[str, object] = {"name": s.name, "node": s.name.removeprefix("peer.")}
+            elif s.peer:
+                # model-affinity through this node's own peer frontend: ready when a local
+                # instance is.
+                item = {"name": s.name, "node": t.node}
+            else:
+                item = {"name": s.name, "instance": s.name}
+            if s.backup:
+                item["backup"] = True
+            out.append(item)
+        return out
+
+    return {
+        "cluster": t.cluster,
+        "node": t.node,
+        "poll_ms": poll,
+        "fast_ms": min(poll, FAST_POLL_MS),
+        "wait_step_ms": WAIT_STEP_MS,
+        "probe_timeout_ms": probe,
+        # A poll result counts for three rounds (one slow answer does not flap the view).
+        "stale_ms": 3 * poll + probe,
+        "queue_ms": duration_ms(t.timeouts.queue),
+        "retry_after_s": RETRY_AFTER_S,
+        "retry_after_down_s": RETRY_AFTER_DOWN_S,
+        "ready_map": t.paths.ready_map,
+        "pulls_map": t.paths.pulls_map,
+        "local_ready_map": t.paths.local_ready_map if t.has_peer_frontend else None,
+        "feed_socket": t.paths.feed_socket,
+        "instances": [{"name": s.name, "port": s.port} for s in t.instances.servers],
+        "peers": [{"server": s.name, "node": s.name.removeprefix("peer.")} for s in t.feed_peers],
+        "held": [r.model for r in t.local_routes],
+        "models": {
+            r.model: {
+                "servers": servers(r.backend),
+                "holders": sorted(placement.nodes_for(r.model), key=lambda n: (n != t.node, n)),
+                "fallback": _fallback_entry(by_key[r.model]),
+            }
+            for r in t.routes
+        },
+        "local_models": {
+            r.model: {"servers": servers(r.backend), "holders": [t.node]} for r in t.local_routes
+        },
+    }
+
+
+def live_lua(t: Topology, spec: Spec, placement: Placement) -> str:
+    config = lua_literal(live_config(t, spec, placement))
+    return render_template("live.lua.j2", node=t.node, config=config)
 
 
 def render_config(topology: Topology) -> str:
@@ -99,10 +181,14 @@ def gateway_files(
             "# addresses of the cluster's other nodes, allowed on the peer port\n"
             + "".join(f"{a}\n" for a in t.allowlist)
         ),
-        f"{GATEWAY_DIR}/tags.json": File(tags_json(spec, placement)),
-        f"{GATEWAY_DIR}/v1-models.json": File(v1_models_json(spec, placement)),
-        f"{GATEWAY_DIR}/ps-empty.json": File('{"models":[]}\n'),
-        f"{GATEWAY_DIR}/ps.lua": File(render_template("ps.lua.j2", timeout_ms=PS_TIMEOUT_MS)),
+        f"{GATEWAY_DIR}/live.lua": File(live_lua(t, spec, placement)),
+        # Empty on disk: live.lua fills them in HAProxy's memory (a reload starts them empty,
+        # and requests take the slow path until the first poll, a few milliseconds).
+        f"{GATEWAY_DIR}/ready.map": File(_READY_HEAD),
+        f"{GATEWAY_DIR}/local-ready.map": File(_READY_HEAD),
+        f"{GATEWAY_DIR}/pulls.map": File(
+            "# model -> 43% or failed; filled at run time by the reconciler (gateway/pulls.py)\n"
+        ),
     }
     return dict(sorted(files.items()))
 

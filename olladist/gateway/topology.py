@@ -32,6 +32,7 @@ from olladist.gateway import INSTANCES_BACKEND, PEERS_BACKEND
 from olladist.layout import (
     ADMIN_SOCKET,
     GATEWAY_DIR,
+    GATEWAY_RUN_DIR,
     INSTANCE_HOST,
     MIN_SECRET_LEN,
     PEER_SECRET_FILE,
@@ -58,6 +59,9 @@ HASH_BALANCE_FACTOR = 125
 ROUTE_NAME_MAX = 80
 # HAProxy 2.6 refuses longer unix socket paths (sun_path minus its own suffix room).
 SOCKET_PATH_MAX = 97
+# The live view's poller reaches peers through this listener of its own HAProxy, so the peer
+# server lines (secret header, client certificate) apply; Lua's HTTP client has no client cert.
+FEED_SOCKET = f"{GATEWAY_RUN_DIR}/feed.sock"
 
 # File paths end up unquoted inside sample expressions (`map(PATH)`), where a comma, a
 # parenthesis, a quote or a space would change the meaning; we refuse them instead of escaping.
@@ -133,10 +137,11 @@ class Paths:
     models_map: str
     local_map: str
     peers_acl: str
-    tags_json: str
-    v1_models_json: str
-    empty_ps_json: str
-    ps_lua: str
+    live_lua: str
+    ready_map: str  # models every holder can serve now (public port); written live by Lua
+    local_ready_map: str  # the same for this node's instances (peer port)
+    pulls_map: str  # pulls in progress (model -> 43% or failed), written live by the reconciler
+    feed_socket: str  # loopback-only listener through which the Lua poller reaches peers
     peer_secret_map: str
     admin_socket: str
     server_state: str
@@ -203,6 +208,13 @@ class Topology:
     @property
     def needs_peer_secret(self) -> bool:
         return self.peer_auth == PeerAuth.SECRET and bool(self.peers.servers)
+
+    @property
+    def feed_peers(self) -> tuple[Server, ...]:
+        """Peers whose live report this node's poller fetches (its own peer frontend, listed
+        in ``peers`` for model-affinity, is not one)."""
+        own = _peer_server_name(self.node)
+        return tuple(s for s in self.peers.servers if s.name != own)
 
     @property
     def has_peer_frontend(self) -> bool:
@@ -282,10 +294,11 @@ def build(
         models_map=safe_path(f"{gateway_dir}/models.map"),
         local_map=safe_path(f"{gateway_dir}/local.map"),
         peers_acl=safe_path(f"{gateway_dir}/peers.acl"),
-        tags_json=safe_path(f"{gateway_dir}/tags.json"),
-        v1_models_json=safe_path(f"{gateway_dir}/v1-models.json"),
-        empty_ps_json=safe_path(f"{gateway_dir}/ps-empty.json"),
-        ps_lua=safe_path(f"{gateway_dir}/ps.lua"),
+        live_lua=safe_path(f"{gateway_dir}/live.lua"),
+        ready_map=safe_path(f"{gateway_dir}/ready.map"),
+        local_ready_map=safe_path(f"{gateway_dir}/local-ready.map"),
+        pulls_map=safe_path(f"{gateway_dir}/pulls.map"),
+        feed_socket=socket_path(layout.path(FEED_SOCKET)),
         peer_secret_map=safe_path(layout.path(PEER_SECRET_FILE)),
         admin_socket=socket_path(layout.path(ADMIN_SOCKET)),
         server_state=safe_path(layout.path(SERVER_STATE_FILE)),

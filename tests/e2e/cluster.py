@@ -201,6 +201,28 @@ class Cluster:
     def gateway(self, node: int = 0) -> str:
         return f"http://{self.nodes[node].addr}:11434"
 
+    def olladist_wait(
+        self, node: NodeProc, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        """``olladist wait`` on ``node``, as a script would run it."""
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "olladist",
+                "wait",
+                "--root",
+                str(node.root),
+                "--timeout",
+                str(timeout),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout + 60,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            check=False,
+        )
+
 
 def _brief(s: dict[str, Any]) -> dict[str, Any]:
     return {
@@ -221,7 +243,10 @@ def start_cluster(  # noqa: PLR0917
     node_env: dict[str, dict[str, str]] | None = None,
     before_first_commit: Callable[[Path], None] | None = None,
     commit_with: tuple[list[str], dict[str, str]] | None = None,
+    wait: bool = True,
 ) -> Cluster:
+    """Start the cluster; with ``wait``, return once every node has converged (its status)
+    and every gateway's checks are up, else at once (tests that watch it start)."""
     a, b = random.randint(100, 250), random.randint(1, 250)
     node_specs = [
         {
@@ -263,6 +288,8 @@ def start_cluster(  # noqa: PLR0917
     try:
         for n in nodes:
             cluster.start_node(n)
+        if not wait:
+            return cluster
         cluster.wait_converged(head, timeout=90)
         cluster.wait(lambda: all_servers_up(cluster), 30, "gateway health checks")
     except BaseException:

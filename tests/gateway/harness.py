@@ -97,7 +97,9 @@ class Fake:
             self.proc.wait(5)
 
 
-def start_fake(name: str, port: int, line_delay: float = 0.05) -> Fake:
+def start_fake(
+    name: str, port: int, line_delay: float = 0.05, models: list[str] | None = None
+) -> Fake:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -109,6 +111,8 @@ def start_fake(name: str, port: int, line_delay: float = 0.05) -> Fake:
             name,
             "--line-delay",
             str(line_delay),
+            "--models",
+            ",".join(models or []),
         ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -131,6 +135,11 @@ class Gateway:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def stats_host(self) -> str:
+        # Loopback nodes bind their stats listener on their own address (topology.py).
+        return self.host if self.host.startswith("127.") else "127.0.0.1"
 
     @property
     def log(self) -> str:
@@ -250,18 +259,26 @@ def cluster(  # noqa: PLR0917 - test helper, read at the call site
     line_delay: float = 0.05,
     tls: dict[str, NodeTLS] | None = None,
     local_files: dict[str, str] | None = None,
+    wait_ready: bool = True,
 ) -> Iterator[Cluster]:
     c = Cluster(spec, base)
+    placement = place(spec)
     try:
         for n in spec.nodes:
+            # Every instance's store holds what placement puts on its node, as after a pull.
+            held = [m.key for m in spec.models if n.name in placement.nodes_for(m.key)]
             for inst in n.instances:
                 c.fakes[f"{n.name}/{inst.name}"] = start_fake(
-                    f"{n.name}/{inst.name}", inst.port, line_delay
+                    f"{n.name}/{inst.name}", inst.port, line_delay, held
                 )
         for f in c.fakes.values():
-            wait_port("127.0.0.1", f.port)
+            wait_port("127.0.0.1", f.port, timeout=30)  # slow to start on a loaded machine
         for name in gateways if gateways is not None else [n.name for n in spec.nodes]:
             c.gateways[name] = start_gateway(spec, name, base, (tls or {}).get(name), local_files)
+        if wait_ready:
+            routed = [m.key for m in spec.models if placement.nodes_for(m.key)]
+            for g in c.gateways.values():
+                wait_until(lambda g=g: all_ready(g, routed), timeout=30)
         yield c
     finally:
         c.stop()
@@ -284,3 +301,25 @@ def all_up(gw: Gateway) -> bool:
 
 def env_without_proxy() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+def live(gw: Gateway) -> dict[str, Any]:
+    """The gateway's live report, from its stats listener (as the reconciler reads it)."""
+    import httpx
+
+    r = httpx.get(
+        f"http://{gw.stats_host}:{gw.stats_port}/olladist/v1/live", trust_env=False, timeout=5
+    )
+    r.raise_for_status()
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def all_ready(gw: Gateway, models: list[str]) -> bool:
+    """Every one of ``models`` (canonical names) is served by all its holders at ``gw``, and
+    every peer's live report reached it."""
+    try:
+        report = live(gw)
+    except OSError:
+        return False
+    return set(models) <= set(report["ready"]) and all(p["reachable"] for p in report["peers"])

@@ -147,9 +147,10 @@ def test_unknown_model_is_ollamas_404_and_missing_model_400(two_nodes: Cluster) 
     assert r.status_code == 400
     assert r.json() == {"error": "model is required"}
     with client() as h:
+        # Answered from the live view (test_live.py), under the name asked.
         r = h.get(two_nodes.gw("n0").url + "/v1/models/only-b")
         assert r.status_code == 200
-        assert r.json()["instance"] == "n1/i0"
+        assert r.json()["id"] == "only-b"
         assert h.get(two_nodes.gw("n0").url + "/v1/models/ghost").status_code == 404
 
 
@@ -189,20 +190,32 @@ def test_cluster_view_lists_every_model(two_nodes: Cluster) -> None:
     assert head.content == b""
 
 
-def test_ps_and_version_come_from_this_node(two_nodes: Cluster) -> None:
+def test_ps_shows_the_whole_cluster_and_version_comes_from_this_node(two_nodes: Cluster) -> None:
     with client() as h:
         ps = h.get(two_nodes.gw("n1").url + "/api/ps").json()
         version = h.get(two_nodes.gw("n1").url + "/api/version").json()
         root = h.get(two_nodes.gw("n1").url + "/")
-    assert [m["name"] for m in ps["models"]] == ["n1/i0-loaded:latest"]
+    # Every instance's loaded models (the fakes each load one of their own), with where.
+    assert [(m["name"], m["loaded_on"]) for m in ps["models"]] == [
+        ("n1/i0-loaded:latest", ["n1/i0"]),
+        ("n0/i0-loaded:latest", ["n0/i0"]),
+        ("n0/i1-loaded:latest", ["n0/i1"]),
+    ]
     assert version["instance"] == "n1/i0"
     assert root.text == "Ollama is running"
 
 
-def test_ps_merges_every_local_instance(two_nodes: Cluster) -> None:
-    with client() as h:
-        ps = h.get(two_nodes.gw("n0").url + "/api/ps").json()
-    assert [m["name"] for m in ps["models"]] == ["n0/i0-loaded:latest", "n0/i1-loaded:latest"]
+def test_ps_lists_a_model_loaded_twice_once(gw_tmp: Path) -> None:
+    spec = make_spec(loopback_hosts(2), {0: [1, 1], 1: [1]}, [{"name": "m", "nodes": ["n0"]}])
+    with cluster(gw_tmp, spec) as c, client() as h:
+        for fake in c.fakes.values():
+            h.post(f"http://127.0.0.1:{fake.port}/fake/ps", json=["same:latest"])
+        wait_until(lambda: len(h.get(c.gw("n1").url + "/api/ps").json()["models"]) == 1)
+        ps = h.get(c.gw("n1").url + "/api/ps").json()
+    assert [(m["name"], m["loaded_on"]) for m in ps["models"]] == [
+        ("same:latest", ["n0/i0", "n0/i1", "n1/i0"])
+    ]
+    assert ps["models"][0]["size_vram"] == 1234
 
 
 def test_stats_page_and_prometheus_metrics(two_nodes: Cluster) -> None:

@@ -35,7 +35,15 @@ from olladist.nodeconfig import write_peer_secret
 from olladist.placement import place
 from olladist.runtime.local import LocalRuntime
 from olladist.units import GATEWAY_UNIT, unit_files
-from tests.gateway.harness import Cluster, all_up, cluster, loopback_hosts, make_spec, wait_until
+from tests.gateway.harness import (
+    Cluster,
+    all_ready,
+    all_up,
+    cluster,
+    loopback_hosts,
+    make_spec,
+    wait_until,
+)
 
 DATA = Path(__file__).parent / "data"
 
@@ -273,6 +281,8 @@ def test_drain_waits_for_running_streams(one_node: Cluster) -> None:
     assert on_i0 and all(at <= drained_at for at in on_i0)
     assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i1"}
     set_ready(rt, "i0")
+    # The live view sees i0 ready again at its next poll.
+    wait_until(lambda: all_ready(one_node.gw("n0"), ["m:latest"]))
     assert {gen(one_node).json()["instance"] for _ in range(6)} == {"n0/i0", "n0/i1"}
 
 

@@ -1,0 +1,982 @@
+-- The gateway's live view of the cluster (docs/gateway.md, "The live view").
+-- Rendered by olladist for node gpu-b; loaded by HAProxy (lua-load) at start and reload.
+--
+-- Tasks inside HAProxy poll this node's instances (/api/tags, /api/ps) and the peers'
+-- /olladist/v1/live, and keep the result in memory and in two HAProxy maps of the models every
+-- holder can serve right now. Requests for those models pay one map lookup and no Lua; others
+-- run `olladist_await`, which waits for a ready holder or answers why there is none. If this
+-- code fails, the maps keep their last content and requests keep being routed by them.
+
+local C = {
+  ["cluster"] = "lab",
+  ["fast_ms"] = 100,
+  ["feed_socket"] = "/run/olladist/gateway/feed.sock",
+  ["held"] = {
+    "llama3.2:1b",
+    "nomic-embed-text:latest",
+  },
+  ["instances"] = {
+    {
+      ["name"] = "gpu0",
+      ["port"] = 11511,
+    },
+    {
+      ["name"] = "gpu1",
+      ["port"] = 11512,
+    },
+  },
+  ["local_models"] = {
+    ["llama3.2:1b"] = {
+      ["holders"] = {
+        "gpu-b",
+      },
+      ["servers"] = {
+        {
+          ["instance"] = "gpu0",
+          ["name"] = "gpu0",
+        },
+        {
+          ["instance"] = "gpu1",
+          ["name"] = "gpu1",
+        },
+      },
+    },
+    ["nomic-embed-text:latest"] = {
+      ["holders"] = {
+        "gpu-b",
+      },
+      ["servers"] = {
+        {
+          ["instance"] = "gpu0",
+          ["name"] = "gpu0",
+        },
+        {
+          ["instance"] = "gpu1",
+          ["name"] = "gpu1",
+        },
+      },
+    },
+  },
+  ["local_ready_map"] = "/etc/olladist/gateway/local-ready.map",
+  ["models"] = {
+    ["llama3.1:8b"] = {
+      ["fallback"] = "{\034name\034:\034llama3.1:8b\034,\034model\034:\034llama3.1:8b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:4900000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
+      ["holders"] = {
+        "gpu-a",
+      },
+      ["servers"] = {
+        {
+          ["name"] = "peer.gpu-a",
+          ["node"] = "gpu-a",
+        },
+      },
+    },
+    ["llama3.2:1b"] = {
+      ["fallback"] = "{\034name\034:\034llama3.2:1b\034,\034model\034:\034llama3.2:1b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:1300000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
+      ["holders"] = {
+        "gpu-b",
+        "gpu-a",
+      },
+      ["servers"] = {
+        {
+          ["instance"] = "gpu0",
+          ["name"] = "gpu0",
+        },
+        {
+          ["instance"] = "gpu1",
+          ["name"] = "gpu1",
+        },
+        {
+          ["name"] = "peer.gpu-a",
+          ["node"] = "gpu-a",
+        },
+      },
+    },
+    ["nomic-embed-text:latest"] = {
+      ["fallback"] = "{\034name\034:\034nomic-embed-text:latest\034,\034model\034:\034nomic-embed-text:latest\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:300000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
+      ["holders"] = {
+        "gpu-b",
+        "gpu-a",
+        "gpu-c",
+      },
+      ["servers"] = {
+        {
+          ["instance"] = "gpu0",
+          ["name"] = "gpu0",
+        },
+        {
+          ["instance"] = "gpu1",
+          ["name"] = "gpu1",
+        },
+        {
+          ["name"] = "peer.gpu-a",
+          ["node"] = "gpu-a",
+        },
+        {
+          ["name"] = "peer.gpu-c",
+          ["node"] = "gpu-c",
+        },
+      },
+    },
+    ["qwen2.5:0.5b"] = {
+      ["fallback"] = "{\034name\034:\034qwen2.5:0.5b\034,\034model\034:\034qwen2.5:0.5b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:400000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
+      ["holders"] = {
+        "gpu-c",
+      },
+      ["servers"] = {
+        {
+          ["name"] = "peer.gpu-c",
+          ["node"] = "gpu-c",
+        },
+      },
+    },
+  },
+  ["node"] = "gpu-b",
+  ["peers"] = {
+    {
+      ["node"] = "gpu-a",
+      ["server"] = "peer.gpu-a",
+    },
+    {
+      ["node"] = "gpu-c",
+      ["server"] = "peer.gpu-c",
+    },
+  },
+  ["poll_ms"] = 1000,
+  ["probe_timeout_ms"] = 2000,
+  ["pulls_map"] = "/etc/olladist/gateway/pulls.map",
+  ["queue_ms"] = 60000,
+  ["ready_map"] = "/etc/olladist/gateway/ready.map",
+  ["retry_after_down_s"] = 10,
+  ["retry_after_s"] = 2,
+  ["stale_ms"] = 5000,
+  ["wait_step_ms"] = 25,
+}
+---------------------------------------------------------------------------------------------
+-- JSON. HAProxy ships no decoder for Lua. Decoded objects keep their source text under RAW,
+-- so entries from a holder are passed on byte for byte (size, digest, modified_at, details).
+---------------------------------------------------------------------------------------------
+
+local RAW = {}
+local ARRAY = {}
+local NULL = {} -- encodes as null (a nil value would drop the key)
+local MAX_DEPTH = 64
+local ESCAPES = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
+
+local function skip_ws(s, i)
+  return string.find(s, "[^ \t\r\n]", i) or (#s + 1)
+end
+
+local function parse_string(s, i)
+  local out = {}
+  local j = i + 1
+  while true do
+    local k = string.find(s, '["\\]', j)
+    if not k then error("unterminated string", 0) end
+    if k > j then out[#out + 1] = string.sub(s, j, k - 1) end
+    if string.sub(s, k, k) == '"' then return table.concat(out), k + 1 end
+    local e = string.sub(s, k + 1, k + 1)
+    if e == "u" then
+      local hex = string.match(s, "^%x%x%x%x", k + 2)
+      if not hex then error("bad \\u escape", 0) end
+      local cp = tonumber(hex, 16)
+      j = k + 6
+      local lo = string.match(s, "^\\u([dD][c-fC-F]%x%x)", j)
+      if cp >= 0xD800 and cp <= 0xDBFF and lo then
+        cp = 0x10000 + (cp - 0xD800) * 0x400 + (tonumber(lo, 16) - 0xDC00)
+        j = j + 6
+      elseif cp >= 0xD800 and cp <= 0xDFFF then
+        cp = 0xFFFD -- a lone surrogate, as Go's decoder reads it
+      end
+      out[#out + 1] = utf8.char(cp)
+    else
+      local r = ESCAPES[e]
+      if not r then error("bad escape", 0) end
+      out[#out + 1] = r
+      j = k + 2
+    end
+  end
+end
+
+local parse_value
+
+local function parse_object(s, i, depth)
+  local obj, start = {}, i
+  i = skip_ws(s, i + 1)
+  if string.sub(s, i, i) == "}" then
+    obj[RAW] = string.sub(s, start, i)
+    return obj, i + 1
+  end
+  while true do
+    if string.sub(s, i, i) ~= '"' then error("expected a key", 0) end
+    local key, v
+    key, i = parse_string(s, i)
+    i = skip_ws(s, i)
+    if string.sub(s, i, i) ~= ":" then error("expected ':'", 0) end
+    v, i = parse_value(s, skip_ws(s, i + 1), depth + 1)
+    obj[key] = v
+    i = skip_ws(s, i)
+    local c = string.sub(s, i, i)
+    if c == "}" then
+      obj[RAW] = string.sub(s, start, i)
+      return obj, i + 1
+    end
+    if c ~= "," then error("expected ',' or '}'", 0) end
+    i = skip_ws(s, i + 1)
+  end
+end
+
+local function parse_array(s, i, depth)
+  local arr = setmetatable({}, ARRAY)
+  i = skip_ws(s, i + 1)
+  if string.sub(s, i, i) == "]" then return arr, i + 1 end
+  while true do
+    local v
+    v, i = parse_value(s, i, depth + 1)
+    arr[#arr + 1] = v
+    i = skip_ws(s, i)
+    local c = string.sub(s, i, i)
+    if c == "]" then return arr, i + 1 end
+    if c ~= "," then error("expected ',' or ']'", 0) end
+    i = skip_ws(s, i + 1)
+  end
+end
+
+parse_value = function(s, i, depth)
+  if depth > MAX_DEPTH then error("nested too deep", 0) end
+  local c = string.sub(s, i, i)
+  if c == "{" then return parse_object(s, i, depth) end
+  if c == "[" then return parse_array(s, i, depth) end
+  if c == '"' then return parse_string(s, i) end
+  local num = string.match(s, "^-?%d+%.?%d*[eE]?[-+]?%d*", i)
+  if num and #num > 0 then return tonumber(num), i + #num end
+  for word, value in pairs({ ["true"] = true, ["false"] = false, null = false }) do
+    if string.sub(s, i, i + #word - 1) == word then
+      if word == "null" then return nil, i + 4 end
+      return value, i + #word
+    end
+  end
+  error("unexpected character at " .. i, 0)
+end
+
+local function decode(s)
+  local ok, v, i = pcall(parse_value, s, skip_ws(s, 1), 0)
+  if not ok then return nil, v end
+  if skip_ws(s, i) <= #s then return nil, "trailing data" end
+  return v
+end
+
+local function quote(s)
+  return '"' .. string.gsub(s, '[%c"\\]', function(c)
+    local named = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+    return named[c] or string.format("\\u%04x", string.byte(c))
+  end) .. '"'
+end
+
+local encode
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do
+    if type(k) == "string" then keys[#keys + 1] = k end
+  end
+  table.sort(keys)
+  return keys
+end
+
+-- Tables made by the decoder encode as their source text; arrays are marked with ARRAY.
+encode = function(v)
+  local kind = type(v)
+  if kind == "nil" then return "null" end
+  if kind == "boolean" then return v and "true" or "false" end
+  if kind == "number" then
+    if math.type(v) == "integer" then return tostring(v) end
+    return string.format("%.17g", v)
+  end
+  if kind == "string" then return quote(v) end
+  if v == NULL then return "null" end
+  if v[RAW] then return v[RAW] end
+  local parts = {}
+  if getmetatable(v) == ARRAY then
+    for _, item in ipairs(v) do parts[#parts + 1] = encode(item) end
+    return "[" .. table.concat(parts, ",") .. "]"
+  end
+  for _, k in ipairs(sorted_keys(v)) do parts[#parts + 1] = quote(k) .. ":" .. encode(v[k]) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+local function array(t)
+  return setmetatable(t or {}, ARRAY)
+end
+
+---------------------------------------------------------------------------------------------
+-- Names and times
+---------------------------------------------------------------------------------------------
+
+-- As olladist.names.normalize_model and the config's own rules (tests check they agree).
+local function normalize(name)
+  if type(name) ~= "string" then return nil end
+  local n = string.lower(name)
+  if string.match(n, "^registry%.ollama%.ai/[^/]+/[^/]+$") then n = string.sub(n, 20) end
+  if string.match(n, "^library/[^/]+$") then n = string.sub(n, 9) end
+  if not string.match(n, ":[^/]*$") then n = n .. ":latest" end
+  return n
+end
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = (y >= 0 and y or y - 399) // 400
+  local yoe = y - era * 400
+  local doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1
+  return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+end
+
+-- RFC 3339 (as Ollama prints modified_at) to Unix seconds, for /v1/models' `created`.
+local function unix_time(ts)
+  if type(ts) ~= "string" then return 0 end
+  local y, mo, d, h, mi, s, rest = string.match(ts, "^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)(.*)$")
+  if not y then return 0 end
+  local t = days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 86400
+    + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(s)
+  local sign, oh, om = string.match(rest, "([-+])(%d%d):(%d%d)$")
+  if sign then
+    local off = tonumber(oh) * 3600 + tonumber(om) * 60
+    t = sign == "+" and t - off or t + off
+  end
+  return t
+end
+
+local function now_ms()
+  local t = core.now()
+  return t.sec * 1000 + t.usec // 1000
+end
+
+---------------------------------------------------------------------------------------------
+-- State. Written by the poll tasks, read by services and actions (one Lua state: lua-load).
+---------------------------------------------------------------------------------------------
+
+local S = {
+  inst = {}, -- instance name -> {at, ok, store = {model -> entry}, loaded = {entry}, err}
+  peer = {}, -- node -> {at, report, err}
+  view = nil, -- the last computed view (recompute)
+  ready = {}, -- map file -> {model -> true} as last written to HAProxy
+  waiting = 0,
+}
+
+local function server_stats(backend, name)
+  local be = core.backends[backend]
+  local srv = be and be.servers[name]
+  if not srv then return nil end
+  return srv:get_stats()
+end
+
+local function status_of(backend, name)
+  local st = server_stats(backend, name)
+  return st and st.status or "NONE"
+end
+
+-- "UP", "UP 1/2" (failing, still in rotation), "DOWN 1/2" (recovering), "DOWN", "DRAIN",
+-- "MAINT", "MAINT (via ...)", "no check".
+local function is_up(status)
+  return string.sub(status, 1, 2) == "UP" or status == "no check"
+end
+
+local function is_dead(status)
+  return status == "DOWN" or status == "NONE"
+end
+
+local function is_held(status)
+  return status == "DRAIN" or string.sub(status, 1, 5) == "MAINT"
+end
+
+local function fresh(rec, now)
+  return rec ~= nil and rec.ok and now - rec.at <= C.stale_ms
+end
+
+local function http_get(url, dst, headers)
+  local client = core.httpclient()
+  local ok, res = pcall(client.get, client, {
+    url = url,
+    dst = dst,
+    headers = headers,
+    timeout = C.probe_timeout_ms,
+  })
+  if not ok then return nil, tostring(res) end
+  if not res or not res.status or res.status == 0 then return nil, "no answer" end
+  if res.status ~= 200 then return nil, "HTTP " .. res.status end
+  return res.body or ""
+end
+
+---------------------------------------------------------------------------------------------
+-- The view: what each holder can serve, computed after every poll.
+---------------------------------------------------------------------------------------------
+
+local function local_view(now)
+  local v = { instances = {}, store = {}, ready_any = false, up_any = false, held_any = false,
+              starting = false }
+  for _, inst in ipairs(C.instances) do
+    local status = status_of("instances", inst.name)
+    local rec = S.inst[inst.name]
+    local answers = fresh(rec, now)
+    local ready = is_up(status) and answers
+    v.instances[inst.name] = { status = status, ready = ready, answers = answers }
+    if answers then
+      for key, entry in pairs(rec.store) do
+        if not v.store[key] then v.store[key] = entry end
+      end
+    end
+    if ready then v.ready_any = true end
+    if is_up(status) then v.up_any = true end
+    if is_held(status) then v.held_any = true end
+    -- Coming: not asked yet (a fresh worker after a reload), up but not answering yet,
+    -- answering but its check not passed yet (just started), or a check recovering.
+    if rec == nil or is_up(status) ~= answers or (not is_dead(status) and not is_up(status) and not is_held(status)) then
+      v.starting = true
+    end
+  end
+  return v
+end
+
+-- This node's state for a model it holds: state, reason, and whether it may become ready.
+-- Pulls in progress, as the reconciler tells them (olladist/gateway/pulls.py).
+local PULLS = Map.new(C.pulls_map, Map._str)
+
+local function local_model_state(lv, model)
+  if lv.store[model] == nil then
+    local pull = PULLS:lookup(model)
+    if pull == "failed" then return "failed", "pull failed", false end
+    if pull then
+      if lv.ready_any then return "pulling", "pulling (" .. pull .. ")", true end
+    end
+  end
+  if lv.ready_any and lv.store[model] then return "ready", "ready", true end
+  if lv.ready_any then return "missing", "not in its model store yet", true end
+  if lv.held_any then return "restarting", "restarting (drained)", true end
+  if lv.starting then return "starting", "starting", true end
+  if #C.instances == 0 then return "down", "no instances", false end
+  return "down", "down", false
+end
+
+local function peer_view(node, now)
+  local status = status_of("peers", "peer." .. node)
+  local rec = S.peer[node]
+  local report = fresh(rec, now) and rec.report or nil
+  return { status = status, report = report, up = is_up(status) }
+end
+
+-- A holder node's readiness for a model, and why not.
+local function node_model_state(view, node, model)
+  if node == C.node then
+    return local_model_state(view.lv, model)
+  end
+  local pv = view.peers[node]
+  if not pv then return "down", "unknown node", false end
+  if not pv.up then
+    -- Its gateway's check fails (no instance of it takes requests), but its report still
+    -- comes: it says whether that is a restart (coming) or the end.
+    local placed = pv.report and type(pv.report.placed) == "table" and pv.report.placed[model]
+    if type(placed) == "table" and placed.state ~= "ready" then
+      return placed.state, placed.reason or placed.state, placed.coming ~= false
+    end
+    if pv.report then return "starting", "starting", true end
+    if is_dead(pv.status) then return "down", "down", false end
+    return "starting", "gateway " .. string.lower(pv.status), true
+  end
+  if not pv.report then
+    local rec = S.peer[node]
+    if rec and rec.legacy and view.at - rec.at <= C.stale_ms then
+      -- An older olladist (its peer port answers 404 to /olladist/v1/live): its health check
+      -- is UP, so placement is trusted, as before this view existed.
+      return "ready", "ready (no live report)", true, true
+    end
+    -- Not asked yet (this worker just started), or it stopped answering.
+    return "starting", "not answering", true
+  end
+  local placed = type(pv.report.placed) == "table" and pv.report.placed[model]
+  if type(placed) ~= "table" then return "missing", "does not hold it (another commit?)", true end
+  return placed.state, placed.reason or placed.state, placed.coming ~= false
+end
+
+local function server_ready(view, srv, model)
+  if srv.instance then
+    local iv = view.lv.instances[srv.instance]
+    return iv ~= nil and iv.ready and view.lv.store[model] ~= nil
+  end
+  return (node_model_state(view, srv.node, model)) == "ready"
+end
+
+local function set_map(file, want)
+  local have = S.ready[file] or {}
+  for key in pairs(have) do
+    if not want[key] then core.del_map(file, key) end
+  end
+  for key in pairs(want) do
+    if not have[key] then core.set_map(file, key, "1") end
+  end
+  S.ready[file] = want
+end
+
+local function recompute()
+  local now = now_ms()
+  local view = { at = now, lv = local_view(now), peers = {} }
+  for _, p in ipairs(C.peers) do view.peers[p.node] = peer_view(p.node, now) end
+  S.view = view
+  local public, peer = {}, {}
+  for model, m in pairs(C.models) do
+    local all = #m.servers > 0
+    for _, srv in ipairs(m.servers) do
+      if not server_ready(view, srv, model) then all = false break end
+    end
+    if all then public[model] = true end
+  end
+  for model, m in pairs(C.local_models) do
+    local all = #m.servers > 0
+    for _, srv in ipairs(m.servers) do
+      if not server_ready(view, srv, model) then all = false break end
+    end
+    if all then peer[model] = true end
+  end
+  set_map(C.ready_map, public)
+  if C.local_ready_map then set_map(C.local_ready_map, peer) end
+end
+
+---------------------------------------------------------------------------------------------
+-- Pollers: one task per instance and per peer, so a hung one delays nobody else.
+---------------------------------------------------------------------------------------------
+
+local function pause()
+  -- Poll faster while requests wait for a holder, so they are released sooner.
+  core.msleep(S.waiting > 0 and C.fast_ms or C.poll_ms)
+end
+
+local function safe_recompute()
+  local ok, err = pcall(recompute)
+  if not ok then core.Warning("olladist live view: " .. tostring(err)) end
+end
+
+local function models_of(body)
+  local doc = decode(body)
+  if type(doc) ~= "table" or getmetatable(doc.models) ~= ARRAY then return nil end
+  return doc.models
+end
+
+local function poll_instance(inst)
+  local base = "http://localhost:" .. inst.port
+  local dst = "127.0.0.1:" .. inst.port
+  while true do
+    local rec = { at = now_ms(), ok = false, store = {}, loaded = {} }
+    -- Asked whatever its check says: a DOWN instance that answers is starting, not dead (a
+    -- refused connection costs nothing).
+    do
+      local body, err = http_get(base .. "/api/tags", dst)
+      local models = body and models_of(body)
+      if models then
+        rec.ok = true
+        for _, entry in ipairs(models) do
+          local key = type(entry) == "table" and normalize(entry.name or entry.model)
+          if key then rec.store[key] = entry end
+        end
+        local ps = http_get(base .. "/api/ps", dst)
+        rec.loaded = (ps and models_of(ps)) or {}
+      else
+        rec.err = err or "bad /api/tags answer"
+      end
+    end
+    local last = S.inst[inst.name]
+    if not rec.ok and fresh(last, rec.at) and status_of("instances", inst.name) == "UP" then
+      -- A slow answer from a busy instance whose checks all pass: the last one stands until
+      -- it is stale. A dead instance fails its next check ("UP 1/2") and is dropped then.
+      last.err = rec.err
+    else
+      S.inst[inst.name] = rec
+    end
+    safe_recompute()
+    pause()
+  end
+end
+
+local function poll_peer(peer)
+  while true do
+    local rec = { at = now_ms(), ok = false }
+    -- Asked even when its check is DOWN (option persist in olladist_feed): a peer whose
+    -- instances restart says so in its report.
+    do
+      local body, err = http_get("http://localhost/olladist/v1/live", "unix@" .. C.feed_socket,
+        { ["x-olladist-to"] = { peer.server } })
+      local report = body and decode(body)
+      -- The feed backend falls back to another peer if this one is down: check who answered.
+      if type(report) == "table" and report.node == peer.node then
+        rec.ok, rec.report, rec.err = true, report, nil
+      else
+        rec.err = err or "bad live report"
+        rec.legacy = err == "HTTP 404"
+      end
+    end
+    local last = S.peer[peer.node]
+    if not rec.ok and fresh(last, rec.at) then
+      -- One slow or lost answer (a busy node) does not flap the view: the last report stands
+      -- until it is stale (three polls), with the error shown.
+      last.err = rec.err
+    else
+      S.peer[peer.node] = rec
+    end
+    safe_recompute()
+    pause()
+  end
+end
+
+for _, inst in ipairs(C.instances) do
+  core.register_task(function() poll_instance(inst) end)
+end
+for _, peer in ipairs(C.peers) do
+  core.register_task(function() poll_peer(peer) end)
+end
+if #C.instances == 0 and #C.peers == 0 then
+  core.register_task(function() safe_recompute() end)
+end
+
+---------------------------------------------------------------------------------------------
+-- The cluster view: /api/tags, /v1/models, /api/ps, /olladist/v1/live
+---------------------------------------------------------------------------------------------
+
+-- Every model placed here or elsewhere that a ready holder has in its store, with that
+-- holder's own entry (this node's first, then the peers' in name order).
+local function listed()
+  local view = S.view
+  local out = {}
+  if not view then return out end
+  for model, m in pairs(C.models) do
+    local entry, trusted_any
+    for _, node in ipairs(m.holders) do
+      local state, _, _, trusted = node_model_state(view, node, model)
+      if state == "ready" then
+        if node == C.node then
+          entry = view.lv.store[model]
+          break
+        elseif trusted then
+          trusted_any = true
+        elseif not entry then
+          local pm = view.peers[node].report.models
+          for _, item in ipairs(type(pm) == "table" and pm or {}) do
+            if type(item) == "table" and item.name == model and type(item.entry) == "table" then
+              entry = item.entry
+            end
+          end
+        end
+      end
+    end
+    -- A peer without a live report is trusted by placement: the spec's entry stands in.
+    entry = entry or (trusted_any and m.fallback) or nil
+    if entry then out[#out + 1] = { name = model, entry = entry } end
+  end
+  local function mtime(item)
+    return type(item.entry) == "table" and unix_time(item.entry.modified_at) or 0
+  end
+  -- Ollama lists the most recently modified first.
+  table.sort(out, function(a, b)
+    local ta, tb = mtime(a), mtime(b)
+    if ta ~= tb then return ta > tb end
+    return a.name < b.name
+  end)
+  return out
+end
+
+local function reply(applet, status, body, extra)
+  applet:set_status(status)
+  applet:add_header("content-type", "application/json; charset=utf-8")
+  applet:add_header("content-length", tostring(#body))
+  for k, v in pairs(extra or {}) do applet:add_header(k, v) end
+  applet:start_response()
+  if applet.method ~= "HEAD" then applet:send(body) end
+end
+
+local function entry_text(entry)
+  return type(entry) == "string" and entry or encode(entry)
+end
+
+core.register_service("olladist_tags", "http", function(applet)
+  local parts = {}
+  for _, item in ipairs(listed()) do parts[#parts + 1] = entry_text(item.entry) end
+  reply(applet, 200, '{"models":[' .. table.concat(parts, ",") .. "]}")
+end)
+
+-- An OpenAI model object, as Ollama builds it from the store entry.
+local function model_object(item, id)
+  local entry = type(item.entry) == "table" and item.entry or decode(item.entry) or {}
+  local owner = string.match(item.name, "^(.*)/[^/]*$")
+  owner = owner and string.match(owner, "([^/]*)$") or "library"
+  return encode({ id = id or item.name, object = "model",
+    created = math.tointeger(unix_time(entry.modified_at)) or 0, owned_by = owner })
+end
+
+core.register_service("olladist_v1_models", "http", function(applet)
+  local parts = {}
+  for _, item in ipairs(listed()) do parts[#parts + 1] = model_object(item) end
+  reply(applet, 200, '{"object":"list","data":[' .. table.concat(parts, ",") .. "]}")
+end)
+
+-- GET /v1/models/NAME: the model when it is listed (shown under the name asked, as Ollama
+-- does), else 404 in the OpenAI shape.
+core.register_service("olladist_v1_model", "http", function(applet)
+  local model = applet:get_var("txn.model")
+  local raw = applet:get_var("txn.model_raw") or model or ""
+  for _, item in ipairs(listed()) do
+    if item.name == model then return reply(applet, 200, model_object(item, raw)) end
+  end
+  reply(applet, 404, encode({ error = { message = "model '" .. raw .. "' not found",
+    type = "not_found_error", param = NULL, code = NULL } }))
+end)
+
+-- Each loaded model once, as Ollama's clients read it, with where it is loaded added in
+-- `loaded_on` ("node/instance").
+core.register_service("olladist_ps", "http", function(applet)
+  local view = S.view
+  local seen, order = {}, {}
+  local function add(where, entry)
+    if type(entry) ~= "table" then return end
+    local key = normalize(entry.name or entry.model)
+    if not key then return end
+    if not seen[key] then
+      seen[key] = { entry = entry, where = {} }
+      order[#order + 1] = key
+    end
+    table.insert(seen[key].where, where)
+  end
+  local now = now_ms()
+  for _, inst in ipairs(C.instances) do
+    local rec = S.inst[inst.name]
+    -- Not an instance HAProxy has marked down since its last answer.
+    if fresh(rec, now) and not is_dead(status_of("instances", inst.name)) then
+      for _, entry in ipairs(rec.loaded) do add(C.node .. "/" .. inst.name, entry) end
+    end
+  end
+  for _, p in ipairs(C.peers) do
+    local pv = view and view.peers[p.node]
+    local loaded = pv and pv.report and pv.report.loaded
+    for _, item in ipairs(type(loaded) == "table" and loaded or {}) do
+      if type(item) == "table" then add(p.node .. "/" .. tostring(item.instance), item.entry) end
+    end
+  end
+  local parts = {}
+  for _, key in ipairs(order) do
+    local item = seen[key]
+    table.sort(item.where)
+    local text = item.entry[RAW] or encode(item.entry)
+    local where = encode(array(item.where))
+    -- The holder's entry as it gave it, with one field added before its closing brace.
+    if string.match(text, "^%s*{%s*}%s*$") then
+      parts[#parts + 1] = '{"loaded_on":' .. where .. "}"
+    else
+      parts[#parts + 1] = string.gsub(text, "}%s*$", ',"loaded_on":' .. where .. "}")
+    end
+  end
+  reply(applet, 200, '{"models":[' .. table.concat(parts, ",") .. "]}")
+end)
+
+local function in_flight(name)
+  local n = 0
+  for bname, be in pairs(core.backends) do
+    local srv = be.servers[name]
+    if srv and bname ~= "peers" and bname ~= "olladist_feed" then
+      local st = srv:get_stats()
+      n = n + (tonumber(st.scur) or 0) + (tonumber(st.qcur) or 0)
+    end
+  end
+  return n
+end
+
+-- This node's report, for peers and for the reconciler (docs/gateway.md has its shape).
+local function live_report()
+  local now = now_ms()
+  local view = S.view or { lv = local_view(now), peers = {} }
+  local lv = view.lv
+  local instances = array()
+  for _, inst in ipairs(C.instances) do
+    local rec = S.inst[inst.name] or {}
+    local iv = lv.instances[inst.name] or {}
+    instances[#instances + 1] = {
+      name = inst.name,
+      addr = "127.0.0.1:" .. inst.port,
+      health = iv.status or status_of("instances", inst.name),
+      ready = iv.ready == true,
+      answered_ms_ago = rec.ok and (now - rec.at) or nil,
+      error = rec.err,
+      in_flight = in_flight(inst.name),
+    }
+  end
+  local names = sorted_keys(lv.store)
+  local models = array()
+  for _, name in ipairs(names) do models[#models + 1] = { name = name, entry = lv.store[name] } end
+  local loaded = array()
+  for _, inst in ipairs(C.instances) do
+    local rec = S.inst[inst.name]
+    if fresh(rec, now) and not is_dead(status_of("instances", inst.name)) then
+      for _, entry in ipairs(rec.loaded) do loaded[#loaded + 1] = { instance = inst.name, entry = entry } end
+    end
+  end
+  local placed = {}
+  for _, model in ipairs(C.held) do
+    local state, reason, coming = local_model_state(lv, model)
+    placed[model] = { state = state, reason = reason, coming = coming }
+  end
+  local peers = array()
+  for _, p in ipairs(C.peers) do
+    local rec = S.peer[p.node] or {}
+    local pv = view.peers[p.node] or {}
+    peers[#peers + 1] = {
+      node = p.node,
+      health = pv.status or status_of("peers", p.server),
+      -- The view keeps a report three polls; reachable is about the last poll.
+      reachable = fresh(rec, now) == true and rec.err == nil,
+      report_ms_ago = rec.ok and (now - rec.at) or nil,
+      error = rec.err,
+    }
+  end
+  local serving = array()
+  for _, item in ipairs(listed()) do serving[#serving + 1] = item.name end
+  return {
+    version = 1,
+    cluster = C.cluster,
+    node = C.node,
+    generated_at_ms = now,
+    computed_ms_ago = S.view and (now - S.view.at) or nil,
+    poll_ms = C.poll_ms,
+    instances = instances,
+    models = models,
+    loaded = loaded,
+    placed = placed,
+    peers = peers,
+    serving = serving,
+    ready = array(sorted_keys(S.ready[C.ready_map] or {})),
+  }
+end
+
+core.register_service("olladist_live", "http", function(applet)
+  reply(applet, 200, encode(live_report()) .. "\n")
+end)
+
+---------------------------------------------------------------------------------------------
+-- The slow path: a request for a model that not every holder can serve right now.
+---------------------------------------------------------------------------------------------
+
+local rotation = 0
+
+-- Ready servers of the model's backend; backups (local-first's peers) only when no other is.
+local function ready_servers(view, spec, model)
+  local out, backups = {}, {}
+  for _, srv in ipairs(spec.servers) do
+    if server_ready(view, srv, model) then
+      table.insert(srv.backup and backups or out, srv.name)
+    end
+  end
+  return #out > 0 and out or backups
+end
+
+-- Why no holder of the model can serve it, and whether any of them may soon.
+local function why_not(view, spec, model)
+  local parts, coming = {}, false
+  for _, node in ipairs(spec.holders) do
+    local state, reason, may = node_model_state(view, node, model)
+    if may then coming = true end
+    parts[#parts + 1] = node .. " " .. (state == "ready" and "busy" or reason)
+  end
+  return table.concat(parts, ", "), coming
+end
+
+local function await(txn, scope, state)
+  local model = txn:get_var("txn.model")
+  local spec = (scope == "peer" and C.local_models or C.models)[model]
+  if not spec then return end
+  local deadline = now_ms() + C.queue_ms
+  while true do
+    local view = S.view
+    if view then
+      local cands = ready_servers(view, spec, model)
+      if #cands > 0 then
+        rotation = rotation + 1
+        txn:set_var("txn.olladist_pick", cands[rotation % #cands + 1])
+        break
+      end
+      local why, coming = why_not(view, spec, model)
+      if not coming or now_ms() >= deadline then
+        local raw = txn:get_var("txn.model_raw") or model
+        local where = scope == "peer" and ("on node " .. C.node) or "on any node"
+        txn:set_var("txn.olladist_error", '{"error":' .. quote("model '" .. raw .. "' is not ready "
+          .. where .. ": " .. why) .. "}")
+        txn:set_var("txn.olladist_retry", tostring(coming and C.retry_after_s or C.retry_after_down_s))
+        break
+      end
+    elseif now_ms() >= deadline then
+      txn:set_var("txn.olladist_error", '{"error":"the olladist gateway has no live view yet"}')
+      txn:set_var("txn.olladist_retry", tostring(C.retry_after_s))
+      break
+    end
+    if not state.waited then
+      state.waited = true
+      S.waiting = S.waiting + 1
+    end
+    core.msleep(C.wait_step_ms)
+  end
+end
+
+core.register_action("olladist_await", { "http-req" }, function(txn, scope)
+  local state = { waited = false }
+  local ok, err = pcall(await, txn, scope, state)
+  -- Counted even when the wait ends in an error, or the pollers would stay fast for good.
+  if state.waited then S.waiting = S.waiting - 1 end
+  if not ok then error(err, 0) end
+end, 1)
+
+---------------------------------------------------------------------------------------------
+-- Duplicate keys: Ollama's Go decoder takes the last `model` (keys matched without case, after
+-- \u escapes); HAProxy's json_query takes the first. Bodies that might have such a key twice
+-- (a cheap regex in the config picks them) are checked here, and refused if they do.
+---------------------------------------------------------------------------------------------
+
+local function top_level_keys(body)
+  local i = skip_ws(body, 1)
+  if string.sub(body, i, i) ~= "{" then return nil end
+  local keys = {}
+  i = skip_ws(body, i + 1)
+  if string.sub(body, i, i) == "}" then return keys end
+  while true do
+    if string.sub(body, i, i) ~= '"' then return nil end
+    local key
+    key, i = parse_string(body, i)
+    i = skip_ws(body, i)
+    if string.sub(body, i, i) ~= ":" then return nil end
+    local _
+    _, i = parse_value(body, skip_ws(body, i + 1), 1)
+    keys[#keys + 1] = key
+    i = skip_ws(body, i)
+    local c = string.sub(body, i, i)
+    if c == "}" then return keys end
+    if c ~= "," then return nil end
+    i = skip_ws(body, i + 1)
+  end
+end
+
+core.register_action("olladist_dupkeys", { "http-req" }, function(txn, fields)
+  local ok, keys = pcall(top_level_keys, txn.sf:req_body() or "")
+  if not ok or not keys then return end -- not JSON: json_query finds nothing either
+  for field in string.gmatch(fields, "[^,]+") do
+    local count = 0
+    for _, key in ipairs(keys) do
+      if string.lower(key) == field then count = count + 1 end
+    end
+    if count > 1 then
+      txn:set_var("txn.olladist_dup", field)
+      return
+    end
+    if count == 1 then
+      for _, key in ipairs(keys) do
+        -- One key that Ollama reads as the field but json_query does not see ("Model").
+        if string.lower(key) == field and key ~= field then
+          txn:set_var("txn.olladist_dup", field)
+          return
+        end
+      end
+    end
+  end
+end, 1)
+
