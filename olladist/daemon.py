@@ -373,6 +373,7 @@ class Daemon:
             self.runtime,
             on_progress=self._progress,
             on_wait=self._waiting,
+            tls=self.local.tls,
         )
         for model, why in outcome.model_errors.items():
             self.status.error(f"model {model}: {why}", None)
