@@ -4,6 +4,7 @@ status servers, olladist-sim instances and the test registry (docs/models.md).""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -14,6 +15,7 @@ from olladist.peers import PEER_HEADER, Credentials
 from olladist.registry import Store
 from olladist.sim.process import SimProcess, start_registry
 from olladist.specload import load_spec
+from olladist.transfer import seeder
 from tests.e2e.cluster import Cluster, start_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -23,7 +25,9 @@ SMALL = "  - {name: qwen2.5:0.5b, replicas: 1}\n"
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
-    reg = start_registry(tmp_path_factory.mktemp("reg"), models=["tiny=50MB", "other=20MB"])
+    reg = start_registry(
+        tmp_path_factory.mktemp("reg"), models=["tiny=50MB", "other=20MB", "wan=50MB"]
+    )
     try:
         yield reg
     finally:
@@ -170,3 +174,80 @@ def test_upstream_mode_pulls_through_ollama_on_every_node(
 
 def peer_port(cluster: Cluster) -> int:
     return load_spec(cluster.repo).gateway.peer_port
+
+
+class BlobWatch:
+    """Hashes every new version of every file under each node's blobs/ while a test runs."""
+
+    def __init__(self, stores: list[Store]) -> None:
+        self.stores = stores
+        self.bad: list[str] = []
+        self.seen: set[tuple[str, int, int, int]] = set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            for store in self.stores:
+                for path in list((store.root / "blobs").glob("*")):
+                    try:
+                        st = path.stat()
+                        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+                        if key in self.seen:
+                            continue
+                        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                    except FileNotFoundError:
+                        continue
+                    self.seen.add(key)
+                    if f"sha256-{digest}" != path.name:
+                        self.bad.append(str(path))
+            self.done.wait(0.05)
+
+    def stop(self) -> list[str]:
+        self.done.set()
+        self.thread.join(30)
+        return self.bad
+
+
+def test_the_seeder_killed_mid_transfer_the_others_finish_and_no_bad_blob_is_ever_visible(
+    cluster: Cluster, registry: SimProcess
+) -> None:
+    # Last in this module: it leaves one node dead.
+    httpx.post(f"{registry.url}/_registry/faults", json={"rate": 20_000_000}).raise_for_status()
+    httpx.delete(f"{registry.url}/_registry/stats")
+    watch = BlobWatch([store_of(cluster, k) for k in range(3)])
+    try:
+        spec_with(
+            cluster,
+            SMALL + "  - {name: tiny, nodes: all}\n  - {name: other, nodes: all}\n"
+            "  - {name: wan, nodes: all}\n",
+            env=f"    OLLADIST_SIM_REGISTRY: {registry.url}\n",
+        )
+        head = cluster.commit("wan on every node, peers first")
+        weights = max(blobs_of(registry, "wan:latest").items(), key=lambda kv: kv[1])[0]
+        first = seeder(head, weights, [n.name for n in cluster.nodes])
+        victim = next(n for n in cluster.nodes if n.name == first)
+        partial = Store(victim.root / "var/lib/olladist/models").partial_dir
+
+        def seeding() -> bool:
+            hexd = weights.removeprefix("sha256:")
+            return any(p.stat().st_size > 0 for p in partial.glob(f"sha256-{hexd}-*"))
+
+        cluster.wait(seeding, 60, f"{first} fetching {weights[:19]} from upstream")
+        assert victim.proc is not None
+        victim.proc.kill()  # SIGKILL: no goodbye; its gateway answers 503 for the store now
+        victim.proc.wait()
+        others = [n for n in cluster.nodes if n is not victim]
+        cluster.wait(lambda: cluster.converged(head, others), 180, "the other nodes")
+    finally:
+        bad = watch.stop()
+        httpx.delete(f"{registry.url}/_registry/faults")
+    assert bad == []
+    size = sum(blobs_of(registry, "wan:latest").values())
+    for n in others:
+        store = Store(n.root / "var/lib/olladist/models")
+        manifest = store.manifest(parse("wan"))
+        assert manifest is not None and all(store.verified(b) for b in manifest.blobs)
+    # The dead seeder's partial fetch, then one full fetch by the node that took over.
+    assert size < registry_bytes(registry) < 2 * size
