@@ -4,6 +4,7 @@ status servers, olladist-sim instances and the test registry (docs/models.md).""
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Iterator
 
@@ -26,7 +27,7 @@ SMALL = "  - {name: qwen2.5:0.5b, replicas: 1}\n"
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
     reg = start_registry(
-        tmp_path_factory.mktemp("reg"), models=["tiny=50MB", "other=20MB", "wan=50MB"]
+        tmp_path_factory.mktemp("reg"), models=["tiny=50MB", "other=20MB", "wan=50MB", "lie=10MB"]
     )
     try:
         yield reg
@@ -176,6 +177,62 @@ def peer_port(cluster: Cluster) -> int:
     return load_spec(cluster.repo).gateway.peer_port
 
 
+def test_a_peer_serving_bad_bytes_is_rejected_reported_and_another_source_used(
+    cluster: Cluster, registry: SimProcess
+) -> None:
+    both = SMALL + "  - {name: tiny, nodes: all}\n  - {name: other, nodes: all}\n"
+    env = f"    OLLADIST_SIM_REGISTRY: {registry.url}\n"
+    n1, n2 = cluster.nodes[0], cluster.nodes[1]
+    spec_with(cluster, both + "  - {name: lie, nodes: [n1]}\n", env=env)
+    head = cluster.commit("lie on n1 only")
+    cluster.wait_converged(head, timeout=120)
+    store = store_of(cluster, 0)
+    lie = store.manifest(parse("lie"))
+    assert lie is not None
+    weights = max(lie.blobs, key=lambda b: b.size)
+    # n1's status server checks a blob once per file version (inode, size, mtime): flip a byte
+    # in place after that check and restore the mtime, and n1 serves bad bytes (bit rot).
+    url = f"http://{n1.addr}:{peer_port(cluster)}/olladist/v1/blobs/{weights.digest}"
+    secret = Credentials.load(n1.layout).secret or ""
+    transport = httpx.HTTPTransport(local_address=n2.addr)
+    with httpx.Client(transport=transport, timeout=30, trust_env=False) as client:
+        assert client.head(url, headers={PEER_HEADER: secret}).status_code == 200
+    path = store.blob_path(weights.digest)
+    st = path.stat()
+    with path.open("r+b") as f:
+        f.seek(weights.size // 2)
+        byte = f.read(1)
+        f.seek(weights.size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    httpx.delete(f"{registry.url}/_registry/stats")
+    watch = BlobWatch([store_of(cluster, 1)])
+    try:
+        spec_with(cluster, both + "  - {name: lie, nodes: [n1, n2]}\n", env=env)
+        head = cluster.commit("lie on n1 and n2")
+        cluster.wait(
+            lambda: store_of(cluster, 1).manifest(parse("lie")) is not None, 120, "lie on n2"
+        )
+    finally:
+        bad = watch.stop()
+    assert bad == []
+
+    def reported() -> bool:
+        errors = n2.status().get("errors", [])
+        return any("model lie:latest (peer n1): peer n1 served" in e["message"] for e in errors)
+
+    cluster.wait(reported, 30, "n2's status reporting the bad peer n1")
+    log = (cluster.base / "n2.log").read_text(errors="replace")
+    assert f"peer n1 served blob {weights.hex[:12]} that fails its digest" in log
+    n2_store = store_of(cluster, 1)
+    assert all(n2_store.verified(b) for b in lie.blobs)
+    # n1 was passed over: the weights came from upstream once more (n2 seeded them itself).
+    assert registry_bytes(registry) >= weights.size
+    with path.open("r+b") as f:  # n1 healed, for the tests after this one
+        f.seek(weights.size // 2)
+        f.write(byte)
+
+
 class BlobWatch:
     """Hashes every new version of every file under each node's blobs/ while a test runs."""
 
@@ -221,7 +278,7 @@ def test_the_seeder_killed_mid_transfer_the_others_finish_and_no_bad_blob_is_eve
         spec_with(
             cluster,
             SMALL + "  - {name: tiny, nodes: all}\n  - {name: other, nodes: all}\n"
-            "  - {name: wan, nodes: all}\n",
+            "  - {name: lie, nodes: [n1, n2]}\n  - {name: wan, nodes: all}\n",
             env=f"    OLLADIST_SIM_REGISTRY: {registry.url}\n",
         )
         head = cluster.commit("wan on every node, peers first")
