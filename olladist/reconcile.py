@@ -201,9 +201,8 @@ def _transfer(
         return None
     return PeerTransfer(
         desired.node,
-        Store(layout.real(spec.ollama.models_dir)),
+        Store.shared(layout.real(spec.ollama.models_dir)),
         Peers.of(spec, desired.node, layout, tls),
-        commit=desired.commit,
         holders_of=desired.placement.nodes_for,
         on_progress=on_progress,
     )

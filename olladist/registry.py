@@ -31,7 +31,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 from olladist.names import DEFAULT_REGISTRY, ModelName
 from olladist.ollama import OllamaError
@@ -126,12 +126,33 @@ def file_sha256(path: Path) -> str:
 
 
 class Store:
-    """A node's model store, in Ollama's layout; safe to share with Ollama while it runs."""
+    """A node's model store, in Ollama's layout; safe to share with Ollama while it runs.
+
+    ``Store.shared(root)`` is one object per store in the process: the reconciler's transfers
+    and its status server (which serves the store to peers) then share what is known verified,
+    so a blob placed by a transfer is served at once, without hashing it again."""
+
+    _shared: ClassVar[dict[Path, Store]] = {}
+    _shared_lock = threading.Lock()
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._verified: dict[str, tuple[int, int, int]] = {}  # hex -> (inode, size, mtime_ns)
         self._lock = threading.Lock()
+        self._hashing: dict[str, threading.Lock] = {}  # one hash of a blob at a time
+
+    @classmethod
+    def shared(cls, root: Path) -> Store:
+        with cls._shared_lock:
+            store = cls._shared.get(root)
+            if store is None:
+                store = cls._shared[root] = cls(root)
+            return store
+
+    def _mark(self, hex_digest: str, path: Path) -> None:
+        st = path.stat()
+        with self._lock:
+            self._verified[hex_digest] = (st.st_ino, st.st_size, st.st_mtime_ns)
 
     @property
     def partial_dir(self) -> Path:
@@ -162,10 +183,16 @@ class Store:
         with self._lock:
             if self._verified.get(blob.hex) == key:
                 return True
-        ok = file_sha256(path) == blob.hex
-        if ok:
+            hashing = self._hashing.setdefault(blob.hex, threading.Lock())
+        # Peers asking for one large blob at once wait for one hash instead of each hashing.
+        with hashing:
             with self._lock:
-                self._verified[blob.hex] = key
+                if self._verified.get(blob.hex) == key:
+                    return True
+            ok = file_sha256(path) == blob.hex
+            if ok:
+                with self._lock:
+                    self._verified[blob.hex] = key
         return ok
 
     def verified_path(self, digest: str) -> Path | None:
@@ -231,7 +258,9 @@ class Partial:
         if self._hash.hexdigest() != self.blob.hex:
             self.discard()
             return False
-        os.replace(self.path, self.store.blob_path(self.blob.digest))
+        target = self.store.blob_path(self.blob.digest)
+        os.replace(self.path, target)
+        self.store._mark(self.blob.hex, target)  # hashed as it arrived: no need to again
         return True
 
     def restart(self) -> None:

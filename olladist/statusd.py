@@ -269,7 +269,7 @@ class StatusService:
         root = self.daemon.layout.real(desired.spec.ollama.models_dir)
         with self._peers_lock:
             if self._store is None or self._store.root != root:
-                self._store = Store(root)
+                self._store = Store.shared(root)
             return self._store
 
     # this node

@@ -5,10 +5,11 @@ For each blob of the model's manifest that the node's store lacks:
 1. ask every peer (over the peer port, with this node's peer authentication) whether it holds
    the blob complete and verified (``HEAD /olladist/v1/blobs/sha256:<hex>``, served by
    ``olladist.statusd``);
-2. some do: fetch it from them, in an order drawn from (commit, digest, peer) so receivers
+2. some do: fetch it from them, in an order drawn from (digest, peer) so receivers
    spread over the holders; a source that fails mid-way is resumed from (``Range``) by the next;
 3. none does: the seeder is the node, among those given the model and answering, that ranks
-   highest for (commit, digest): the same answer on every node, with no coordinator. The
+   highest for the digest (rendezvous hashing): the same answer on every node, with no
+   coordinator. The
    seeder fetches from upstream; the others poll the peers until one holds the blob (the
    seeder, or anyone who got it from the seeder), for at most ``wait_s``, then go upstream
    themselves. A seeder that stops answering drops out of the ranking and the next one takes
@@ -66,13 +67,16 @@ READ_TIMEOUT = 30.0  # a stalled source is dropped after this (Ollama's stall de
 PROGRESS_EVERY = 0.25
 
 
-def rank(commit: str, digest: str, node: str) -> bytes:
-    return hashlib.sha256(f"{commit}\0{digest}\0{node}".encode()).digest()
+def rank(digest: str, node: str) -> bytes:
+    """Rendezvous rank of a node for a blob. The digest alone, not the commit: during a rollout
+    in waves (or a slow poll) nodes run different commits and must still agree on the seeder,
+    or each would wait for the other. The digest already spreads blobs over the nodes."""
+    return hashlib.sha256(f"{digest}\0{node}".encode()).digest()
 
 
-def seeder(commit: str, digest: str, candidates: Sequence[str]) -> str:
+def seeder(digest: str, candidates: Sequence[str]) -> str:
     """The node that fetches ``digest`` from upstream when no peer holds it."""
-    return max(candidates, key=lambda n: rank(commit, digest, n))
+    return max(candidates, key=lambda n: rank(digest, n))
 
 
 @dataclass
@@ -91,7 +95,6 @@ class PeerTransfer:
         store: Store,
         peers: Peers,
         *,
-        commit: str,
         holders_of: Callable[[str], Sequence[str]],
         on_progress: Callable[[str, Progress], None] | None = None,
         wait_s: float = WAIT_S,
@@ -100,7 +103,6 @@ class PeerTransfer:
         self.node = node
         self.store = store
         self.peers = peers
-        self.commit = commit
         self.holders_of = holders_of  # model key -> the nodes placement gives it to
         self.on_progress = on_progress
         self.wait_s = wait_s
@@ -254,9 +256,9 @@ class PeerTransfer:
         while True:
             holders, down = self._probe(blob, fails)
             if holders:
-                return sorted(holders, key=lambda n: rank(self.commit, blob.digest, n))
+                return sorted(holders, key=lambda n: rank(blob.digest, n))
             alive = [c for c in candidates if c not in down and c not in self.bad]
-            chosen = seeder(self.commit, blob.digest, alive or [self.node])
+            chosen = seeder(blob.digest, alive or [self.node])
             if chosen == self.node:
                 return [UPSTREAM]
             if time.monotonic() > deadline:

@@ -283,7 +283,7 @@ def test_the_seeder_killed_mid_transfer_the_others_finish_and_no_bad_blob_is_eve
         )
         head = cluster.commit("wan on every node, peers first")
         weights = max(blobs_of(registry, "wan:latest").items(), key=lambda kv: kv[1])[0]
-        first = seeder(head, weights, [n.name for n in cluster.nodes])
+        first = seeder(weights, [n.name for n in cluster.nodes])
         victim = next(n for n in cluster.nodes if n.name == first)
         partial = Store(victim.root / "var/lib/olladist/models").partial_dir
 

@@ -121,7 +121,6 @@ def transfer(
         node,
         store,
         Peers(peers, Credentials(secret=SECRET)),
-        commit="c0ffee",
         holders_of=lambda _key: holders,
         env={"OLLADIST_REGISTRY": reg.url},
         wait_s=60,
@@ -178,7 +177,7 @@ def test_two_nodes_at_once_fetch_from_upstream_once(tmp_path: Path, registry: Si
     assert manifest is not None
     # Each blob came from upstream to its seeder and from that peer to the other node.
     for blob in manifest.blobs:
-        first = seeder("c0ffee", blob.digest, ["a", "b"])
+        first = seeder(blob.digest, ["a", "b"])
         assert reports[first].upstream_bytes > 0
 
 
