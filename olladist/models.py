@@ -43,6 +43,7 @@ from olladist.ollama import (
 )
 from olladist.placement import Placement
 from olladist.plan import Action, Kind
+from olladist.registry import UpstreamUnavailable
 from olladist.spec import Model, Node, Spec
 from olladist.state import State
 
@@ -432,7 +433,14 @@ class ModelSync:
         for attempt in range(1, self.attempts + 1):
             try:
                 if self.transfer is not None:
-                    report = self.transfer.fetch(model)
+                    try:
+                        report = self.transfer.fetch(model)
+                    except UpstreamUnavailable as exc:
+                        # No peer holds it and olladist cannot (or may not) reach upstream:
+                        # the node's Ollama may (its own proxy settings, or the catalogue).
+                        log.warning("%s; pulling %s through Ollama", exc.message, model)
+                        client.pull(model, lambda p: self._progress(model, p))
+                        return
                     if report.bad_peers:
                         self.bad_peers[model] = dict(report.bad_peers)
                     log.info(

@@ -17,7 +17,9 @@ written last, the same way, so Ollama lists a model only once every blob it name
 Where upstream is: ``https://<host>`` of the model's name (``http://`` for an ``http://``
 name), or what the node-local ``OLLADIST_REGISTRY`` maps the host to
 (``registry.ollama.ai=http://127.0.0.1:5000,...``; a bare URL maps ``registry.ollama.ai``), as
-``OLLADIST_SIM_REGISTRY`` does for the simulator.
+``OLLADIST_SIM_REGISTRY`` does for the simulator. ``OLLADIST_REGISTRY=ollama``: olladist never
+contacts upstream itself, and a model no peer holds is pulled through the node's Ollama (the
+simulator's catalogue in development; a site where only Ollama has a proxy configured).
 """
 
 from __future__ import annotations
@@ -97,9 +99,20 @@ def parse_manifest(raw: bytes) -> list[Blob]:
     return blobs
 
 
+class UpstreamUnavailable(TransferError):
+    """No manifest from upstream nor any peer, or upstream is the node's Ollama
+    (``OLLADIST_REGISTRY=ollama``): model sync then pulls through Ollama instead."""
+
+
+THROUGH_OLLAMA = "ollama"
+
+
 def upstream_base(name: ModelName, env: Mapping[str, str] | None = None) -> str:
-    """The base URL of the registry that serves ``name``."""
+    """The base URL of the registry that serves ``name``; UpstreamUnavailable when the node
+    says upstream is reached through its Ollama only."""
     text = (os.environ if env is None else env).get(UPSTREAM_ENV, "").strip()
+    if text == THROUGH_OLLAMA:
+        raise UpstreamUnavailable(f"pull {name.short}: {UPSTREAM_ENV}=ollama: through Ollama")
     for item in filter(None, (i.strip() for i in text.split(","))):
         host, sep, url = item.partition("=")
         if not sep:

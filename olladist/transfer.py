@@ -43,6 +43,7 @@ from olladist.registry import (
     Partial,
     Store,
     TransferError,
+    UpstreamUnavailable,
     blob_url,
     manifest_url,
     upstream_base,
@@ -159,20 +160,10 @@ class PeerTransfer:
     def manifest(self, name: ModelName) -> Manifest:
         """Upstream's manifest: it says what the model is now. A peer's copy only when
         upstream cannot be reached (a pin, if any, is checked on what lands in the store)."""
-        url = manifest_url(name, upstream_base(name, self.env))
         try:
-            resp = self._upstream_http.get(url, headers={"Accept": MANIFEST_MEDIA})
-        except httpx.HTTPError as exc:
-            upstream_error = f"{url}: {_describe(exc)}"
-        else:
-            if resp.status_code == 200:
-                return _checked_manifest(resp.content, url)
-            if resp.status_code == 404:
-                raise TransferError(
-                    f"pull {name.short}: {url} has no such model (HTTP 404)",
-                    hint="check the model's name and tag in the spec",
-                )
-            upstream_error = f"{url}: HTTP {resp.status_code}"
+            return self._upstream_manifest(name)
+        except UpstreamUnavailable as exc:
+            upstream_error = exc.message
         path = MANIFEST_PATH + "/".join(name.path_parts)
         for peer in self.peers.peers:
             try:
@@ -180,14 +171,27 @@ class PeerTransfer:
             except httpx.HTTPError:
                 continue
             if resp.status_code == 200:
-                log.warning(
-                    "upstream unreachable (%s): manifest from %s", upstream_error, peer.name
-                )
+                log.warning("upstream: %s; the manifest from %s", upstream_error, peer.name)
                 return _checked_manifest(resp.content, peer.name)
-        raise TransferError(
+        raise UpstreamUnavailable(
             f"pull {name.short}: no manifest from upstream ({upstream_error}) nor any peer",
             hint=f"set {UPSTREAM_ENV} on the node if the registry is elsewhere",
         )
+
+    def _upstream_manifest(self, name: ModelName) -> Manifest:
+        url = manifest_url(name, upstream_base(name, self.env))
+        try:
+            resp = self._upstream_http.get(url, headers={"Accept": MANIFEST_MEDIA})
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"upstream {url}: {_describe(exc)}") from exc
+        if resp.status_code == 200:
+            return _checked_manifest(resp.content, url)
+        if resp.status_code == 404:
+            raise TransferError(
+                f"pull {name.short}: {url} has no such model (HTTP 404)",
+                hint="check the model's name and tag in the spec",
+            )
+        raise UpstreamUnavailable(f"upstream {url}: HTTP {resp.status_code}")
 
     # -- one blob ----------------------------------------------------------------------------
 
@@ -200,7 +204,7 @@ class PeerTransfer:
         used: list[str] = []
         try:
             for _ in range(ROUNDS):
-                sources = self._sources(blob, candidates, fails, deadline)
+                sources = self._sources(name, blob, candidates, fails, deadline)
                 for source in sources:
                     before = partial.received
                     try:
@@ -248,8 +252,16 @@ class PeerTransfer:
         finally:
             partial.discard()
 
+    def _can_reach_upstream(self, name: ModelName) -> None:
+        upstream_base(name, self.env)  # raises UpstreamUnavailable with OLLADIST_REGISTRY=ollama
+
     def _sources(
-        self, blob: Blob, candidates: list[str], fails: dict[str, int], deadline: float
+        self,
+        name: ModelName,
+        blob: Blob,
+        candidates: list[str],
+        fails: dict[str, int],
+        deadline: float,
     ) -> list[str]:
         """Peers that hold the blob, else upstream when this node is the seeder (or has waited
         long enough); waits while another node seeds."""
@@ -260,11 +272,13 @@ class PeerTransfer:
             alive = [c for c in candidates if c not in down and c not in self.bad]
             chosen = seeder(blob.digest, alive or [self.node])
             if chosen == self.node:
+                self._can_reach_upstream(name)
                 return [UPSTREAM]
             if time.monotonic() > deadline:
                 log.warning(
                     "seeder %s has not got blob %s in time: upstream", chosen, blob.hex[:12]
                 )
+                self._can_reach_upstream(name)
                 return [UPSTREAM]
             time.sleep(POLL_S)
 
