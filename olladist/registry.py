@@ -17,9 +17,9 @@ written last, the same way, so Ollama lists a model only once every blob it name
 Where upstream is: ``https://<host>`` of the model's name (``http://`` for an ``http://``
 name), or what the node-local ``OLLADIST_REGISTRY`` maps the host to
 (``registry.ollama.ai=http://127.0.0.1:5000,...``; a bare URL maps ``registry.ollama.ai``), as
-``OLLADIST_SIM_REGISTRY`` does for the simulator. ``OLLADIST_REGISTRY=ollama``: olladist never
-contacts upstream itself, and a model no peer holds is pulled through the node's Ollama (the
-simulator's catalogue in development; a site where only Ollama has a proxy configured).
+``OLLADIST_SIM_REGISTRY`` does for the simulator. ``OLLADIST_REGISTRY=ollama``: olladist
+neither contacts upstream nor transfers between peers; every node pulls through its Ollama (the
+simulator's catalogue in development, whose blobs are stand-ins).
 """
 
 from __future__ import annotations

@@ -146,6 +146,9 @@ class PeerTransfer:
         """Every blob of ``key`` verified in the store, then its manifest; raises
         TransferError when that cannot be done in this tick."""
         name = parse_model_name(key)
+        # OLLADIST_REGISTRY=ollama: no transfer at all, the node's Ollama pulls (the catalogue
+        # simulator's blobs are stand-ins smaller than their manifests say: not transferable).
+        self._can_reach_upstream(name)
         report = TransferReport()
         manifest = self.manifest(name)
         candidates = sorted({self.node, *self.holders_of(key)})
