@@ -258,3 +258,32 @@ def test_a_seeder_that_is_down_is_passed_over_and_upstream_used(
         report = t.fetch(MODEL)
     assert report.upstream_bytes == model_size(registry) == upstream_bytes(registry)
     assert_complete(store)
+
+
+def test_upstream_is_the_names_host_or_what_olladist_registry_maps_it_to() -> None:
+    import pytest as _pytest
+
+    from olladist.registry import UpstreamUnavailable, upstream_base
+
+    llama = parse_model_name("llama3.2:1b")
+    other = parse_model_name("example.com/team/m:v1")
+    plain = parse_model_name("http://127.0.0.1:5000/library/tiny")
+    assert upstream_base(llama, {}) == "https://registry.ollama.ai"
+    assert upstream_base(plain, {}) == "http://127.0.0.1:5000"
+    env = {"OLLADIST_REGISTRY": "http://127.0.0.1:5000/, example.com=http://127.0.0.1:5001"}
+    assert upstream_base(llama, env) == "http://127.0.0.1:5000"
+    assert upstream_base(other, env) == "http://127.0.0.1:5001"
+    with _pytest.raises(UpstreamUnavailable):
+        upstream_base(llama, {"OLLADIST_REGISTRY": "ollama"})
+
+
+def test_every_node_picks_the_same_seeder_whatever_the_order_and_blobs_spread() -> None:
+    nodes = ["n1", "n2", "n3", "n4"]
+    digests = [f"sha256:{hashlib.sha256(str(i).encode()).hexdigest()}" for i in range(40)]
+    picks = [seeder(d, nodes) for d in digests]
+    assert picks == [seeder(d, list(reversed(nodes))) for d in digests]
+    assert set(picks) == set(nodes)  # 40 blobs land on every one of 4 nodes
+    # A node dropping out moves only the blobs it seeded.
+    for d, first in zip(digests, picks, strict=True):
+        if first != "n2":
+            assert seeder(d, ["n1", "n3", "n4"]) == first
