@@ -202,7 +202,15 @@ def cmd_apply(ctx: Context) -> int:
     print_plan(p)
     if ctx.args.dry_run or not p.drift:
         return 0
-    outcome = execute(p, desired, ctx.layout, state, runtime, on_progress=PullProgress())
+    outcome = execute(
+        p,
+        desired,
+        ctx.layout,
+        state,
+        runtime,
+        on_progress=PullProgress(),
+        tls=ctx.config.local.tls,  # peers-first transfers authenticate as the daemon does
+    )
     if unplanned := format_unplanned(p, outcome.done):
         print(unplanned)
     skipped = [a for a in p.runtime_actions() if not runtime.executes]

@@ -423,6 +423,7 @@ class Daemon:
                 self.runtime,
                 on_progress=self._progress,
                 on_wait=self._waiting,
+                tls=self.local.tls,
             )
         except OlladistError as exc:
             if not rolling:

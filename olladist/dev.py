@@ -206,7 +206,9 @@ class DevCluster:
         self.say(f"  spec repository: {repo} ({made}; at {head[:12]})")
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.share_peer_secret(spec)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The simulators pull from their catalogue: models no peer holds come through them
+        # (docs/models.md), never from the real registry.
+        env = {"OLLADIST_REGISTRY": "ollama", **os.environ, "PYTHONUNBUFFERED": "1"}
         for node in spec.nodes:
             self.write_env_file(node.name, self.source or str(repo), binary)
             log = open(self.state_dir / "logs" / f"{node.name}.log", "ab")  # noqa: SIM115

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from olladist.ollama import (
     LoadedModel,
@@ -43,8 +43,12 @@ from olladist.ollama import (
 )
 from olladist.placement import Placement
 from olladist.plan import Action, Kind
+from olladist.registry import UpstreamUnavailable
 from olladist.spec import Model, Node, Spec
 from olladist.state import State
+
+if TYPE_CHECKING:
+    from olladist.transfer import PeerTransfer
 
 log = logging.getLogger("olladist.models")
 
@@ -313,7 +317,13 @@ class ModelSync:
         on_progress: Callable[[str, Progress], None] | None = None,
         attempts: int = PULL_ATTEMPTS,
         backoff: float = 1.0,
+        *,
+        transfer: PeerTransfer | None = None,
     ) -> None:
+        # models_transfer: peers-first (olladist.transfer, docs/models.md): blobs are placed in
+        # the store by olladist, from peers or upstream, instead of pulled through Ollama.
+        self.transfer = transfer
+        self.bad_peers: dict[str, dict[str, str]] = {}  # model -> peer -> what it served
         self.spec = spec
         self.node = node
         self.on_progress = on_progress
@@ -348,6 +358,10 @@ class ModelSync:
                     result.failed[action.target] = error.message
                 else:
                     result.done.append(action)
+        for model, bad in sorted(self.bad_peers.items()):
+            for peer, what in sorted(bad.items()):
+                # Reported in status for the tick it happened (the model itself was placed).
+                result.failed[f"{model} (peer {peer})"] = f"peer {peer} {what}; fetched elsewhere"
         for a in actions:
             if a.kind is Kind.DELETE_MODEL:
                 try:
@@ -418,6 +432,24 @@ class ModelSync:
     def _pull_with_retries(self, client: OllamaClient, model: str) -> None:
         for attempt in range(1, self.attempts + 1):
             try:
+                if self.transfer is not None:
+                    try:
+                        report = self.transfer.fetch(model)
+                    except UpstreamUnavailable as exc:
+                        # No peer holds it and olladist cannot (or may not) reach upstream:
+                        # the node's Ollama may (its own proxy settings, or the catalogue).
+                        log.warning("%s; pulling %s through Ollama", exc.message, model)
+                        client.pull(model, lambda p: self._progress(model, p))
+                        return
+                    if report.bad_peers:
+                        self.bad_peers[model] = dict(report.bad_peers)
+                    log.info(
+                        "placed %s: %d bytes from upstream, %s from peers",
+                        model,
+                        report.upstream_bytes,
+                        dict(report.peer_bytes) or "none",
+                    )
+                    return
                 client.pull(model, lambda p: self._progress(model, p))
                 log.info("pulled %s", model)
                 return

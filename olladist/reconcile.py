@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from olladist.apply import apply
 from olladist.drain import DrainingRuntime
@@ -22,18 +23,21 @@ from olladist.gateway.live import node_serving_drift
 from olladist.gateway.render import node_local_files
 from olladist.layout import INSTANCE_HOST, SYSTEMD_DIR, Layout
 from olladist.models import ModelSync, memory_of, observe_models, plan_models, remember
-from olladist.nodelocal import NodeLocal
+from olladist.nodelocal import NodeLocal, NodeTLS
 from olladist.observe import observe
 from olladist.ollama import Progress, wait_healthy
 from olladist.placement import Placement, place
 from olladist.plan import Action, Kind, Plan, desired_units, plan
 from olladist.render import render_node
 from olladist.runtime import Runtime
-from olladist.spec import Spec
+from olladist.spec import ModelsTransfer, Spec
 from olladist.specload import load_spec
 from olladist.state import State
 from olladist.units import instance_name, managed_dirs, shipped_unit
 from olladist.validators import validate_render
+
+if TYPE_CHECKING:
+    from olladist.transfer import PeerTransfer
 
 log = logging.getLogger("olladist.reconcile")
 
@@ -150,6 +154,7 @@ def execute(
     on_progress: Callable[[str, Progress], None] | None = None,
     on_wait: Callable[[], None] | None = None,
     health_timeout: float = 60.0,
+    tls: NodeTLS | None = None,
 ) -> Outcome:
     """``on_wait``: called while waiting on drains and health checks (bounded waits), which
     the daemon counts as progress for its watchdog."""
@@ -181,8 +186,13 @@ def execute(
     mp = plan_models(
         desired.spec, node, desired.placement, obs, memory=memory, commit=desired.commit
     )
-    sync = ModelSync(desired.spec, node, on_progress=on_progress)
-    result = sync.execute([a for a in mp.actions if a.kind.is_model])
+    transfer = _transfer(desired, layout, tls, on_progress)
+    sync = ModelSync(desired.spec, node, on_progress=on_progress, transfer=transfer)
+    try:
+        result = sync.execute([a for a in mp.actions if a.kind.is_model])
+    finally:
+        if transfer is not None:
+            transfer.close()
     outcome.done += result.done
     outcome.model_errors = result.failed
     remember(state, memory.after(desired.commit, result))
@@ -196,6 +206,29 @@ def _make_managed_dirs(desired: Desired, layout: Layout) -> None:
         if path.startswith(SYSTEMD_DIR + "/") and path.endswith(".service"):
             for d in managed_dirs(shipped_unit(path.rsplit("/", 1)[1]), layout):
                 os.makedirs(d, exist_ok=True)
+
+
+def _transfer(
+    desired: Desired,
+    layout: Layout,
+    tls: NodeTLS | None,
+    on_progress: Callable[[str, Progress], None] | None,
+) -> PeerTransfer | None:
+    """With ``policy.models_transfer: peers-first`` and peers to ask, the blob fetcher."""
+    from olladist.peers import Peers  # noqa: PLC0415
+    from olladist.registry import Store  # noqa: PLC0415
+    from olladist.transfer import PeerTransfer  # noqa: PLC0415
+
+    spec = desired.spec
+    if spec.policy.models_transfer is not ModelsTransfer.PEERS_FIRST or len(spec.nodes) < 2:
+        return None
+    return PeerTransfer(
+        desired.node,
+        Store.shared(layout.real(spec.ollama.models_dir)),
+        Peers.of(spec, desired.node, layout, tls),
+        holders_of=desired.placement.nodes_for,
+        on_progress=on_progress,
+    )
 
 
 def restart_slot(spec: Spec, placement: Placement, node: str, commit: str) -> int:

@@ -133,6 +133,13 @@ class DriftPolicy(StrEnum):
     REPORT = "report"
 
 
+class ModelsTransfer(StrEnum):
+    """How a node gets a model's blobs (docs/models.md)."""
+
+    PEERS_FIRST = "peers-first"
+    UPSTREAM = "upstream"
+
+
 class Timeouts(_Model):
     connect: Duration = Field(default="5s", description="to open a connection to a server")
     queue: Duration = Field(
@@ -207,6 +214,11 @@ class Policy(_Model):
     )
     prune_models: bool = Field(
         default=False, description="delete models a node holds but is not given"
+    )
+    models_transfer: ModelsTransfer = Field(
+        default=ModelsTransfer.PEERS_FIRST,
+        description="peers-first: blobs come from peers over the peer port, verified, and "
+        "from upstream once per cluster; upstream: every node pulls through its Ollama",
     )
     interval: Duration = Field(default="60s", description="how often a node polls the source")
     restart_stagger: Duration = Field(

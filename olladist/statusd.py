@@ -7,7 +7,13 @@ served while the loop is busy pulling a model or draining an instance:
     stats listener (127.0.0.1:stats_port)    GET /olladist/            the page
                                              GET /olladist/v1/cluster  the cluster view (JSON)
                                              GET /olladist/v1/status   this node's status
-    peer port (after peer authentication)    GET /olladist/v1/status   only
+    peer port (after peer authentication)    GET /olladist/v1/status
+                                             GET /olladist/v1/blobs/sha256:<hex>
+                                             GET /olladist/v1/manifests/<host>/<ns>/<m>/<tag>
+
+The blobs and manifests are this node's model store, read-only and content-addressed, for peers
+that fetch models from each other (olladist.transfer): a blob is answered only when it is
+complete and its sha256 is its name (hashed once per file version).
 
 ``/olladist/v1/status`` is the dict of ``olladist status --json`` (the last reconcile, with the
 gateway's current health), plus what only the running daemon knows: model transfers in
@@ -37,10 +43,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from olladist import __version__, clusterview
 from olladist.layout import STATUS_SOCKET, Layout
+from olladist.names import InvalidModelName, parse_model_name
 from olladist.ollama import Progress
 from olladist.peers import Credentials, PeerError, PeerResult, Peers, default_context
+from olladist.registry import Store, TransferError
 from olladist.state import State
 from olladist.status import Status, gateway_health
+from olladist.transfer import BLOB_PATH, MANIFEST_PATH
 
 if TYPE_CHECKING:
     from olladist.nodelocal import NodeLocal
@@ -250,6 +259,18 @@ class StatusService:
         self._peers_key: tuple[Any, ...] = ()
         self._last_seen: dict[str, float] = {}
         self._peers_lock = threading.Lock()
+        self._store: Store | None = None
+
+    def store(self) -> Store | None:
+        """This node's model store (``ollama.models_dir``), served to peers."""
+        desired = self.daemon.desired
+        if desired is None:
+            return None
+        root = self.daemon.layout.real(desired.spec.ollama.models_dir)
+        with self._peers_lock:
+            if self._store is None or self._store.root != root:
+                self._store = Store.shared(root)
+            return self._store
 
     # this node
 
@@ -438,6 +459,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, page_asset(name), ctype, extra)
             elif path == "/olladist":
                 self._send(301, b"", "text/plain", {"Location": "/olladist/"})
+            elif path.startswith((BLOB_PATH, MANIFEST_PATH)):
+                self._store(path)
             else:
                 self._error(404, f"no such olladist endpoint: {path[:100]}")
         except Exception as exc:  # a bug must not take the server down; it is reported
@@ -445,10 +468,66 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self._error(500, f"the status server failed: {type(exc).__name__}")
 
+    # -- the model store, to peers (olladist.transfer; docs/models.md) --
+
+    def _store(self, path: str) -> None:
+        """A blob (only complete and verified) or a manifest of this node's store, read-only."""
+        store = self.server.service.store()
+        if store is None:
+            self._error(503, "no spec loaded yet: the model store is not known")
+            return
+        if path.startswith(BLOB_PATH):
+            try:
+                file = store.verified_path(path.removeprefix(BLOB_PATH))
+            except TransferError:
+                self._error(400, "not a sha256 digest")
+                return
+        else:
+            file = _manifest_file(store, path.removeprefix(MANIFEST_PATH))
+        if file is None:
+            self._error(404, "not in this node's store (or not verified)")
+            return
+        with file.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start = _range_start(self.headers.get("Range", ""), size)
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size - start))
+            self.send_header("Accept-Ranges", "bytes")
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            f.seek(start)
+            while chunk := f.read(1 << 20):
+                self.wfile.write(chunk)
+
     def _refuse(self) -> None:
         self._error(405, "the olladist status server is read-only: GET only")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+
+
+def _manifest_file(store: Store, rest: str) -> Path | None:
+    """``<host>/<namespace>/<model>/<tag>``, checked as a model name (no path tricks)."""
+    parts = rest.split("/")
+    if len(parts) != 4:
+        return None
+    try:
+        name = parse_model_name(f"{parts[0]}/{parts[1]}/{parts[2]}:{parts[3]}")
+    except InvalidModelName:
+        return None
+    if name.path_parts != tuple(parts):
+        return None
+    file = store.manifest_path(name)
+    return file if file.is_file() else None
+
+
+def _range_start(header: str, size: int) -> int:
+    """The start of ``bytes=N-`` (all a resuming peer asks), 0 for anything else."""
+    m = re.fullmatch(r"bytes=(\d+)-", header.strip())
+    return int(m.group(1)) if m and int(m.group(1)) < size else 0
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -56,11 +56,13 @@ EDGES = {
     "olladist.ports",
     "olladist.observe",
     "olladist.peers",
+    "olladist.registry",
 }
 LOOP = {
     "olladist.apply",
     "olladist.drain",
     "olladist.models",
+    "olladist.transfer",
     "olladist.reconcile",
     "olladist.daemon",
     "olladist.status",

@@ -340,3 +340,65 @@ def test_the_gateways_live_view_wins_over_the_reconcilers_look_when_it_answers()
     assert (row["nodes"][b]["present"], row["nodes"][b]["loaded"]) == (False, False)
     nodes = {n["name"]: n for n in view["nodes"]}
     assert nodes[a]["live"] == live and nodes[b]["live_error"] == "HTTP 404"
+
+
+# -- the model store, to peers (olladist.transfer; docs/models.md) ------------------------------
+
+
+def _raw(d: FakeDaemon, request: str) -> tuple[int, dict[str, str], bytes]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(d.layout.real(STATUS_SOCKET)))
+        s.sendall(request.encode())
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_store_serves_verified_blobs_ranged_and_manifests_and_nothing_else(
+    daemon: FakeDaemon,
+) -> None:
+    import hashlib
+
+    from olladist.names import parse_model_name
+    from olladist.registry import Store
+
+    spec = load_spec(EXAMPLE_SPEC)
+    daemon.desired = Desired("c0", spec, "gpu-a", place(spec), {})
+    store = Store(daemon.layout.real(spec.ollama.models_dir))
+    (store.root / "blobs").mkdir(parents=True)
+    good = bytes(range(256)) * 1000
+    good_hex = hashlib.sha256(good).hexdigest()
+    store.blob_path(f"sha256:{good_hex}").write_bytes(good)
+    liar_hex = hashlib.sha256(b"what the name says").hexdigest()
+    store.blob_path(f"sha256:{liar_hex}").write_bytes(b"something else")
+    name = parse_model_name("tiny")
+    store.manifest_path(name).parent.mkdir(parents=True)
+    store.manifest_path(name).write_bytes(b'{"layers": []}')
+
+    code, body = _get(daemon, f"/olladist/v1/blobs/sha256:{good_hex}")
+    assert (code, body) == (200, good)
+    code, headers, body = _raw(
+        daemon,
+        f"GET /olladist/v1/blobs/sha256:{good_hex} HTTP/1.0\r\nRange: bytes=1000-\r\n\r\n",
+    )
+    assert code == 206 and body == good[1000:]
+    assert headers["Content-Range"] == f"bytes 1000-{len(good) - 1}/{len(good)}"
+    code, headers, body = _raw(
+        daemon, f"HEAD /olladist/v1/blobs/sha256:{good_hex} HTTP/1.0\r\n\r\n"
+    )
+    assert (code, headers["Content-Length"], body) == (200, str(len(good)), b"")
+    # A blob whose content is not its name is not served, nor one that is not there.
+    assert _get(daemon, f"/olladist/v1/blobs/sha256:{liar_hex}")[0] == 404
+    assert _get(daemon, "/olladist/v1/blobs/sha256:" + "0" * 64)[0] == 404
+    assert _get(daemon, "/olladist/v1/blobs/sha256:nothex")[0] == 400
+    code, body = _get(daemon, "/olladist/v1/manifests/registry.ollama.ai/library/tiny/latest")
+    assert (code, body) == (200, {"layers": []})
+    for bad in ("registry.ollama.ai/library/../../../etc/passwd", "x/y", "a/b/c/d/e"):
+        assert _get(daemon, f"/olladist/v1/manifests/{bad}")[0] == 404, bad
+    code, _, _ = _raw(daemon, f"PUT /olladist/v1/blobs/sha256:{good_hex} HTTP/1.0\r\n\r\n")
+    assert code == 405

@@ -154,7 +154,9 @@ class Cluster:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # Catalogue simulators: a model no peer holds comes through them, never from the
+            # real registry; tests of transfers set OLLADIST_REGISTRY to the test registry.
+            env={"OLLADIST_REGISTRY": "ollama", **os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
 

@@ -1,0 +1,102 @@
+"""Model transfer benchmark: policy.models_transfer peers-first against upstream.
+
+Three reconcilers on loopback (tests/e2e/cluster.py), one simulator instance each, the test
+registry limited to a WAN-like rate; one model given to every node (`nodes: all`). For each
+mode: the registry's byte counter (upstream bytes, and that over the model's size) and, per
+node, the time from the commit to the node's Ollama listing the model (time to ready).
+
+Run: .venv/bin/python bench/transfer_bench.py [--size 50MB] [--rate 20MB]
+Bounded: every wait has a timeout; every process is stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+
+from olladist.sim.process import SimProcess, start_registry
+from tests.e2e.cluster import Cluster, start_cluster
+
+SMALL = "  - {name: qwen2.5:0.5b, replicas: 1}\n"
+TIMEOUT = 600.0
+
+
+def model_size(reg: SimProcess, name: str) -> int:
+    models = httpx.get(f"{reg.url}/_registry/models").json()["models"]
+    return int(next(m["transfer_size"] for m in models if m["name"] == name))
+
+
+def has_model(port: int, name: str) -> bool:
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/api/tags", timeout=2, trust_env=False)
+    except httpx.HTTPError:
+        return False
+    return any(m.get("name") == name for m in r.json().get("models", []))
+
+
+def run(mode: str, reg: SimProcess, rate: int) -> tuple[int, dict[str, float]]:
+    base = Path(tempfile.mkdtemp(prefix="od-transfer-bench-"))
+    policy = ", models_transfer: upstream" if mode == "upstream" else ""
+    env = f"    OLLADIST_SIM_REGISTRY: {reg.url}\n"
+
+    def with_env(repo: Path) -> None:
+        path = repo / "cluster.yaml"
+        path.write_text(path.read_text().replace("  env:\n", "  env:\n" + env, 1))
+
+    os.environ["OLLADIST_REGISTRY"] = reg.url
+    cluster: Cluster = start_cluster(
+        base, instances=1, interval=1.0, models=SMALL, policy=policy, before_first_commit=with_env
+    )
+    try:
+        httpx.delete(f"{reg.url}/_registry/stats")
+        httpx.post(f"{reg.url}/_registry/faults", json={"rate": rate}).raise_for_status()
+        cluster.write_spec(SMALL + "  - {name: wan, nodes: all}\n", policy)
+        with_env(cluster.repo)
+        cluster.commit("wan on every node")
+        start = time.monotonic()
+        ready: dict[str, float] = {}
+        ports = {n["name"]: n["ports"][0] for n in cluster.node_specs}
+        while len(ready) < len(ports):
+            if time.monotonic() - start > TIMEOUT:
+                raise SystemExit(f"{mode}: timed out; ready: {ready}")
+            for name, port in ports.items():
+                if name not in ready and has_model(port, "wan:latest"):
+                    ready[name] = time.monotonic() - start
+            time.sleep(0.05)
+        sent = int(httpx.get(f"{reg.url}/_registry/stats").json()["bytes_sent"])
+        return sent, ready
+    finally:
+        httpx.delete(f"{reg.url}/_registry/faults")
+        cluster.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="50MB")
+    ap.add_argument("--rate", default="20MB", help="the registry's rate limit (bytes/s)")
+    args = ap.parse_args()
+    rate = int(float(args.rate.upper().removesuffix("MB")) * 1_000_000)
+    work = Path(tempfile.mkdtemp(prefix="od-transfer-reg-"))
+    reg = start_registry(work, models=[f"wan={args.size}"])
+    try:
+        size = model_size(reg, "wan:latest")
+        print(f"model wan: {size / 1e6:.1f} MB; registry limited to {rate / 1e6:.0f} MB/s; 3 nodes")
+        print(f"{'mode':<12} {'upstream MB':>12} {'x size':>7}  time to ready per node (s)")
+        for mode in ("peers-first", "upstream"):
+            sent, ready = run(mode, reg, rate)
+            times = "  ".join(f"{n} {t:5.1f}" for n, t in sorted(ready.items()))
+            print(f"{mode:<12} {sent / 1e6:12.1f} {sent / size:7.2f}  {times}")
+    finally:
+        reg.stop()
+
+
+if __name__ == "__main__":
+    main()
