@@ -16,12 +16,16 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+
+# Run as `python bench/NAME.py` from a fresh clone: the repository root is not on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.gateway.harness import all_up, cluster, loopback_hosts, make_spec, wait_until
 
