@@ -17,6 +17,8 @@ from pathlib import Path
 ETC_DIR = "/etc/olladist"
 ENV_FILE = "/etc/olladist/olladist.env"
 HAPROXY_CFG = "/etc/olladist/haproxy.cfg"
+# The gateway's large-body process (docs/gateway.md), started by the public one.
+LARGE_BODIES_CFG = "/etc/olladist/gateway/large-bodies.cfg"
 GATEWAY_DIR = "/etc/olladist/gateway"
 SECRETS_DIR = "/etc/olladist/secrets"
 SYSTEMD_DIR = "/etc/systemd/system"

@@ -11,7 +11,14 @@ import secrets
 from pathlib import Path
 
 from olladist.files import File, write_atomic
-from olladist.gateway.topology import PEER_SECRET_FILE, NodeTLS, Route, Topology, build
+from olladist.gateway.topology import (
+    LARGE_CONFIG,
+    PEER_SECRET_FILE,
+    NodeTLS,
+    Route,
+    Topology,
+    build,
+)
 from olladist.layout import GATEWAY_DIR, HAPROXY_CFG, ROOT, Layout
 from olladist.placement import Placement
 from olladist.render import render_template
@@ -80,6 +87,10 @@ def render_config(topology: Topology) -> str:
     return render_template("haproxy.cfg.j2", t=topology)
 
 
+def render_large_config(topology: Topology) -> str:
+    return render_template("large-bodies.cfg.j2", t=topology)
+
+
 def gateway_files(
     spec: Spec,
     node_name: str,
@@ -94,6 +105,7 @@ def gateway_files(
     t = build(spec, node_name, placement, layout, tls)
     files = {
         HAPROXY_CFG: File(render_config(t)),
+        LARGE_CONFIG: File(render_large_config(t)),
         f"{GATEWAY_DIR}/models.map": File(_map_file(t.routes)),
         f"{GATEWAY_DIR}/local.map": File(_map_file(t.local_routes)),
         f"{GATEWAY_DIR}/peers.acl": File(
