@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# Sent to every path; LiteLLM's proxy refuses to start without a master key, the others ignore it.
+API_KEY = "sk-olladist-bench"
 GENERATE = {"model": "m", "prompt": "hi", "stream": False}
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -68,6 +70,7 @@ class WrkResult:
 _WRK_LUA = """wrk.method = "POST"
 wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
 """
 
 
@@ -92,7 +95,7 @@ def wrk(
     if exe is None:
         raise RuntimeError("wrk not found: apt-get install wrk")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(_WRK_LUA.format(body=_lua_str(json.dumps(body))))
+        f.write(_WRK_LUA.format(body=_lua_str(json.dumps(body)), key=API_KEY))
         script = f.name
     try:
         out = subprocess.run(
