@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -34,6 +33,15 @@ from olladist.runtime import FilesOnly
 from olladist.source.local import DirSource
 from olladist.specload import load_spec
 from olladist.state import State
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss, which keeps the parent's peak across
+    fork and exec: bench/run starts this after sections that held gigabytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main() -> None:
@@ -85,7 +93,7 @@ def main() -> None:
         "render_s": render_s,
         "full_s": full_s,
         "noop_s": noop_s,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
     }
     if args.json:
         print(json.dumps(result))
