@@ -28,6 +28,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -76,6 +77,7 @@ FLOORS = {
 class Procs:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     gateways: list[Gateway] = field(default_factory=list)
+    groups: list[subprocess.Popen[bytes]] = field(default_factory=list)  # own sessions
     dirs: list[Path] = field(default_factory=list)
 
     def fake(self, port: int, lines: int = 4, delay: float = 0.02) -> subprocess.Popen[bytes]:
@@ -108,6 +110,17 @@ class Procs:
         return g
 
     def stop(self) -> None:
+        for proc in self.groups:
+            # LiteLLM's supervisor ignored SIGTERM while it restarted a dying worker: the
+            # session it leads (it and its workers, all started here) goes with SIGKILL.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
         for g in self.gateways:
             stop_pid(g.proc)
         for p in self.procs:
@@ -164,15 +177,6 @@ def session_pids(leader: int) -> list[int]:
             continue
         if int(fields[3]) == leader:
             out.append(int(stat.parent.name))
-    return out
-
-
-def tree_pids(root: int) -> list[int]:
-    out = [root]
-    with contextlib.suppress(OSError):
-        for t in Path(f"/proc/{root}/task").iterdir():
-            for c in (t / "children").read_text().split():
-                out += tree_pids(int(c))
     return out
 
 
@@ -238,7 +242,15 @@ def start_litellm(p: Procs, ports: list[int], wait: float, workers: int = 2) -> 
     )
     port = free_port()
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update({"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "NO_DOCS": "True"})
+    env.update(
+        {
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_LOG": "ERROR",
+            # It refuses to start without a master key; every client here sends it.
+            "LITELLM_MASTER_KEY": API_KEY,
+            "NO_DOCS": "True",
+        }
+    )
     log = (d / "litellm.log").open("wb")
     proc = subprocess.Popen(
         [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]
@@ -249,7 +261,7 @@ def start_litellm(p: Procs, ports: list[int], wait: float, workers: int = 2) -> 
         cwd=d,
         start_new_session=True,
     )
-    p.procs.append(proc)
+    p.groups.append(proc)
     url = f"http://127.0.0.1:{port}"
     # Its start (imports, two workers) took minutes on the loaded 2-core machine.
     deadline = time.monotonic() + wait
@@ -358,7 +370,7 @@ def section_gateway(rep: Report, rounds: int, secs: float) -> None:
             "olladist before (16 MiB buffers)": session_pids(before.proc.pid),
         }
         if lite:
-            cpu_of["LiteLLM proxy (2 workers)"] = tree_pids(p.procs[-1].pid)
+            cpu_of["LiteLLM proxy (2 workers)"] = session_pids(p.groups[-1].pid)
         res: dict[str, dict[str, list[float]]] = {k: {} for k in paths}
 
         def put(name: str, key: str, v: float) -> None:
@@ -830,6 +842,10 @@ def write(rep: Report, out: Path, started: float) -> None:
     (out.with_suffix(".json")).write_text(json.dumps(rep.ratios, indent=1, sort_keys=True) + "\n")
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few minutes: fewer rounds and sizes")
@@ -837,6 +853,8 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated sections")
     ap.add_argument("--check", action="store_true", help="exit 1 if a ratio is below its floor")
     args = ap.parse_args()
+    # SIGTERM (a CI timeout) unwinds like Ctrl-C, so every process started here is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()
     rep = Report(args.quick)
     only = set(args.only.split(",")) if args.only else None
