@@ -6,7 +6,8 @@ loopback, bounded in count and time:
     .venv/bin/python bench/gateway_bench.py [--requests 400] [--streams 200] [--bodies 20]
 
 Reports median/p95 of a small request sent straight to the instance and through the gateway,
-then the HAProxy worker's RSS idle, with N concurrent open streams (small bodies), and with M
+then the gateway's RSS (every process: master, worker, large-body process) idle, with N
+concurrent open streams (small bodies), and with M
 concurrent 5 MiB bodies whose `model` comes last (the OpenAI SDK's order).
 """
 
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,14 +25,26 @@ from pathlib import Path
 
 import aiohttp
 
+# Run as `python bench/NAME.py` from a fresh clone: the repository root is not on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from olladist.gateway.topology import BUFSIZE, LARGE_BUFSIZE
 from tests.gateway.harness import all_up, cluster, loopback_hosts, make_spec, wait_until
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+def rss_kib(session: int) -> int:
+    """VmRSS of every process in the gateway's session (the harness starts it in its own)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) != session:
+                continue
+            for line in (stat.parent / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 async def latencies(url: str, n: int) -> list[float]:
@@ -83,7 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gwb") as d, cluster(Path(d), spec) as c:
         g = c.gw("n0")
         wait_until(lambda: all_up(g))
-        worker = g.runtime.processes().worker_pids[0]
+        worker = g.proc.pid  # the session of the gateway's processes
         direct = asyncio.run(latencies(f"http://127.0.0.1:{inst.port}/api/generate", args.requests))
         via = asyncio.run(latencies(g.url + "/api/generate", args.requests))
         print(f"small request, {args.requests} sequential (ms):")
@@ -92,7 +106,9 @@ def main() -> None:
         added = statistics.median(via) - statistics.median(direct)
         print(f"  added    median {added:.3f}")
         idle = rss_kib(worker)
-        print(f"HAProxy worker RSS idle: {idle} KiB (tune.bufsize 16 MiB)")
+        print(
+            f"gateway RSS idle: {idle} KiB (tune.bufsize {BUFSIZE}, large bodies {LARGE_BUFSIZE})"
+        )
         url = g.url + "/v1/chat/completions"
         during, ok = asyncio.run(hold_streams(url, args.streams, 100, lambda: rss_kib(worker)))
         print(

@@ -34,6 +34,9 @@ from pathlib import Path
 
 import httpx
 
+# Run as `python bench/NAME.py` from a fresh clone: the repository root is not on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from olladist.dev import DevCluster
 from olladist.placement import place
 from olladist.specload import load_spec

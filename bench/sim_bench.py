@@ -19,12 +19,16 @@ import asyncio
 import json
 import re
 import resource
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+
+# Run as `python bench/NAME.py` from a fresh clone: the repository root is not on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from olladist.sim.process import SimProcess, start_sim
 

@@ -20,6 +20,8 @@ ENV_FILE = "/etc/olladist/olladist.env"
 # older signed commit back in (olladist.source.chain).
 ACCEPTED_FILE = "/etc/olladist/accepted-commit"
 HAPROXY_CFG = "/etc/olladist/haproxy.cfg"
+# The gateway's large-body process (docs/gateway.md), started by the public one.
+LARGE_BODIES_CFG = "/etc/olladist/gateway/large-bodies.cfg"
 GATEWAY_DIR = "/etc/olladist/gateway"
 SECRETS_DIR = "/etc/olladist/secrets"
 SYSTEMD_DIR = "/etc/systemd/system"

@@ -38,6 +38,7 @@ HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,252}[A-Za-z0-9])?$"
 PATH_PATTERN = r"^/[A-Za-z0-9_./@+-]*$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 COMMIT_PATTERN = r"^[0-9a-f]{40}$"
+MEMORY_PATTERN = r"^[0-9]{1,7}(MiB|GiB)$"
 
 # Variables olladist derives from the instance itself; setting them in `env` would silently
 # fight the rendered value, so the spec refuses them with a pointer to the right field.
@@ -157,6 +158,26 @@ class Health(_Model):
     rise: int = Field(default=2, ge=1, le=10, description="passed checks before it is up again")
 
 
+def memory_bytes(value: str) -> int:
+    """``512MiB`` or ``1GiB`` (MEMORY_PATTERN) in bytes."""
+    unit = 1 << 30 if value.endswith("GiB") else 1 << 20
+    return int(value[:-3]) * unit
+
+
+def _memory_floor(value: str) -> str:
+    if memory_bytes(value) < 256 << 20:
+        raise ValueError("at least 256MiB: the gateway needs room for its two processes")
+    return value
+
+
+class Limits(_Model):
+    memory: Annotated[str, Field(pattern=MEMORY_PATTERN), AfterValidator(_memory_floor)] = Field(
+        default="1GiB",
+        description="memory ceiling of the gateway's HAProxy processes; connections and large "
+        "bodies beyond it get 503 with Retry-After (docs/gateway.md)",
+    )
+
+
 class Gateway(_Model):
     port: Port = Field(default=11434, description="public port: the Ollama and OpenAI API")
     peer_port: Port = Field(default=11400, description="gateway-to-gateway port, between nodes")
@@ -177,6 +198,7 @@ class Gateway(_Model):
     )
     timeouts: Timeouts = Field(default=Timeouts(), description="gateway timeouts")
     health: Health = Field(default=Health(), description="health checks of instances and peers")
+    limits: Limits = Field(default=Limits(), description="the gateway's resource ceilings")
 
 
 class Ollama(_Model):

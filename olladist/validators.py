@@ -18,7 +18,7 @@ from pathlib import Path
 
 from olladist.errors import RenderError, ToolError
 from olladist.files import File, write_atomic
-from olladist.layout import HAPROXY_CFG, SECRETS_DIR, SYSTEMD_DIR, Layout
+from olladist.layout import HAPROXY_CFG, LARGE_BODIES_CFG, SECRETS_DIR, SYSTEMD_DIR, Layout
 
 log = logging.getLogger("olladist.validators")
 
@@ -117,6 +117,8 @@ def validate_render(
                 shutil.copyfile(live.real(path), layout.real(path))
         if HAPROXY_CFG in files:
             check_haproxy(layout.real(HAPROXY_CFG))
+        if LARGE_BODIES_CFG in files:
+            check_haproxy(layout.real(LARGE_BODIES_CFG))
         unit_dir = layout.real(SYSTEMD_DIR)
         units = sorted(
             p.removeprefix(SYSTEMD_DIR + "/")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from olladist.errors import OlladistError
 from olladist.gate import Action, Verdict
-from olladist.gateway.topology import NodeTLS
+from olladist.nodelocal import NodeTLS
 from olladist.placement import place
 from olladist.reconcile import Desired
 from olladist.rollout import plan_rollout

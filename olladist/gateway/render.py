@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from olladist.files import File
-from olladist.gateway.topology import Route, Topology, build
+from olladist.gateway.topology import LARGE_CONFIG, Route, Topology, build
 from olladist.layout import GATEWAY_DIR, HAPROXY_CFG, PEER_SECRET_FILE, ROOT, Layout
 from olladist.nodelocal import NodeTLS
 from olladist.placement import Placement
@@ -161,6 +161,10 @@ def render_config(topology: Topology) -> str:
     return render_template("haproxy.cfg.j2", t=topology)
 
 
+def render_large_config(topology: Topology) -> str:
+    return render_template("large-bodies.cfg.j2", t=topology)
+
+
 def gateway_files(
     spec: Spec,
     node_name: str,
@@ -175,6 +179,7 @@ def gateway_files(
     t = build(spec, node_name, placement, layout, tls)
     files = {
         HAPROXY_CFG: File(render_config(t)),
+        LARGE_CONFIG: File(render_large_config(t)),
         f"{GATEWAY_DIR}/models.map": File(_map_file(t.routes)),
         f"{GATEWAY_DIR}/local.map": File(_map_file(t.local_routes)),
         f"{GATEWAY_DIR}/peers.acl": File(

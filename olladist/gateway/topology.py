@@ -34,6 +34,7 @@ from olladist.layout import (
     GATEWAY_DIR,
     GATEWAY_RUN_DIR,
     INSTANCE_HOST,
+    LARGE_BODIES_CFG,
     MIN_SECRET_LEN,
     PEER_SECRET_FILE,
     SERVER_STATE_FILE,
@@ -42,16 +43,39 @@ from olladist.layout import (
 )
 from olladist.nodelocal import NodeTLS
 from olladist.placement import Placement
-from olladist.spec import Node, Spec, Strategy, Timeouts
+from olladist.spec import Node, Spec, Strategy, Timeouts, memory_bytes
 
-# Requests are routed by the model named in the JSON body, so the whole body must fit in one
-# buffer when `model` comes late (the OpenAI SDK sends `messages` first). Buffers are allocated
-# per stream but their pages are only touched as far as data fills them, so small requests stay
-# cheap; see docs/gateway.md for the measurements.
-BUFSIZE = 16 * 1024 * 1024
-# HAProxy keeps this much of each buffer free for header rewrites.
-MAXREWRITE = 8192
-MAX_BODY = BUFSIZE - MAXREWRITE - 64 * 1024  # what a body may use, with room for headers
+# Two HAProxy processes share the node's gateway (docs/gateway.md "Large bodies and memory").
+# The public one routes small requests with small buffers: a 16 MiB buffer cost every request
+# 1.5 page faults and a heap grow/shrink, and 12 points of throughput (measured there).
+BUFSIZE = 16 * 1024
+MAXREWRITE = 1024
+# A request whose `model` is not in what the public process buffered (at least this much body
+# and no model found, or a body cut by the buffer) goes to the large-body process, which reads
+# the whole body into one big buffer, finds `model` and hands the request back with the model
+# in a header. Fewer bytes than fit in the small buffer, so a cut chunked body is caught too.
+SMALL_BODY = 4096
+LARGE_BUFSIZE = 16 * 1024 * 1024
+LARGE_MAXREWRITE = 8192
+MAX_BODY = LARGE_BUFSIZE - LARGE_MAXREWRITE - 64 * 1024  # what a body may use, with headers
+# The memory ceiling (gateway.limits.memory) is split between the two processes from these
+# per-connection costs, worst cases measured with bench/gateway_bench.py (docs/gateway.md):
+# both processes at rest; a public connection with a request and a response buffer in use
+# plus its state; a large body held whole plus the buffers that stream it on (measured
+# 18.5 MiB a connection with 28 bodies of 16 MB at once).
+BASE_MEMORY = 64 << 20
+PUBLIC_CONN_MEMORY = 2 * BUFSIZE + 16 * 1024
+LARGE_CONN_MEMORY = LARGE_BUFSIZE * 5 // 4 + (1 << 20)
+LARGE_SHARE = 0.5  # of the memory above the base, for large bodies
+# Sent with every 503 for lack of room: clients with a retry loop come back after this.
+RETRY_AFTER_S = 5
+# The header that carries the model from the large-body process, and to peers, as base64 of
+# the raw value (any bytes survive; nothing can be injected into the header block).
+MODEL_HEADER = "X-Olladist-Model"
+LARGE_CONFIG = LARGE_BODIES_CFG
+LARGE_SOCKET = f"{GATEWAY_RUN_DIR}/large.sock"
+# No longer than admin.sock: HAProxy limits the length of socket paths.
+RETURN_SOCKET = f"{GATEWAY_RUN_DIR}/back.sock"
 # How long the gateway waits for a request body before routing on what it has.
 BODY_WAIT = "60s"
 # consistent hashing with bounded loads: a server takes at most 125% of the average.
@@ -146,6 +170,38 @@ class Paths:
     admin_socket: str
     server_state: str
     status_socket: str  # the reconciler's status server (olladist.statusd)
+    large_config: str
+    large_socket: str
+    return_socket: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What gateway.limits.memory allows each process (docs/gateway.md "Memory")."""
+
+    memory: int  # bytes, the ceiling
+    maxconn: int  # public process: connections at once (clients and peers)
+    large_maxconn: int  # large-body process: requests at once
+
+    @classmethod
+    def for_memory(cls, memory: int) -> Limits:
+        room = memory - BASE_MEMORY
+        large = max(1, int(room * LARGE_SHARE) // LARGE_CONN_MEMORY)
+        public = max(100, (room - large * LARGE_CONN_MEMORY) // PUBLIC_CONN_MEMORY)
+        return cls(memory, public, large)
+
+    @property
+    def fd_limit(self) -> int:
+        """Descriptors for ``maxconn`` proxied connections: HAProxy keeps 28 for itself (its
+        listeners, checks, sockets) and halves the rest (measured: 20,000 gives 9,986)."""
+        return 2 * self.maxconn + 28
+
+    @property
+    def ceiling(self) -> int:
+        """The worst case these limits allow, at most ``memory``."""
+        return (
+            BASE_MEMORY + self.maxconn * PUBLIC_CONN_MEMORY + self.large_maxconn * LARGE_CONN_MEMORY
+        )
 
 
 @dataclass(frozen=True)
@@ -174,9 +230,15 @@ class Topology:
     routes: tuple[Route, ...]
     local_routes: tuple[Route, ...]
     paths: Paths
+    limits: Limits
     bufsize: int = BUFSIZE
     maxrewrite: int = MAXREWRITE
+    small_body: int = SMALL_BODY
+    large_bufsize: int = LARGE_BUFSIZE
+    large_maxrewrite: int = LARGE_MAXREWRITE
     max_body: int = MAX_BODY
+    retry_after: int = RETRY_AFTER_S
+    model_header: str = MODEL_HEADER
     body_wait: str = BODY_WAIT
     hash_balance_factor: int = HASH_BALANCE_FACTOR
     min_secret_len: int = MIN_SECRET_LEN
@@ -303,6 +365,9 @@ def build(
         admin_socket=socket_path(layout.path(ADMIN_SOCKET)),
         server_state=safe_path(layout.path(SERVER_STATE_FILE)),
         status_socket=socket_path(layout.path(STATUS_SOCKET)),
+        large_config=safe_path(layout.path(LARGE_CONFIG)),
+        large_socket=socket_path(layout.path(LARGE_SOCKET)),
+        return_socket=socket_path(layout.path(RETURN_SOCKET)),
     )
     # TLS paths come from the node's environment and are real paths; the API keys file is a
     # node path from the spec, so it moves under the root like every file olladist owns.
@@ -430,4 +495,5 @@ def build(
         routes=tuple(sorted(routes, key=lambda r: r.model)),
         local_routes=tuple(sorted(local_routes, key=lambda r: r.model)),
         paths=paths,
+        limits=Limits.for_memory(memory_bytes(gw.limits.memory)),
     )

@@ -145,6 +145,13 @@ class Gateway:
     def log(self) -> str:
         return (self.root / "haproxy.log").read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL the whole gateway, as a crashed node: the master, its workers and the
+        large-body process (its own session, so only what this gateway started)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
 
 @dataclass
 class Cluster:
@@ -229,6 +236,7 @@ def start_gateway(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # kill() takes the large-body process with it
         )
     finally:
         log.close()
