@@ -32,7 +32,7 @@ from dulwich.client import (
 from dulwich.config import ConfigFile, StackedConfig
 from dulwich.errors import GitProtocolError, NotGitRepository
 from dulwich.graph import can_fast_forward
-from dulwich.objects import Commit, ObjectID
+from dulwich.objects import Commit, ObjectID, ShaFile
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
@@ -180,18 +180,22 @@ class GitSource:
             floor=floor,
         )
 
-    def checkout(self, commit: str) -> Path:
-        """The spec directory of COMMIT, a full sha already in the mirror (no network)."""
+    def _commit(self, repo: Repo, commit: str) -> ShaFile:
+        """The object of COMMIT, a full sha already in the mirror (no network)."""
         if not SHA_RE.fullmatch(commit):
             raise SourceError(f"not a full commit sha: {commit!r}")
+        try:
+            return repo.object_store[ObjectID(commit.encode("ascii"))]
+        except KeyError:
+            raise SourceError(
+                f"commit {commit} is not in the local mirror of {self.display_url}",
+                hint="poll the source first, or check the commit id",
+            ) from None
+
+    def checkout(self, commit: str) -> Path:
+        """The spec directory of COMMIT, a full sha already in the mirror (no network)."""
         with self._locked(), self._open_mirror() as repo:
-            try:
-                obj = repo.object_store[ObjectID(commit.encode("ascii"))]
-            except KeyError:
-                raise SourceError(
-                    f"commit {commit} is not in the local mirror of {self.display_url}",
-                    hint="poll the source first, or check the commit id",
-                ) from None
+            obj = self._commit(repo, commit)
             if not isinstance(obj, Commit):
                 raise SourceError(f"object {commit} is a {obj.type_name.decode()}, not a commit")
             return materialise(repo, obj, self.path, self._checkouts)
@@ -199,16 +203,8 @@ class GitSource:
     def first_parent(self, commit: str) -> str | None:
         """The first parent of COMMIT (in the mirror), None for a root commit. Every node
         agrees on it, unlike on the commit each one applied (olladist.rollout)."""
-        if not SHA_RE.fullmatch(commit):
-            raise SourceError(f"not a full commit sha: {commit!r}")
         with self._locked(), self._open_mirror() as repo:
-            try:
-                obj = repo.object_store[ObjectID(commit.encode("ascii"))]
-            except KeyError:
-                raise SourceError(
-                    f"commit {commit} is not in the local mirror of {self.display_url}",
-                    hint="poll the source first, or check the commit id",
-                ) from None
+            obj = self._commit(repo, commit)
             if not isinstance(obj, Commit) or not obj.parents:
                 return None
             return obj.parents[0].decode("ascii")
