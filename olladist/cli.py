@@ -219,6 +219,8 @@ def cmd_apply(ctx: Context) -> int:
         print(f"  not executed (runtime {runtime.name}): {a.kind} {a.target}")
     for model, reason in sorted(outcome.model_errors.items()):
         print(f"error: model {model}: {reason}", file=sys.stderr)
+    for what, reason in sorted(outcome.model_warnings.items()):
+        print(f"warning: model {what}: {reason}", file=sys.stderr)
     return 0 if outcome.ok else 2
 
 

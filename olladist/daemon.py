@@ -424,6 +424,9 @@ class Daemon:
                 on_progress=self._progress,
                 on_wait=self._waiting,
                 tls=self.local.tls,
+                # The seeder of a new blob is a holder of the earliest wave: a later one waits
+                # at the gate, and must not be waited for.
+                waves=self._waves_of(desired.commit),
             )
         except OlladistError as exc:
             if not rolling:
@@ -431,6 +434,8 @@ class Daemon:
             self._roll_back(desired, last_good, [f"apply failed: {exc.message}"])
         for model, why in outcome.model_errors.items():
             self.status.error(f"model {model}: {why}", None)
+        for what, why in outcome.model_warnings.items():
+            self.status.error(f"model {what}: {why}", None)  # shown, but not a failure
         if rolling:
             failures = [f"model {m}: {why}" for m, why in outcome.model_errors.items()]
             failures += check_after_apply(
@@ -443,6 +448,10 @@ class Daemon:
         if record_applied:
             self.status.applied(desired.commit)
         self.status.planned(self._settled(desired))
+
+    def _waves_of(self, commit: str) -> list[list[str]]:
+        record = self.status.rollout
+        return list(record.get("waves") or []) if record.get("commit") == commit else []
 
     def _settled(self, desired: Desired) -> Plan:
         """The plan after an apply. The gateway's live view sees a change at its next poll (a

@@ -154,6 +154,9 @@ class ModelResult:
     done: list[Action] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # model -> reason
     pin_mismatch: dict[str, PinCheck] = field(default_factory=dict)
+    # Worth an operator's eye, not a failure: "model (peer X)" -> what the peer served wrong,
+    # while the model itself was fetched elsewhere and placed.
+    warnings: dict[str, str] = field(default_factory=dict)
 
 
 class PinMismatch(OllamaError):
@@ -361,7 +364,7 @@ class ModelSync:
         for model, bad in sorted(self.bad_peers.items()):
             for peer, what in sorted(bad.items()):
                 # Reported in status for the tick it happened (the model itself was placed).
-                result.failed[f"{model} (peer {peer})"] = f"peer {peer} {what}; fetched elsewhere"
+                result.warnings[f"{model} (peer {peer})"] = f"peer {peer} {what}; fetched elsewhere"
         for a in actions:
             if a.kind is Kind.DELETE_MODEL:
                 try:

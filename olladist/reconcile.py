@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +56,7 @@ class Outcome:
     plan: Plan
     done: list[Action] = field(default_factory=list)
     model_errors: dict[str, str] = field(default_factory=dict)
+    model_warnings: dict[str, str] = field(default_factory=dict)  # e.g. a peer that lied
 
     @property
     def ok(self) -> bool:
@@ -155,9 +156,11 @@ def execute(
     on_wait: Callable[[], None] | None = None,
     health_timeout: float = 60.0,
     tls: NodeTLS | None = None,
+    waves: Sequence[Sequence[str]] = (),
 ) -> Outcome:
     """``on_wait``: called while waiting on drains and health checks (bounded waits), which
-    the daemon counts as progress for its watchdog."""
+    the daemon counts as progress for its watchdog. ``waves``: the rollout's waves of this
+    commit, which choose the node that fetches a blob from upstream (olladist.transfer)."""
     outcome = Outcome(p)
     node = desired.spec.node(desired.node)
     if runtime.executes:
@@ -186,7 +189,7 @@ def execute(
     mp = plan_models(
         desired.spec, node, desired.placement, obs, memory=memory, commit=desired.commit
     )
-    transfer = _transfer(desired, layout, tls, on_progress)
+    transfer = _transfer(desired, layout, tls, on_progress, waves)
     sync = ModelSync(desired.spec, node, on_progress=on_progress, transfer=transfer)
     try:
         result = sync.execute([a for a in mp.actions if a.kind.is_model])
@@ -195,6 +198,7 @@ def execute(
             transfer.close()
     outcome.done += result.done
     outcome.model_errors = result.failed
+    outcome.model_warnings = result.warnings
     remember(state, memory.after(desired.commit, result))
     return outcome
 
@@ -213,6 +217,7 @@ def _transfer(
     layout: Layout,
     tls: NodeTLS | None,
     on_progress: Callable[[str, Progress], None] | None,
+    waves: Sequence[Sequence[str]] = (),
 ) -> PeerTransfer | None:
     """With ``policy.models_transfer: peers-first`` and peers to ask, the blob fetcher."""
     from olladist.peers import Peers  # noqa: PLC0415
@@ -227,6 +232,7 @@ def _transfer(
         Store.shared(layout.real(spec.ollama.models_dir)),
         Peers.of(spec, desired.node, layout, tls),
         holders_of=desired.placement.nodes_for,
+        waves=waves,
         on_progress=on_progress,
     )
 

@@ -75,9 +75,13 @@ def rank(digest: str, node: str) -> bytes:
     return hashlib.sha256(f"{digest}\0{node}".encode()).digest()
 
 
-def seeder(digest: str, candidates: Sequence[str]) -> str:
-    """The node that fetches ``digest`` from upstream when no peer holds it."""
-    return max(candidates, key=lambda n: rank(digest, n))
+def seeder(digest: str, candidates: Sequence[str], waves: Sequence[Sequence[str]] = ()) -> str:
+    """The node that fetches ``digest`` from upstream when no peer holds it: the candidate in
+    the earliest wave of the commit's rollout (``waves``, the same on every node), then the
+    highest rendezvous rank. A node of a later wave waits at the gate until the earlier waves
+    are healthy, so it must never be the seeder an earlier one waits for."""
+    wave = {n: i for i, names in enumerate(waves) for n in names}
+    return max(candidates, key=lambda n: (-wave.get(n, len(waves)), rank(digest, n)))
 
 
 @dataclass
@@ -97,6 +101,7 @@ class PeerTransfer:
         peers: Peers,
         *,
         holders_of: Callable[[str], Sequence[str]],
+        waves: Sequence[Sequence[str]] = (),
         on_progress: Callable[[str, Progress], None] | None = None,
         wait_s: float = WAIT_S,
         env: Mapping[str, str] | None = None,
@@ -105,6 +110,7 @@ class PeerTransfer:
         self.store = store
         self.peers = peers
         self.holders_of = holders_of  # model key -> the nodes placement gives it to
+        self.waves = waves  # the rollout's waves of the commit being applied, if any
         self.on_progress = on_progress
         self.wait_s = wait_s
         self.env = env
@@ -273,7 +279,7 @@ class PeerTransfer:
             if holders:
                 return sorted(holders, key=lambda n: rank(blob.digest, n))
             alive = [c for c in candidates if c not in down and c not in self.bad]
-            chosen = seeder(blob.digest, alive or [self.node])
+            chosen = seeder(blob.digest, alive or [self.node], self.waves)
             if chosen == self.node:
                 self._can_reach_upstream(name)
                 return [UPSTREAM]

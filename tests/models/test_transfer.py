@@ -287,3 +287,17 @@ def test_every_node_picks_the_same_seeder_whatever_the_order_and_blobs_spread() 
     for d, first in zip(digests, picks, strict=True):
         if first != "n2":
             assert seeder(d, ["n1", "n3", "n4"]) == first
+
+
+def test_the_seeder_is_a_holder_of_the_earliest_wave() -> None:
+    """A node of a later wave waits at the gate for the earlier ones: if it were the seeder
+    they wait for, the rollout would stop on a blob nobody fetches."""
+    nodes = ["n1", "n2", "n3", "n4"]
+    digests = [f"sha256:{hashlib.sha256(str(i).encode()).hexdigest()}" for i in range(40)]
+    waves = [["n3"], ["n1", "n4"], ["n2"]]
+    assert {seeder(d, nodes, waves) for d in digests} == {"n3"}
+    # Holders of the earliest wave they are in share the blobs by rendezvous rank.
+    picks = {seeder(d, ["n1", "n2", "n4"], waves) for d in digests}
+    assert picks == {"n1", "n4"}
+    # No waves (a directory source, drift correction): rendezvous rank alone.
+    assert [seeder(d, nodes, []) for d in digests] == [seeder(d, nodes) for d in digests]
