@@ -460,6 +460,7 @@ class Daemon:
         p = full_plan(desired, self.layout, self.state, self.runtime)
         deadline = time.monotonic() + SERVING_SETTLE
         while p.actions and all(_serving_only(a) for a in p.actions):
+            self.alive_at = time.monotonic()  # a bounded wait: progress for the watchdog
             if time.monotonic() > deadline or self.stopping.wait(0.5):
                 break
             p = full_plan(desired, self.layout, self.state, self.runtime)

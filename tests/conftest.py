@@ -17,6 +17,12 @@ from olladist.nodeconfig import write_peer_secret
 from olladist.spec import Spec
 
 REPO = Path(__file__).resolve().parent.parent
+
+# No test reaches a host outside loopback: olladist's model transfer would ask the registry a
+# model's name points to (registry.ollama.ai). Tests of transfers point it at the loopback test
+# registry themselves; every other olladist a test starts (in-process or as a child) pulls
+# through its simulator.
+os.environ.setdefault("OLLADIST_REGISTRY", "ollama")
 EXAMPLE_SPEC = REPO / "examples" / "cluster-spec"
 SPECS = Path(__file__).resolve().parent / "specs"
 

@@ -186,8 +186,11 @@ class SandboxNode:
         data: dict[str, Any] = json.loads(self.olladist("status", "--json").stdout)
         return data
 
-    def wait_converged(self, commit: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Wait until status.json says `commit` is applied with no drift and no error."""
+    def wait_converged(
+        self, commit: str, timeout: float = 60.0, down_peers: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """Wait until status.json says `commit` is applied with no drift and no error;
+        ``down_peers``: peers the test keeps down on purpose, whose drift is expected."""
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -196,7 +199,11 @@ class SandboxNode:
                 if (
                     status["applied_commit"] == commit
                     and status["ok"]
-                    and not status["drift"]
+                    and not [
+                        d
+                        for d in status["drift"]
+                        if d["target"] not in {f"peer {p}" for p in down_peers}
+                    ]
                     and not status["errors"]
                 ):
                     return status
@@ -260,6 +267,8 @@ def sandbox_node(tmp_path: Path) -> Iterator[SandboxNode]:
             f"OLLADIST_ROOT={root}\n"
             f"OLLADIST_OLLAMA_BINARY={VENV_BIN / 'olladist-sim'}\n"
             "OLLADIST_RUNTIME=systemd\n"
+            # Catalogue simulators: models come through them, never from a real registry.
+            "OLLADIST_REGISTRY=ollama\n"
         )
         # Node-local, never in git: the gateway's config loads it (docs/gateway.md).
         secrets = root / "etc" / "olladist" / "secrets"
