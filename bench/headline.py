@@ -201,7 +201,10 @@ def before_config(g: Gateway) -> None:
         "acl body_cut req.body_len ge 4096", f"acl body_cut req.body_len ge {MAX_BODY}"
     )
     cfg.write_text(text)
-    g.runtime.reload()
+    # The master reloads on SIGUSR2, as systemd's reload does in production; give the new
+    # worker a moment to take over before measuring.
+    os.kill(g.proc.pid, signal.SIGUSR2)
+    time.sleep(2.0)
 
 
 # -- LiteLLM ----------------------------------------------------------------------------
