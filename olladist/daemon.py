@@ -409,7 +409,7 @@ class Daemon:
                     f"drift keeps returning ({reason[6:]}); correcting in {delay:.0f}s"
                 )
                 log.warning("drift keeps returning on %s; backing off %.0fs", reason[6:], delay)
-                if self.stopping.wait(delay):
+                if self._sleep(delay):
                     return
                 p = full_plan(desired, self.layout, self.state, self.runtime)
         if not rolling or not self.status.rollout.get("waves"):
@@ -605,7 +605,17 @@ class Daemon:
         delay = slot * duration_ms(desired.spec.policy.restart_stagger) / 1000
         if delay:
             log.info("restart slot %d: waiting %.0fs before restarting instances", slot, delay)
-            self.stopping.wait(delay)
+            self._sleep(delay)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` (a planned wait: progress for the watchdog, however long it is);
+        True when the daemon is stopping."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.alive_at = time.monotonic()
+            if self.stopping.wait(min(left, 1.0)):
+                return True
+        return self.stopping.is_set()
 
 
 def _serving_only(a: Action) -> bool:

@@ -1,11 +1,16 @@
-"""Pure parts of the loop: restart slots across nodes, and the drift-storm back-off."""
+"""Pure parts of the loop: restart slots across nodes, the drift-storm back-off, and planned
+waits that keep the watchdog fed."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import threading
+import time
 
-from olladist.daemon import DRIFT_STORM_FREE, DRIFT_STORM_WINDOW, _DriftGuard
+import pytest
+
+from olladist.daemon import DRIFT_STORM_FREE, DRIFT_STORM_WINDOW, Daemon, _DriftGuard
 from olladist.placement import place
 from olladist.reconcile import restart_slot
 from olladist.spec import Spec
@@ -77,3 +82,31 @@ def test_drift_guard_backs_off_only_when_the_same_drift_keeps_returning() -> Non
     # Other drift starts afresh, and so does the same drift after a quiet window.
     assert guard.delay("write:/etc/systemd/system/x", 10.0) == 0.0
     assert guard.delay("write:/etc/systemd/system/x", 10.0 + DRIFT_STORM_WINDOW + 1) == 0.0
+
+
+def test_a_planned_wait_keeps_the_watchdog_fed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restart stagger and the drift back-off can last longer than WatchdogSec: the
+    heartbeat (the same thread systemd hears) keeps pinging through them."""
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # pings every 0.1 s while alive in 0.2 s
+    d = Daemon.__new__(Daemon)
+    d.stopping = threading.Event()
+    d.alive_at = time.monotonic()
+    pings: list[float] = []
+    d.notify = lambda message: pings.append(time.monotonic()) if message == "WATCHDOG=1" else None
+    beat = threading.Thread(target=d._heartbeat, daemon=True)
+    beat.start()
+    started = time.monotonic()
+    try:
+        assert d._sleep(1.5) is False
+    finally:
+        d.stopping.set()
+        beat.join(5)
+    # A plain wait would stop the pings 0.2 s in; the planned wait pings to its end.
+    assert any(t - started > 1.0 for t in pings), [round(t - started, 2) for t in pings]
+
+
+def test_a_planned_wait_ends_when_the_daemon_stops() -> None:
+    d = Daemon.__new__(Daemon)
+    d.stopping = threading.Event()
+    threading.Timer(0.2, d.stopping.set).start()
+    assert d._sleep(60) is True
