@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,36 +256,19 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not prompt:
         async with leased(state, job, slot=False):
             return json_response(_generate_done(raw, "load"))
-    async with leased(state, job):
-        tokens, reason = answer_length(state, options(body).get("num_predict"))
-        gen = new_generation(state, job, prompt, tokens)
-        chunks: list[str] = []
-        out = LazyStream(request, "application/x-ndjson")
-        try:
-            async for piece in gen.tokens():
-                if want_stream(body):
-                    chunk = {"model": raw, "created_at": now_rfc3339(), "response": piece}
-                    await out.write(line({**chunk, "done": False}))
-                else:
-                    chunks.append(piece)
-        except MidStreamError as exc:
-            if out.response is None:
-                raise ApiError(500, str(exc)) from exc
-            await out.write(line({"error": str(exc)}))
-            return out.finish()
-        except ConnectionError:
-            return out.response or web.Response(status=499)
-        final = {
+
+    def piece(text: str) -> dict[str, Any]:
+        return {"model": raw, "created_at": now_rfc3339(), "response": text, "done": False}
+
+    def done(text: str, reason: str, gen: Generation) -> dict[str, Any]:
+        return {
             **_generate_done(raw, reason),
-            "response": "".join(chunks),
+            "response": text,
             "context": gen.context(),
             **gen.metrics(),
         }
-        if not want_stream(body):
-            return json_response(final)
-        with contextlib.suppress(ConnectionError):
-            await out.write(line(final))
-        return out.finish()
+
+    return await _answer(request, state, job, body, prompt, piece=piece, done=done)
 
 
 def check_thinking(body: dict[str, Any], raw: str, caps: list[str]) -> None:
@@ -347,23 +330,47 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not messages:
         async with leased(state, job, slot=False):
             return json_response(_chat_done(raw, "load"))
+
+    def piece(text: str) -> dict[str, Any]:
+        return {
+            "model": raw,
+            "created_at": now_rfc3339(),
+            "message": {"role": "assistant", "content": text},
+            "done": False,
+        }
+
+    def done(text: str, reason: str, gen: Generation) -> dict[str, Any]:
+        final = {**_chat_done(raw, reason), **gen.metrics()}
+        final["message"] = {"role": "assistant", "content": text}
+        return final
+
+    return await _answer(request, state, job, body, prompt, piece=piece, done=done)
+
+
+async def _answer(
+    request: web.Request,
+    state: SimState,
+    job: Job,
+    body: dict[str, Any],
+    prompt: str,
+    *,
+    piece: Callable[[str], dict[str, Any]],
+    done: Callable[[str, str, Generation], dict[str, Any]],
+) -> web.StreamResponse:
+    """Generate on a leased slot, streamed as NDJSON lines or as one JSON answer: Ollama's
+    shape for both /api/generate and /api/chat, told apart by ``piece`` and ``done``. A
+    streamed answer's last line carries the metrics and no text (the pieces had it)."""
     async with leased(state, job):
         tokens, reason = answer_length(state, options(body).get("num_predict"))
         gen = new_generation(state, job, prompt, tokens)
         chunks: list[str] = []
         out = LazyStream(request, "application/x-ndjson")
         try:
-            async for piece in gen.tokens():
+            async for text in gen.tokens():
                 if want_stream(body):
-                    chunk = {
-                        "model": raw,
-                        "created_at": now_rfc3339(),
-                        "message": {"role": "assistant", "content": piece},
-                        "done": False,
-                    }
-                    await out.write(line(chunk))
+                    await out.write(line(piece(text)))
                 else:
-                    chunks.append(piece)
+                    chunks.append(text)
         except MidStreamError as exc:
             if out.response is None:
                 raise ApiError(500, str(exc)) from exc
@@ -371,13 +378,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
             return out.finish()
         except ConnectionError:
             return out.response or web.Response(status=499)
-        final = {**_chat_done(raw, reason), **gen.metrics()}
-        final["message"] = {"role": "assistant", "content": "".join(chunks)}
         if not want_stream(body):
-            return json_response(final)
-        final["message"]["content"] = ""
+            return json_response(done("".join(chunks), reason, gen))
         with contextlib.suppress(ConnectionError):
-            await out.write(line(final))
+            await out.write(line(done("", reason, gen)))
         return out.finish()
 
 
