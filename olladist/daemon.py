@@ -282,6 +282,7 @@ class Daemon:
         self.activity = (reason, round(time.time(), 3))  # for the status server
         started = time.monotonic()
         self.status.begin()
+        self.status.last_reason = reason
         log.info("reconcile (%s)", reason)
         try:
             ok = self._reconcile(reason)

@@ -28,6 +28,8 @@ class Status:
     attempted_at: float = 0.0
     attempted_error: str | None = None
     last_run_at: float = 0.0
+    # Why the last reconcile ran: start, interval, SIGHUP, drift:<file>, source:<commit>, ...
+    last_reason: str = ""
     last_success_at: float = 0.0
     duration_s: float = 0.0
     ok: bool = False

@@ -151,14 +151,18 @@ def test_force_push_to_an_older_commit_is_refused(cluster: Cluster) -> None:
     cluster.wait_converged(newer, timeout=cluster.interval + 10)
 
 
-def test_hand_edit_of_the_gateway_config_is_corrected_within_a_second(cluster: Cluster) -> None:
+DRIFT_WAKE = "drift:/etc/olladist/haproxy.cfg"  # the file watcher woke it, not the interval
+
+
+def test_hand_edit_of_the_gateway_config_is_corrected_by_the_watcher(cluster: Cluster) -> None:
     node = cluster.nodes[0]
     cfg = node.root / "etc/olladist/haproxy.cfg"
     original = cfg.read_text()
     cfg.write_text(original + "\n# hand edit\n")
-    took = cluster.wait(lambda: cfg.read_text() == original, 5, "the edit to be corrected")
-    print(f"hand edit corrected after {took:.2f}s")
-    assert took < 2.0
+    took = cluster.wait(lambda: cfg.read_text() == original, 10, "the edit to be corrected")
+    print(f"hand edit corrected after {took:.2f}s")  # the figure: bench/converge_bench.py
+    # The tick that corrected it records why it ran once it ends.
+    cluster.wait(lambda: node.status()["last_reason"] == DRIFT_WAKE, 5, "the watcher's tick")
 
 
 def test_hand_edit_under_drift_report_is_left_and_reported(cluster: Cluster) -> None:
@@ -174,11 +178,11 @@ def test_hand_edit_under_drift_report_is_left_and_reported(cluster: Cluster) -> 
     cfg.write_text(edited)
     took = cluster.wait(
         lambda: any(d["target"] == "/etc/olladist/haproxy.cfg" for d in node.status()["drift"]),
-        5,
+        10,
         "the drift to be reported",
     )
     print(f"hand edit reported after {took:.2f}s")
-    assert took < 2.0
+    assert node.status()["last_reason"] == DRIFT_WAKE  # saved with the drift it reports
     time.sleep(1.0)
     assert cfg.read_text() == edited
     cfg.write_text(original)
