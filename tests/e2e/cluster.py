@@ -177,6 +177,11 @@ class Cluster:
         if self._server_cm is not None:
             self._server_cm.__exit__(None, None, None)
         if self.roots_base is not None:
+            # The services' logs outlive the roots (short paths in /tmp) for a post-mortem.
+            for n in self.nodes:
+                logs = n.layout.real("/var/log/olladist")
+                if logs.is_dir():
+                    shutil.copytree(logs, self.base / f"{n.name}-logs", dirs_exist_ok=True)
             shutil.rmtree(self.roots_base, ignore_errors=True)
 
     # -- waiting -----------------------------------------------------------------------------

@@ -977,11 +977,26 @@ end)
 
 local rotation = 0
 
+-- Whether a local instance is drained right now. The view is as old as its last poll; a drain
+-- is not. use-server skips a stopped server but sends to a drained one, and the reconciler
+-- restarts a drained instance as soon as its sessions reach zero: a pick from a view older
+-- than the drain would reach an instance that is being restarted, and lose the request
+-- (docs/troubleshooting.md, "A request cut during a rolling restart"). HAProxy 2.6 returns
+-- 0 or 1 here, later versions a boolean.
+local function drained_now(srv)
+  if not srv.instance then return false end
+  local be = core.backends["instances"]
+  local s = be and be.servers[srv.instance]
+  if not s then return true end
+  local d = s:is_draining()
+  return d == true or (type(d) == "number" and d ~= 0)
+end
+
 -- Ready servers of the model's backend; backups (local-first's peers) only when no other is.
 local function ready_servers(view, spec, model)
   local out, backups = {}, {}
   for _, srv in ipairs(spec.servers) do
-    if server_ready(view, srv, model) then
+    if server_ready(view, srv, model) and not drained_now(srv) then
       table.insert(srv.backup and backups or out, srv.name)
     end
   end

@@ -1,0 +1,78 @@
+"""A drain holds against the live view's picks, in a real HAProxy running live.lua.
+
+While one holder of a model is not ready (an instance restarting), requests for that model
+are not in the ready map: live.lua picks a server for them from its view and sends them there
+with use-server. The view is as old as its last poll, and HAProxy's use-server sends to a
+drained server (it skips only a stopped one). So when the reconciler drained the next instance,
+a pick from a view older than the drain still sent requests to it, and the reconciler, seeing
+its sessions at zero for a moment, restarted it under them: the client saw "server disconnected
+without sending a response" (issue 13, the rolling restart of tests/e2e/test_waves.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from olladist.drain import drain_instance, set_ready
+from olladist.gateway import INSTANCES_BACKEND
+from olladist.gateway.runtime import AdminState
+from tests.gateway.harness import Cluster, cluster, live, loopback_hosts, make_spec, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def one(gw_tmp: Path) -> Iterator[Cluster]:
+    # One node, three instances, every one holding `mine`.
+    spec = make_spec(loopback_hosts(1), {0: [4, 4, 4]}, [{"name": "mine", "nodes": ["n0"]}])
+    with cluster(gw_tmp, spec) as c:
+        yield c
+
+
+def test_no_request_reaches_an_instance_after_its_drain(one: Cluster) -> None:
+    gw = one.gw("n0")
+    rt = gw.runtime
+    # i2 restarting: `mine` leaves the ready map, so every request for it is picked in Lua.
+    drain_instance(rt, "i2", timeout=5)
+    wait_until(lambda: "mine:latest" not in live(gw)["ready"])
+
+    served: list[tuple[float, int, str]] = []  # (sent at, status, instance)
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(trust_env=False, timeout=30) as h:
+            while not stop.is_set():
+                sent = time.monotonic()
+                r = h.post(gw.url + "/api/generate", json={"model": "mine", "prompt": "x"})
+                who = r.json().get("instance", "") if r.status_code == 200 else r.text[:200]
+                served.append((sent, r.status_code, who))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: any(w == "n0/i1" for _, _, w in served))  # i1 takes its share
+        # The reconciler's next restart: drain i1. Once HAProxy has answered the drain, no
+        # request may be sent to i1 any more, whatever the view of live.lua says.
+        rt.set_state(INSTANCES_BACKEND, "i1", AdminState.DRAIN)
+        drained_at = time.monotonic()
+        assert drain_instance(rt, "i1", timeout=10)
+        # Past the view's age (polls every 300 ms here): a stale pick would have shown by now.
+        wait_until(lambda: len([s for s in served if s[0] > drained_at]) >= 40)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        set_ready(rt, "i1")
+        set_ready(rt, "i2")
+    after = [(status, who) for sent, status, who in served if sent > drained_at]
+    assert after and all(status == 200 for status, _ in after), after[:5]
+    late = [who for _, who in after if who != "n0/i0"]
+    assert late == [], f"{len(late)} of {len(after)} requests reached a drained instance"
