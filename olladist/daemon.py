@@ -320,7 +320,8 @@ class Daemon:
         if commit != applied and applied and failed is not None:
             # This node rolled back from it: it stays on its commit until a newer one comes.
             error = OlladistError(
-                f"commit {commit} failed its check after apply here (rolled back): {failed}",
+                f"commit {commit} failed its check after apply here; rolled back to {applied}: "
+                f"{failed}",
                 hint="push a newer commit that fixes it",
             )
             self.status.attempt(commit, error.message)

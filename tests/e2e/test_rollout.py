@@ -10,9 +10,7 @@ status names it and the reason. The next good commit goes through everywhere.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 from olladist.cli import main
 from olladist.render import instance_dropin_path
 from tests.e2e.cluster import Cluster, start_cluster
+from tests.e2e.load import Clients
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,58 +50,13 @@ def _set_instance_env(cluster: Cluster, node: int, env: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-class Clients:
-    """Streaming generates through every gateway until stopped; failures kept by model."""
-
-    def __init__(self, cluster: Cluster, n: int = 24) -> None:
-        self.cluster, self.n = cluster, n
-        self.stop = threading.Event()
-        self.failures: dict[str, list[str]] = {}
-        self.done = 0
-        self.lock = threading.Lock()
-        self.pool = concurrent.futures.ThreadPoolExecutor(n)
-        self.futures: list[concurrent.futures.Future[None]] = []
-
-    def _loop(self, k: int) -> None:
-        base = self.cluster.gateway(k % len(self.cluster.nodes))
-        models = REPLICATED + SINGLE
-        model = models[k % len(models)]
-        with httpx.Client(timeout=60, trust_env=False) as c:
-            while not self.stop.is_set():
-                try:
-                    with c.stream(
-                        "POST", f"{base}/api/generate", json={"model": model, "prompt": "x"}
-                    ) as r:
-                        if r.status_code != 200:
-                            r.read()
-                            raise AssertionError(f"{r.status_code} {r.text[:200]}")
-                        last = [line for line in r.iter_lines() if line][-1]
-                        if '"done":true' not in last:
-                            raise AssertionError(f"stream ended early: {last[:200]}")
-                    with self.lock:
-                        self.done += 1
-                except Exception as exc:  # every failure counts, whatever its kind
-                    with self.lock:
-                        self.failures.setdefault(model, []).append(f"{base}: {exc!r}")
-
-    def __enter__(self) -> Clients:
-        self.futures = [self.pool.submit(self._loop, k) for k in range(self.n)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for f in self.futures:
-            f.result()
-        self.pool.shutdown()
-
-
 def test_a_commit_whose_instance_exits_at_start_is_rolled_back_by_its_node(
     cluster: Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = cluster.head()
     n1, others = cluster.nodes[0], cluster.nodes[1:]
     pids_before = n1.service_pids()
-    with Clients(cluster) as clients:
+    with Clients(cluster, REPLICATED + SINGLE) as clients:
         time.sleep(1.0)
         _set_instance_env(cluster, 0, ", env: {OLLADIST_SIM_FAULTS: exit_at_start}")
         bad = cluster.commit("n1: an environment its instance cannot start with")

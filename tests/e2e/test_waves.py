@@ -18,7 +18,6 @@ holder of a model being in the middle of a restart at once).
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import signal
 import threading
@@ -36,6 +35,7 @@ from olladist.placement import place
 from olladist.rollout import RolloutPlan, plan_rollout
 from olladist.specload import load_spec
 from tests.e2e.cluster import Cluster, NodeProc, git, start_cluster
+from tests.e2e.load import Clients
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,58 +60,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             if n.proc is not None and n.proc.poll() is None:
                 os.kill(n.proc.pid, signal.SIGCONT)
         c.close()
-
-
-class Clients:
-    """Streaming requests through every gateway until stopped; failures kept by model."""
-
-    def __init__(self, cluster: Cluster, n: int = 12) -> None:
-        self.cluster, self.n = cluster, n
-        self.stop = threading.Event()
-        self.failures: dict[str, list[str]] = {}
-        self.done = 0
-        self.lock = threading.Lock()
-        self.pool = concurrent.futures.ThreadPoolExecutor(n)
-        self.futures: list[concurrent.futures.Future[None]] = []
-
-    def _one(self, c: httpx.Client, base: str, model: str) -> None:
-        if model.startswith("nomic"):
-            r = c.post(f"{base}/api/embed", json={"model": model, "input": "x"})
-            if r.status_code != 200 or not r.json().get("embeddings"):
-                raise AssertionError(f"{r.status_code} {r.text[:200]}")
-            return
-        with c.stream("POST", f"{base}/api/generate", json={"model": model, "prompt": "x"}) as r:
-            if r.status_code != 200:
-                r.read()
-                raise AssertionError(f"{r.status_code} {r.text[:200]}")
-            last = [line for line in r.iter_lines() if line][-1]
-            if '"done":true' not in last:
-                raise AssertionError(f"stream ended early: {last[:200]}")
-
-    def _loop(self, k: int) -> None:
-        base = self.cluster.gateway(k % len(self.cluster.nodes))
-        model = REPLICATED[k % len(REPLICATED)]
-        with httpx.Client(timeout=60, trust_env=False) as c:
-            while not self.stop.is_set():
-                try:
-                    self._one(c, base, model)
-                    with self.lock:
-                        self.done += 1
-                except Exception as exc:  # every failure counts, whatever its kind
-                    with self.lock:
-                        self.failures.setdefault(model, []).append(
-                            f"{time.strftime('%H:%M:%S')} {base}: {exc!r}"
-                        )
-
-    def __enter__(self) -> Clients:
-        self.futures = [self.pool.submit(self._loop, k) for k in range(self.n)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for f in self.futures:
-            f.result()
-        self.pool.shutdown()
 
 
 class Sampler:
@@ -198,7 +146,7 @@ def test_a_commit_that_restarts_every_instance_rolls_out_wave_by_wave(
     holders = {m.key: place(spec).nodes_for(m.key) for m in spec.models}
     assert len(holders) == 2 and all(len(h) == 2 for h in holders.values()), holders
     _keep_alive(cluster, "11m")
-    with Clients(cluster) as clients, Sampler(cluster) as sampler:
+    with Clients(cluster, REPLICATED) as clients, Sampler(cluster) as sampler:
         time.sleep(1.0)
         sha, plan = _commit_planned(cluster, "every instance: a new keep-alive")
         assert len(plan.waves) >= 2  # replicas apart: not every node at once
