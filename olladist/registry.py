@@ -235,7 +235,18 @@ class Store:
     def partial(self, blob: Blob) -> Partial:
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        self.sweep()
         return Partial(self, blob)
+
+    def sweep(self) -> None:
+        """Drop what a reconciler that died (SIGKILL, a crash) left in the partial folder: its
+        files are named after its process id, and that process is gone."""
+        for path in self.partial_dir.glob("*"):
+            m = _PARTIAL_NAME.match(path.name)
+            if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def write_manifest(self, name: ModelName, manifest: Manifest) -> None:
         """Last step of a transfer: every blob must be in place (checked again here)."""
@@ -248,6 +259,19 @@ class Store:
         tmp = self.partial_dir / f"manifest-{os.getpid()}-{threading.get_ident()}"
         tmp.write_bytes(manifest.raw)
         os.replace(tmp, target)
+
+
+_PARTIAL_NAME = re.compile(r"^(?:sha256-[0-9a-f]{64}|manifest)-(\d+)-\d+$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive, and not ours to judge
+    return True
 
 
 class StreamAborted(Exception):
