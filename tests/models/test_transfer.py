@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -441,3 +442,24 @@ def test_a_seeder_whose_fetch_fails_mid_blob_cuts_its_stream_and_the_receiver_re
     assert f"blob {weights.hex[:12]} from seeder stopped at {got} of {weights.size}" in caplog.text
     assert_complete(store)
     assert not list(store.partial_dir.iterdir())
+
+
+def test_a_dead_reconcilers_partial_files_are_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """A reconciler killed mid-transfer leaves its partial file (named after its pid) outside
+    blobs/; the next transfer in this store drops it, and keeps those of living processes."""
+    store = Store(tmp_path / "s")
+    store.partial_dir.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    hexd = "a" * 64
+    stale = store.partial_dir / f"sha256-{hexd}-{dead.pid}-1"
+    stale.write_bytes(b"half a blob")
+    alive = store.partial_dir / f"sha256-{hexd}-1-1"  # pid 1 never dies
+    alive.write_bytes(b"another process's")
+    part = store.partial(Blob(f"sha256:{hexd}", 10))
+    try:
+        assert not stale.exists()
+        assert alive.exists()
+        assert part.path.exists()
+    finally:
+        part.discard()
