@@ -3,7 +3,8 @@
 Three reconcilers on loopback (tests/e2e/cluster.py), one simulator instance each, the test
 registry limited to a WAN-like rate; one model given to every node (`nodes: all`). For each
 mode: the registry's byte counter (upstream bytes, and that over the model's size) and, per
-node, the time to the node's Ollama listing the model (time to ready). Two scenarios:
+node, the time to the node's Ollama listing the model (time to ready), and how long the last
+node lags the first. Two scenarios:
 
 - ``fresh``: a new cluster whose first commit holds the model. No node waits at the wave gate
   (nothing applied yet), so all fetch at once: the others stream each blob from its seeder as
@@ -123,12 +124,21 @@ def main() -> None:
     try:
         size = model_size(reg, "wan:latest")
         print(f"model wan: {size / 1e6:.1f} MB; registry limited to {rate / 1e6:.0f} MB/s; 3 nodes")
-        print(f"{'scenario':<9} {'mode':<12} {'upstream MB':>12} {'x size':>7}  time to ready (s)")
+        print(
+            f"{'scenario':<9} {'mode':<12} {'upstream MB':>12} {'x size':>7} {'last-first':>10}"
+            "  time to ready (s)"
+        )
         for scenario in scenarios:
             for mode in ("peers-first", "upstream"):
                 sent, ready = run(mode, reg, rate, scenario)
                 times = "  ".join(f"{n} {t:5.1f}" for n, t in sorted(ready.items()))
-                print(f"{scenario:<9} {mode:<12} {sent / 1e6:12.1f} {sent / size:7.2f}  {times}")
+                # How long the last node lags the first: a LAN copy after the seeder's
+                # download without streaming, next to nothing with it.
+                lag = max(ready.values()) - min(ready.values())
+                print(
+                    f"{scenario:<9} {mode:<12} {sent / 1e6:12.1f} {sent / size:7.2f} {lag:10.1f}"
+                    f"  {times}"
+                )
     finally:
         reg.stop()
 
