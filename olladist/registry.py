@@ -13,6 +13,8 @@ What Ollama may see is only ever complete and verified: a blob is written under
 ``.olladist-partial/`` (outside ``blobs/``, on the same filesystem), hashed while it arrives,
 and renamed into ``blobs/`` only when its sha256 is the digest it was asked for; the manifest is
 written last, the same way, so Ollama lists a model only once every blob it names is there.
+A blob fetched from upstream can be read by peers while it arrives (``Partial.follow``): from
+the partial file, never from ``blobs/``, its last byte only once it is placed.
 
 Where upstream is: ``https://<host>`` of the model's name (``http://`` for an ``http://``
 name), or what the node-local ``OLLADIST_REGISTRY`` maps the host to

@@ -9,11 +9,13 @@ For each blob of the model's manifest that the node's store lacks:
    spread over the holders; a source that fails mid-way is resumed from (``Range``) by the next;
 3. none does: the seeder is the node, among those given the model and answering, that ranks
    highest for the digest (rendezvous hashing): the same answer on every node, with no
-   coordinator. The
-   seeder fetches from upstream; the others poll the peers until one holds the blob (the
-   seeder, or anyone who got it from the seeder), for at most ``wait_s``, then go upstream
-   themselves. A seeder that stops answering drops out of the ranking and the next one takes
-   over, so a dead seeder costs one more upstream fetch, not a stuck cluster.
+   coordinator. The seeder fetches from upstream and serves the blob to its peers as it
+   arrives (``Partial.follow``, answered by ``olladist.statusd.send_blob`` with
+   ``X-Olladist-Blob: growing``); the others poll the peers until one holds the blob or is
+   seeding it, and stream it from there, for at most ``wait_s``, then go upstream themselves.
+   A seeder that stops answering drops out of the ranking and the next one takes over (from
+   the byte its own copy reached), so a dead seeder costs at most one more upstream fetch,
+   not a stuck cluster.
 
 Every blob is hashed as it arrives and placed into ``blobs/`` only when its sha256 matches
 (``olladist.registry.Partial``). A peer whose bytes fail the digest is reported and not asked
