@@ -13,6 +13,8 @@ What Ollama may see is only ever complete and verified: a blob is written under
 ``.olladist-partial/`` (outside ``blobs/``, on the same filesystem), hashed while it arrives,
 and renamed into ``blobs/`` only when its sha256 is the digest it was asked for; the manifest is
 written last, the same way, so Ollama lists a model only once every blob it names is there.
+A blob fetched from upstream can be read by peers while it arrives (``Partial.follow``): from
+the partial file, never from ``blobs/``, its last byte only once it is placed.
 
 Where upstream is: ``https://<host>`` of the model's name (``http://`` for an ``http://``
 name), or what the node-local ``OLLADIST_REGISTRY`` maps the host to
@@ -30,7 +32,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, ClassVar
@@ -153,6 +155,9 @@ class Store:
         self._verified: dict[str, tuple[int, int, int]] = {}  # hex -> (inode, size, mtime_ns)
         self._lock = threading.Lock()
         self._hashing: dict[str, threading.Lock] = {}  # one hash of a blob at a time
+        # Blobs this node is fetching from upstream, served to peers as they arrive.
+        self._growing: dict[str, Partial] = {}
+        self.streamed = 0  # bytes served to peers before their blob was complete (tests, bench)
 
     @classmethod
     def shared(cls, root: Path) -> Store:
@@ -217,10 +222,33 @@ class Store:
             return None
         return path if self.verified(Blob(f"sha256:{parse_digest(digest)}", size)) else None
 
+    def growing(self, digest: str) -> Partial | None:
+        """The blob as it arrives from upstream, when this node is fetching it (its seeder)."""
+        with self._lock:
+            return self._growing.get(parse_digest(digest))
+
+    def _serve_growing(self, part: Partial, on: bool) -> None:
+        with self._lock:
+            if on:
+                self._growing[part.blob.hex] = part
+            elif self._growing.get(part.blob.hex) is part:
+                del self._growing[part.blob.hex]
+
     def partial(self, blob: Blob) -> Partial:
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        self.sweep()
         return Partial(self, blob)
+
+    def sweep(self) -> None:
+        """Drop what a reconciler that died (SIGKILL, a crash) left in the partial folder: its
+        files are named after its process id, and that process is gone."""
+        for path in self.partial_dir.glob("*"):
+            m = _PARTIAL_NAME.match(path.name)
+            if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def write_manifest(self, name: ModelName, manifest: Manifest) -> None:
         """Last step of a transfer: every blob must be in place (checked again here)."""
@@ -235,9 +263,32 @@ class Store:
         os.replace(tmp, target)
 
 
+_PARTIAL_NAME = re.compile(r"^(?:sha256-[0-9a-f]{64}|manifest)-(\d+)-\d+$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive, and not ours to judge
+    return True
+
+
+class StreamAborted(Exception):
+    """A blob served as it arrived will not complete from here: its fetch failed, started
+    again from byte 0, stalled, or its bytes failed the digest."""
+
+
 class Partial:
     """One blob on its way in: appended to from any number of sources in turn (each resuming
-    where the last stopped), hashed as it arrives, placed only when the digest matches."""
+    where the last stopped), hashed as it arrives, placed only when the digest matches.
+
+    While it is fed from upstream (``serve(True)``), peers may read it as it grows
+    (``follow``): that is how the seeder's download reaches the other nodes before it ends.
+    The last byte is handed out only once the whole blob is placed, verified, so a reader never
+    ends a blob that failed here; readers verify the digest themselves anyway."""
 
     def __init__(self, store: Store, blob: Blob) -> None:
         self.store = store
@@ -246,6 +297,10 @@ class Partial:
         self._file: IO[bytes] = self.path.open("wb")
         self._hash = hashlib.sha256()
         self.received = 0
+        self._cond = threading.Condition()
+        self._generation = 0  # bumped by restart(): what readers had is no longer the blob
+        self._state = "growing"  # then "placed" or "failed"
+        self.streamed = 0  # bytes handed to readers while the blob was still arriving
 
     def write(self, chunks: Iterable[bytes]) -> None:
         for chunk in chunks:
@@ -255,12 +310,21 @@ class Partial:
                     f"{self.blob.size} bytes"
                 )
             self._file.write(chunk)
+            self._file.flush()  # readers open the file by name and read what is written
             self._hash.update(chunk)
-            self.received += len(chunk)
+            with self._cond:
+                self.received += len(chunk)
+                self._cond.notify_all()
 
     @property
     def complete(self) -> bool:
         return self.received == self.blob.size
+
+    def serve(self, on: bool) -> None:
+        """Offer this blob to peers as it grows (while upstream feeds it), or stop. Only an
+        upstream-fed partial is offered: two receivers each reading the other's would wait on
+        each other for ever."""
+        self.store._serve_growing(self, on)
 
     def place(self) -> bool:
         """Rename into ``blobs/`` if complete and its digest matches; False (and the bytes
@@ -274,17 +338,77 @@ class Partial:
         target = self.store.blob_path(self.blob.digest)
         os.replace(self.path, target)
         self.store._mark(self.blob.hex, target)  # hashed as it arrived: no need to again
+        self._end("placed")
         return True
 
     def restart(self) -> None:
         """Start again from byte 0 (the bytes so far came from a source that lied)."""
-        self._file.seek(0)
-        self._file.truncate()
-        self._hash = hashlib.sha256()
-        self.received = 0
+        with self._cond:
+            self._generation += 1
+            self._file.seek(0)
+            self._file.truncate()
+            self._hash = hashlib.sha256()
+            self.received = 0
+            self._cond.notify_all()
 
     def discard(self) -> None:
+        self._end("failed")
         with contextlib.suppress(ValueError, OSError):
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+    def _end(self, state: str) -> None:
+        self.serve(False)
+        with self._cond:
+            if self._state == "growing":
+                self._state = state
+            self._cond.notify_all()
+
+    def follow(self, start: int, stall_s: float) -> Iterator[bytes]:
+        """The blob's bytes from ``start`` as they arrive, until its end once it is placed;
+        StreamAborted when it will not complete (failed, restarted, or no byte for
+        ``stall_s``), so the reader resumes elsewhere with a Range request."""
+        with self._cond:
+            generation = self._generation
+        try:
+            f = self.path.open("rb")
+        except FileNotFoundError:
+            # Renamed into blobs/ already (placed), or dropped: the caller asks the store.
+            raise StreamAborted("the partial file is gone") from None
+        return self._follow(f, start, generation, stall_s)
+
+    def _follow(self, f: IO[bytes], start: int, generation: int, stall_s: float) -> Iterator[bytes]:
+        pos = start
+        with f:
+            while pos < self.blob.size:
+                with self._cond:
+                    end = self._ready_end(pos, generation, stall_s)
+                f.seek(pos)
+                data = f.read(min(end - pos, CHUNK))
+                with self._cond:
+                    if self._generation != generation or not data:
+                        raise StreamAborted("the blob was started again from byte 0")
+                    if self._state == "growing":
+                        self.streamed += len(data)
+                        with self.store._lock:
+                            self.store.streamed += len(data)
+                pos += len(data)
+                yield data
+
+    def _ready_end(self, pos: int, generation: int, stall_s: float) -> int:
+        """Under the lock: wait until there is something past ``pos`` to hand out."""
+        while True:
+            if self._generation != generation:
+                raise StreamAborted("the blob was started again from byte 0")
+            if self._state == "failed":
+                raise StreamAborted("the fetch of the blob failed")
+            # Hold back the last byte until the blob is placed: a reader never gets all of
+            # a blob that failed its digest here.
+            end = (
+                self.received if self._state == "placed" else min(self.received, self.blob.size - 1)
+            )
+            if end > pos:
+                return end
+            if not self._cond.wait(stall_s):
+                raise StreamAborted(f"no byte of the blob for {stall_s:.0f}s")

@@ -12,8 +12,9 @@ served while the loop is busy pulling a model or draining an instance:
                                              GET /olladist/v1/manifests/<host>/<ns>/<m>/<tag>
 
 The blobs and manifests are this node's model store, read-only and content-addressed, for peers
-that fetch models from each other (olladist.transfer): a blob is answered only when it is
-complete and its sha256 is its name (hashed once per file version).
+that fetch models from each other (olladist.transfer): a blob is answered when it is complete
+and its sha256 is its name (hashed once per file version), or, while this node fetches it from
+upstream, as it arrives (``send_blob``); the receiver verifies the whole blob either way.
 
 ``/olladist/v1/status`` is the dict of ``olladist status --json`` (the last reconcile, with the
 gateway's current health), plus what only the running daemon knows: model transfers in
@@ -39,17 +40,17 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from olladist import __version__, clusterview
 from olladist.layout import STATUS_SOCKET, Layout
 from olladist.names import InvalidModelName, parse_model_name
 from olladist.ollama import Progress
 from olladist.peers import Credentials, PeerError, PeerResult, Peers, default_context
-from olladist.registry import Store, TransferError
+from olladist.registry import Store, StreamAborted, TransferError
 from olladist.state import State
 from olladist.status import Status, gateway_health
-from olladist.transfer import BLOB_PATH, MANIFEST_PATH
+from olladist.transfer import BLOB_PATH, GROWING_HEADER, MANIFEST_PATH
 
 if TYPE_CHECKING:
     from olladist.nodelocal import NodeLocal
@@ -62,6 +63,9 @@ log = logging.getLogger("olladist.statusd")
 CACHE_S = 1.0
 OBSERVE_TIMEOUT = 1.5
 PEER_TIMEOUT = 2.0
+# A blob served as it arrives is cut when no byte came for this long, so the receiver moves on
+# before its own read timeout (olladist.transfer.READ_TIMEOUT) and resumes elsewhere.
+STREAM_STALL_S = 20.0
 GATEWAY_GROUP = "olladist"  # HAProxy's group under systemd: it must reach the socket
 
 PAGE_FILES = {
@@ -471,42 +475,96 @@ class _Handler(BaseHTTPRequestHandler):
     # -- the model store, to peers (olladist.transfer; docs/models.md) --
 
     def _store(self, path: str) -> None:
-        """A blob (only complete and verified) or a manifest of this node's store, read-only."""
+        """A blob (complete and verified, or arriving from upstream) or a manifest of this
+        node's store, read-only."""
         store = self.server.service.store()
         if store is None:
             self._error(503, "no spec loaded yet: the model store is not known")
             return
         if path.startswith(BLOB_PATH):
             try:
-                file = store.verified_path(path.removeprefix(BLOB_PATH))
+                send_blob(self, store, path.removeprefix(BLOB_PATH))
             except TransferError:
                 self._error(400, "not a sha256 digest")
-                return
-        else:
-            file = _manifest_file(store, path.removeprefix(MANIFEST_PATH))
+            return
+        file = _manifest_file(store, path.removeprefix(MANIFEST_PATH))
         if file is None:
-            self._error(404, "not in this node's store (or not verified)")
+            self._error(404, "not in this node's store")
             return
         with file.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            start = _range_start(self.headers.get("Range", ""), size)
-            self.send_response(206 if start else 200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(size - start))
-            self.send_header("Accept-Ranges", "bytes")
-            if start:
-                self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-            self.end_headers()
-            if self.command == "HEAD":
-                return
-            f.seek(start)
-            while chunk := f.read(1 << 20):
-                self.wfile.write(chunk)
+            _send_file(self, f, os.fstat(f.fileno()).st_size)
 
     def _refuse(self) -> None:
         self._error(405, "the olladist status server is read-only: GET only")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+
+
+def send_blob(h: BaseHTTPRequestHandler, store: Store, digest: str) -> None:
+    """Answer a peer's ``GET``/``HEAD`` of a blob (TransferError: not a digest).
+
+    Complete and verified: the file, ranged. Being fetched from upstream by this node (it is
+    the blob's seeder): ``X-Olladist-Blob: growing`` and the bytes as they arrive, with the
+    whole blob's length; the last byte follows only once the blob is placed, verified here. A
+    fetch that fails ends the answer short of its length (the connection is cut), so the
+    receiver resumes from another source with ``Range``. Anything else: 404."""
+    for _ in range(2):  # a growing blob may be placed between the two looks
+        file = store.verified_path(digest)
+        if file is not None:
+            with file.open("rb") as f:
+                _send_file(h, f, os.fstat(f.fileno()).st_size)
+            return
+        part = store.growing(digest)
+        if part is None:
+            break
+        start = _range_start(h.headers.get("Range", ""), part.blob.size)
+        try:
+            chunks = part.follow(start, STREAM_STALL_S) if h.command != "HEAD" else iter(())
+        except StreamAborted:
+            continue
+        _send_head(h, start, part.blob.size, {GROWING_HEADER: "growing"})
+        try:
+            for chunk in chunks:
+                h.wfile.write(chunk)
+        except OSError:
+            h.close_connection = True  # the receiver went away; it resumes elsewhere
+        except StreamAborted as exc:
+            log.warning("blob %s served as it arrived: cut, %s", digest[7:19], exc)
+            h.close_connection = True
+            with contextlib.suppress(OSError):
+                h.connection.shutdown(socket.SHUT_RDWR)  # short of Content-Length: a cut
+        return
+    body = b'{"error":"not in this node\'s store (or not verified)"}'
+    h.send_response(404)
+    h.send_header("Content-Type", "application/json")
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    if h.command != "HEAD":
+        h.wfile.write(body)
+
+
+def _send_head(
+    h: BaseHTTPRequestHandler, start: int, size: int, extra: dict[str, str] | None = None
+) -> None:
+    h.send_response(206 if start else 200)
+    h.send_header("Content-Type", "application/octet-stream")
+    h.send_header("Content-Length", str(size - start))
+    h.send_header("Accept-Ranges", "bytes")
+    if start:
+        h.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+    for k, v in (extra or {}).items():
+        h.send_header(k, v)
+    h.end_headers()
+
+
+def _send_file(h: BaseHTTPRequestHandler, f: IO[bytes], size: int) -> None:
+    start = _range_start(h.headers.get("Range", ""), size)
+    _send_head(h, start, size)
+    if h.command == "HEAD":
+        return
+    f.seek(start)
+    while chunk := f.read(1 << 20):
+        h.wfile.write(chunk)
 
 
 def _manifest_file(store: Store, rest: str) -> Path | None:

@@ -9,11 +9,13 @@ For each blob of the model's manifest that the node's store lacks:
    spread over the holders; a source that fails mid-way is resumed from (``Range``) by the next;
 3. none does: the seeder is the node, among those given the model and answering, that ranks
    highest for the digest (rendezvous hashing): the same answer on every node, with no
-   coordinator. The
-   seeder fetches from upstream; the others poll the peers until one holds the blob (the
-   seeder, or anyone who got it from the seeder), for at most ``wait_s``, then go upstream
-   themselves. A seeder that stops answering drops out of the ranking and the next one takes
-   over, so a dead seeder costs one more upstream fetch, not a stuck cluster.
+   coordinator. The seeder fetches from upstream and serves the blob to its peers as it
+   arrives (``Partial.follow``, answered by ``olladist.statusd.send_blob`` with
+   ``X-Olladist-Blob: growing``); the others poll the peers until one holds the blob or is
+   seeding it, and stream it from there, for at most ``wait_s``, then go upstream themselves.
+   A seeder that stops answering drops out of the ranking and the next one takes over (from
+   the byte its own copy reached), so a dead seeder costs at most one more upstream fetch,
+   not a stuck cluster.
 
 Every blob is hashed as it arrives and placed into ``blobs/`` only when its sha256 matches
 (``olladist.registry.Partial``). A peer whose bytes fail the digest is reported and not asked
@@ -54,6 +56,7 @@ log = logging.getLogger("olladist.transfer")
 UPSTREAM = "upstream"
 BLOB_PATH = "/olladist/v1/blobs/"
 MANIFEST_PATH = "/olladist/v1/manifests/"
+GROWING_HEADER = "X-Olladist-Blob"  # "growing": a seeder's blob, served as it arrives
 PROBE_TIMEOUT = 2.0
 POLL_S = 0.5
 # How long a node waits for the seeder before fetching upstream itself: long enough for the
@@ -275,9 +278,10 @@ class PeerTransfer:
         """Peers that hold the blob, else upstream when this node is the seeder (or has waited
         long enough); waits while another node seeds."""
         while True:
-            holders, down = self._probe(blob, fails)
+            holders, growing, down = self._probe(blob, fails)
             if holders:
-                return sorted(holders, key=lambda n: rank(blob.digest, n))
+                # Complete copies first; a seeder's growing one streams as it arrives.
+                return sorted(holders, key=lambda n: (n in growing, rank(blob.digest, n)))
             alive = [c for c in candidates if c not in down and c not in self.bad]
             chosen = seeder(blob.digest, alive or [self.node], self.waves)
             if chosen == self.node:
@@ -291,8 +295,11 @@ class PeerTransfer:
                 return [UPSTREAM]
             time.sleep(POLL_S)
 
-    def _probe(self, blob: Blob, fails: dict[str, int]) -> tuple[list[str], set[str]]:
+    def _probe(self, blob: Blob, fails: dict[str, int]) -> tuple[list[str], set[str], set[str]]:
+        """The peers that hold the blob, those of them still fetching it from upstream (they
+        serve it as it arrives), and those taken for down."""
         holders = []
+        growing = set()
         for peer in self.peers.peers:
             if peer.name in self.bad or not peer.reachable:
                 fails[peer.name] = DOWN_AFTER
@@ -304,8 +311,10 @@ class PeerTransfer:
                 code = 0
             if code == 200:
                 holders.append(peer.name)
+                if resp.headers.get(GROWING_HEADER) == "growing":
+                    growing.add(peer.name)
             fails[peer.name] = 0 if code in (200, 404) else fails.get(peer.name, 0) + 1
-        return holders, {n for n, k in fails.items() if k >= DOWN_AFTER}
+        return holders, growing, {n for n, k in fails.items() if k >= DOWN_AFTER}
 
     def _blob_url(self, peer: Peer, blob: Blob) -> str:
         return self.peers.url(peer, BLOB_PATH + blob.digest)
@@ -318,6 +327,9 @@ class PeerTransfer:
             client = self._peer_http
             peer = next(p for p in self.peers.peers if p.name == source)
             url = self._blob_url(peer, blob)
+        # What comes from upstream is offered to the peers as it arrives (this node is the
+        # blob's seeder); what comes from a peer is not (see Partial.serve).
+        part.serve(source == UPSTREAM)
         headers = {"Range": f"bytes={part.received}-"} if part.received else {}
         with client.stream("GET", url, headers=headers) as resp:
             if resp.status_code == 200 and part.received:

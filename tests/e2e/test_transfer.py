@@ -21,12 +21,18 @@ from tests.e2e.cluster import Cluster, start_cluster
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SMALL = "  - {name: qwen2.5:0.5b, replicas: 1}\n"
+# What the cluster holds after the seeder-killed test; the tests after it add to it.
+HELD = (
+    SMALL + "  - {name: tiny, nodes: all}\n  - {name: other, nodes: all}\n"
+    "  - {name: lie, nodes: [n1, n2]}\n  - {name: wan, nodes: all}\n"
+)
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
     reg = start_registry(
-        tmp_path_factory.mktemp("reg"), models=["tiny=50MB", "other=20MB", "wan=50MB", "lie=10MB"]
+        tmp_path_factory.mktemp("reg"),
+        models=["tiny=50MB", "other=20MB", "wan=50MB", "lie=10MB"],
     )
     try:
         yield reg
@@ -320,3 +326,28 @@ def test_the_seeder_killed_mid_transfer_and_restarted_every_node_finishes_verifi
         assert manifest is not None and all(store.verified(b) for b in manifest.blobs)
     # The killed seeder's partial fetch, then at most one more full fetch.
     assert size <= registry_bytes(registry) < 2 * size
+
+
+def test_with_upstream_unreachable_a_node_takes_the_manifest_and_blobs_from_a_peer(
+    cluster: Cluster, registry: SimProcess
+) -> None:
+    """Last in this module: it stops the registry. n3 is given lie, which n1 and n2 hold: the
+    manifest comes from a peer (upstream refuses connections), the blobs too, all verified."""
+    held = store_of(cluster, 0).manifest(parse("lie"))
+    assert held is not None
+    assert store_of(cluster, 2).manifest(parse("lie")) is None
+    registry.stop()
+    spec_with(
+        cluster,
+        HELD.replace("{name: lie, nodes: [n1, n2]}", "{name: lie, nodes: all}"),
+        env=f"    OLLADIST_SIM_REGISTRY: {registry.url}\n",
+    )
+    head = cluster.commit("lie on every node, upstream down")
+    cluster.wait_converged(head, timeout=120)
+    n3 = store_of(cluster, 2)
+    assert n3.manifest(parse("lie")) == held  # byte for byte: the model's digest is the same
+    assert all(n3.verified(b) for b in held.blobs)
+    assert not any(n3.partial_dir.iterdir())
+    log = (cluster.base / "n3.log").read_text(errors="replace")
+    assert "; the manifest from n" in log  # n1's or n2's copy, upstream being unreachable
+    generate_everywhere(cluster, "lie")

@@ -9,6 +9,8 @@ mid-way (a peer dying mid-transfer), or to hold nothing until told. The e2e test
 from __future__ import annotations
 
 import hashlib
+import logging
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,8 +22,9 @@ import pytest
 
 from olladist.names import parse_model_name
 from olladist.peers import PEER_HEADER, Credentials, Peer, Peers
-from olladist.registry import Store
+from olladist.registry import Blob, Store
 from olladist.sim.process import SimProcess, start_registry
+from olladist.statusd import send_blob
 from olladist.transfer import BLOB_PATH, PeerTransfer, seeder
 
 pytestmark = pytest.mark.integration
@@ -39,7 +42,7 @@ class StoreServer:
         *,
         corrupt: bool = False,
         cut_after: int | None = None,
-        after: StoreServer | None = None,
+        after: StoreServer | BlobServer | None = None,
     ) -> None:
         self.store = store
         self.corrupt = corrupt
@@ -301,3 +304,162 @@ def test_the_seeder_is_a_holder_of_the_earliest_wave() -> None:
     assert picks == {"n1", "n4"}
     # No waves (a directory source, drift correction): rendezvous rank alone.
     assert [seeder(d, nodes, []) for d in digests] == [seeder(d, nodes) for d in digests]
+
+
+class BlobServer:
+    """A peer's store answered by the status server's own code (olladist.statusd.send_blob):
+    complete blobs, and a blob this peer fetches from upstream as it arrives."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.bodies = 0  # GETs answered with a body (StoreServer's ``after`` reads it)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.do_GET()
+
+            def do_GET(self) -> None:
+                assert self.headers.get(PEER_HEADER) == SECRET
+                if self.command == "GET":
+                    outer.bodies += 1
+                send_blob(self, outer.store, self.path.removeprefix(BLOB_PATH))
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def weights_of(store: Store) -> Blob:
+    manifest = store.manifest(parse_model_name(MODEL))
+    assert manifest is not None
+    return manifest.blobs[0]  # the weights: the first layer, and nearly all of the size
+
+
+def test_the_others_stream_a_blob_from_its_seeder_as_it_arrives(
+    tmp_path: Path, registry: SimProcess
+) -> None:
+    """Two nodes at once, the registry slow (a WAN link): the seeder of the weights serves
+    them to the other node while it downloads them, and upstream carries the model once."""
+    size = model_size(registry)
+    httpx.post(f"{registry.url}/_registry/faults", json={"rate": size // 2}).raise_for_status()
+    httpx.delete(f"{registry.url}/_registry/stats")
+    stores = {n: Store(tmp_path / n) for n in ("a", "b")}
+    servers = {n: BlobServer(s) for n, s in stores.items()}
+    reports: dict[str, Any] = {}
+    try:
+        peers = {n: Peer(n, "127.0.0.1", servers[n].port) for n in stores}
+        transfers = {
+            n: transfer(n, stores[n], registry, [p for m, p in peers.items() if m != n], ["a", "b"])
+            for n in stores
+        }
+        threads = [
+            threading.Thread(target=lambda n=n: reports.__setitem__(n, transfers[n].fetch(MODEL)))
+            for n in stores
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for t in transfers.values():
+            t.close()
+    finally:
+        httpx.delete(f"{registry.url}/_registry/faults")
+        for s in servers.values():
+            s.close()
+    assert set(reports) == {"a", "b"}
+    assert upstream_bytes(registry) == size
+    for store in stores.values():
+        assert_complete(store)
+        assert not list(store.partial_dir.iterdir())
+    weights = weights_of(stores["a"])
+    first = seeder(weights.digest, ["a", "b"])
+    other = "b" if first == "a" else "a"
+    # The other node got the weights from the seeder, and bytes of them went out while the
+    # seeder did not hold them whole yet: streamed, not copied after the download.
+    assert reports[other].peer_bytes.get(first, 0) >= weights.size
+    assert stores[first].streamed > 0
+
+
+def test_a_seeder_whose_fetch_fails_mid_blob_cuts_its_stream_and_the_receiver_resumes(
+    tmp_path: Path, registry: SimProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The seeder serves half of the weights as they arrive, then its fetch fails (its bytes
+    dropped): the receiver's stream is cut short of its length, and the receiver resumes from
+    another holder with a Range request. Nothing partial is ever under its blobs/."""
+    full = seeded(tmp_path, registry, "full")
+    weights = weights_of(full)
+    data = full.blob_path(weights.digest).read_bytes()
+    half = weights.size // 2
+    seeding = Store(tmp_path / "seeder")
+    part = seeding.partial(weights)
+    part.serve(True)  # as PeerTransfer does while upstream feeds it
+    part.write([data[:half]])
+    seeder_server = BlobServer(seeding)
+    other = StoreServer(full, after=seeder_server)  # holds nothing until the seeder has sent
+    store = Store(tmp_path / "me")
+    httpx.delete(f"{registry.url}/_registry/stats")
+
+    def fail_when_half_sent() -> None:
+        while part.streamed < half and not stop.is_set():
+            stop.wait(0.01)
+        part.discard()  # the seeder's upstream fetch failed: its bytes are dropped
+
+    stop = threading.Event()
+    failer = threading.Thread(target=fail_when_half_sent)
+    failer.start()
+    try:
+        peers = [
+            Peer("seeder", "127.0.0.1", seeder_server.port),
+            Peer("other", "127.0.0.1", other.port),
+        ]
+        with (
+            caplog.at_level(logging.WARNING),
+            transfer("me", store, registry, peers, ["seeder", "other", "me"]) as t,
+        ):
+            report = t.fetch(MODEL)
+    finally:
+        stop.set()
+        failer.join()
+        seeder_server.close()
+        other.close()
+    assert part.streamed == half  # all the seeder had, and not one byte more
+    # What the receiver kept of the cut stream (whole chunks), then the rest from the other,
+    # resumed at the byte it stopped at.
+    got = report.peer_bytes["seeder"]
+    assert 0 < got <= half
+    assert report.peer_bytes["other"] >= weights.size - got
+    assert report.bad_peers == {}
+    assert upstream_bytes(registry) == 0
+    assert f"blob {weights.hex[:12]} from seeder stopped at {got} of {weights.size}" in caplog.text
+    assert_complete(store)
+    assert not list(store.partial_dir.iterdir())
+
+
+def test_a_dead_reconcilers_partial_files_are_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """A reconciler killed mid-transfer leaves its partial file (named after its pid) outside
+    blobs/; the next transfer in this store drops it, and keeps those of living processes."""
+    store = Store(tmp_path / "s")
+    store.partial_dir.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    hexd = "a" * 64
+    stale = store.partial_dir / f"sha256-{hexd}-{dead.pid}-1"
+    stale.write_bytes(b"half a blob")
+    alive = store.partial_dir / f"sha256-{hexd}-1-1"  # pid 1 never dies
+    alive.write_bytes(b"another process's")
+    part = store.partial(Blob(f"sha256:{hexd}", 10))
+    try:
+        assert not stale.exists()
+        assert alive.exists()
+        assert part.path.exists()
+    finally:
+        part.discard()
