@@ -1,6 +1,6 @@
 """Every headline figure, side by side, measured in one run: writes docs/benchmarks.md.
 
-    bench/run [--quick] [--out docs/benchmarks.md] [--only gateway,streams,...]
+    bench/run [--quick] [--check] [--out docs/benchmarks.md] [--only gateway,streams,...]
 
 Sections (each bounded in time; every process it starts is stopped by PID at the end):
 - gateway: the olladist gateway vs straight to the backends vs LiteLLM's proxy, and the gateway
@@ -9,8 +9,11 @@ Sections (each bounded in time; every process it starts is stopped by PID at the
 - large: concurrent large bodies (peak RSS against gateway.limits.memory) and 1,000 slow uploads;
 - scaling: 1, 2, 4, 8 olladist-sim instances behind one gateway;
 - reconcile: no-op and full ticks for 10, 100, 1,000-node specs;
-- converge: commit to converged (bench/converge_bench.py);
-- routing: bench/routing_bench.py (full mode only; about 10 minutes).
+- converge: commit to converged, git (path and over HTTP) and local directory
+  (bench/converge_bench.py; full mode or --only; about 5 minutes);
+- routing: bench/routing_bench.py (full mode or --only; about 10 minutes).
+
+Each section has a wall-clock budget (BUDGETS); --only replaces just its sections of --out.
 
 --quick runs a few minutes and is what CI runs; `--check` then fails (exit 1) only when a ratio
 falls below its floor (FLOORS), never on an absolute time.
@@ -338,6 +341,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     # what -> figure, for the README's table (drawn from this run)
     readme: dict[str, str] = field(default_factory=dict)
+    timed_out: list[str] = field(default_factory=list)
+    only: list[str] = field(default_factory=list)
 
     def add(self, text: str) -> None:
         self.sections.append(text.rstrip() + "\n")
@@ -819,13 +824,22 @@ def section_converge(rep: Report, runs: int) -> None:
         timeout=900,
     )
     table = [line for line in out.stdout.splitlines() if line.strip()]
-    for line in table:
-        if line.startswith("commit-to-converged"):
-            rep.readme["commit to converged, 3 nodes, git source"] = line.split(")", 1)[1].split()[
-                1
-            ]
+    if "example spec:" in out.stdout:
+        table = table[[i for i, t in enumerate(table) if t.startswith("example spec:")][-1] :]
+    medians = {
+        line.split("  ")[0]: line.split("median ", 1)[1].split()[0]
+        for line in table
+        if "median " in line
+    }
+    git = medians.get("commit-to-converged, git source (SIGHUP, all 3 nodes)")
+    http = medians.get("commit-to-converged, git over HTTP (SIGHUP, all 3 nodes)")
+    local = medians.get("edit-to-converged, local dir source (watched, all 3)")
+    if git and http and local:
+        rep.readme["commit to converged, 3 nodes: git (path) / git over HTTP / local dir"] = (
+            f"{git} / {http} / {local}"
+        )
     body = (
-        "\n".join("    " + line for line in table[-6:])
+        "\n".join("    " + line for line in table)
         if out.returncode == 0
         else ("    failed: " + out.stderr.strip()[-400:])
     )
@@ -974,38 +988,107 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class SectionTimeout(Exception):
+    """A section ran past its budget (BUDGETS)."""
+
+
+# Wall-clock budget of each section in seconds, quick / full: past it the section is stopped
+# (its processes by PID, its temporary directories removed, as on any exit) and the run goes
+# on without its figures; --check then fails. Typical times on the loaded 2-core machine are
+# about a third of these. The full run is bounded by their sum (about 75 minutes).
+BUDGETS = {
+    "gateway": (480, 1200),
+    "streams": (240, 420),
+    "large": (300, 600),
+    "scaling": (240, 420),
+    "reconcile": (240, 480),
+    "converge": (600, 900),
+    "routing": (1500, 1500),
+}
+
+
+@contextlib.contextmanager
+def budget(rep: Report, name: str, seconds: float) -> Iterator[None]:
+    def alarm(_signum: int, _frame: object) -> None:
+        raise SectionTimeout(name)
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    t0 = time.monotonic()
+    try:
+        yield
+    except SectionTimeout:
+        rep.timed_out.append(name)
+        rep.notes.append(
+            f"Section `{name}` was stopped at its budget of {seconds:.0f} s: its figures are "
+            "missing from this run."
+        )
+        print(f"section {name}: stopped at its budget of {seconds:.0f} s", flush=True)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    print(f"section {name}: {time.monotonic() - t0:.0f} s", flush=True)
+
+
+def splice(out: Path, rep: Report) -> str:
+    """``out`` with the sections of this run (by their `## ` title) put in place of the same
+    sections, the others kept: `bench/run --only converge` updates one section."""
+    old = out.read_text() if out.exists() else "# Benchmarks\n"
+    head, *parts = old.split("\n## ")
+    sections = {p.split("\n", 1)[0]: "## " + p.rstrip() + "\n" for p in parts}
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for text in rep.sections:
+        title = text.split("\n", 1)[0].removeprefix("## ")
+        if title == "Targets":
+            continue  # the full run's own summary; this run measured only some of it
+        sections[title] = (
+            text.rstrip() + f"\n\n(This section: `bench/run --only {','.join(rep.only)}` on "
+            f"{stamp}, after the rest of this file.)\n"
+        )
+    return head.rstrip() + "\n\n" + "\n".join(sections.values())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few minutes: fewer rounds and sizes")
     ap.add_argument("--out", type=Path, default=REPO / "docs/benchmarks.md")
-    ap.add_argument("--only", help="comma-separated sections")
-    ap.add_argument("--check", action="store_true", help="exit 1 if a ratio is below its floor")
+    ap.add_argument(
+        "--only",
+        help="comma-separated sections; their sections of --out are replaced, the rest kept",
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if a ratio is below its floor, or a section ran past its budget",
+    )
     args = ap.parse_args()
     # SIGTERM (a CI timeout) unwinds like Ctrl-C, so every process started here is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()
     rep = Report(args.quick)
     only = set(args.only.split(",")) if args.only else None
-
-    def want(name: str) -> bool:
-        return only is None or name in only
-
-    if want("gateway"):
-        section_gateway(rep, 1 if args.quick else 3, 3 if args.quick else 5)
-    if want("streams"):
-        section_streams(rep, 2000 if args.quick else 10000)
-    if want("large"):
-        section_large(rep, args.quick)
-    if want("scaling"):
-        section_scaling(rep, 4 if args.quick else 8)
-    if want("reconcile"):
-        section_reconcile(rep, [10, 100] if args.quick else [10, 100, 1000])
-    if want("converge") and not args.quick:
-        section_converge(rep, 1)
-    if want("routing") and not args.quick:
-        section_routing(rep)
-    targets(rep)
-    write(rep, args.out, started)
+    rep.only = sorted(only or ())
+    sections: list[tuple[str, Callable[[], None]]] = [
+        ("gateway", lambda: section_gateway(rep, 1 if args.quick else 3, 3 if args.quick else 5)),
+        ("streams", lambda: section_streams(rep, 2000 if args.quick else 10000)),
+        ("large", lambda: section_large(rep, args.quick)),
+        ("scaling", lambda: section_scaling(rep, 4 if args.quick else 8)),
+        ("reconcile", lambda: section_reconcile(rep, [10, 100] if args.quick else [10, 100, 1000])),
+        ("converge", lambda: section_converge(rep, 1)),
+        ("routing", lambda: section_routing(rep)),
+    ]
+    for name, run in sections:
+        # converge and routing take minutes each: the full run's, or asked for by name.
+        if (only is None and not (args.quick and name in ("converge", "routing"))) or (
+            only is not None and name in only
+        ):
+            with budget(rep, name, BUDGETS[name][0 if args.quick else 1]):
+                run()
+    if only is None:
+        targets(rep)
+        write(rep, args.out, started)
+    else:
+        args.out.write_text(splice(args.out, rep))
     if not args.quick and not args.only and args.out == REPO / "docs/benchmarks.md":
         write_readme(rep)
     failed = [
@@ -1013,8 +1096,9 @@ def main() -> int:
         for k, floor in FLOORS.items()
         if k in rep.ratios and rep.ratios[k] < floor
     ]
+    failed += [f"section {name} ran past its budget" for name in rep.timed_out]
     for f in failed:
-        print("below floor:", f, file=sys.stderr)
+        print("check failed:", f, file=sys.stderr)
     return 1 if args.check and failed else 0
 
 
