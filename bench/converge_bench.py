@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -189,5 +190,11 @@ def main() -> None:
     print(f"{'olladist diff, no drift (whole command, incl. startup)':<58} {fmt(diffs)}")
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    # SIGTERM (bench/run's section budget) unwinds like Ctrl-C: every process is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     main()
