@@ -1047,9 +1047,10 @@ def splice(out: Path, rep: Report) -> str:
         title = text.split("\n", 1)[0].removeprefix("## ")
         if title == "Targets":
             continue  # the full run's own summary; this run measured only some of it
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         sections[title] = (
             text.rstrip() + f"\n\n(This section: `bench/run --only {','.join(rep.only)}` on "
-            f"{stamp}, after the rest of this file.)\n"
+            f"{stamp}, after the rest of this file; load average at its end {load}.)\n"
         )
     return head.rstrip() + "\n\n" + "\n".join(sections.values())
 
