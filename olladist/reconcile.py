@@ -91,6 +91,7 @@ def load_desired(
             "(the peer secret: olladist secret install FILE; docs/gateway.md, "
             "'Node-local files')",
         )
+
     def rendered() -> dict[str, File]:
         return render_node(spec, node, placement, layout, local.tls)
 
