@@ -1,7 +1,8 @@
 """Convergence benchmark on the example spec (3 nodes, 6 simulator instances, 4 models):
 
-- commit-to-converged with a git source (the dev repository), and edit-to-converged with a
-  plain directory source (watched), each for a change that adds a model;
+- commit-to-converged with a git source (the dev repository, read from its path and over HTTP
+  from `python -m dulwich.web` on 127.0.0.1), and edit-to-converged with a plain directory
+  source (watched), each for a change that adds a model;
 - the no-op reconcile: a tick with nothing to do (the daemon's own timing, and `olladist diff`).
 
 Prints one table comparing them. Run: .venv/bin/python bench/converge_bench.py [--runs 3]
@@ -11,10 +12,12 @@ Bounded: every wait has a timeout; every process is stopped by PID at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from olladist.dev import DevCluster
+from olladist.dev import DevCluster, ensure_repo
+from tests.harness.gitserver import serve_git_http
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "cluster-spec"
@@ -54,21 +58,36 @@ def add_model(spec_dir: Path, name: str) -> None:
 
 
 def run(mode: str, runs: int) -> tuple[list[float], list[float]]:
+    """``mode``: git (the dev repository's path), http (the same repository over HTTP) or dir."""
     base = Path(tempfile.mkdtemp(prefix="od-bench-"))
     spec_dir = base / "spec"
     shutil.copytree(EXAMPLE, spec_dir)
-    source = str(spec_dir) if mode == "dir" else None
+    repo = base / "dev" / "repo"
+    with contextlib.ExitStack() as stack:
+        source = str(spec_dir) if mode == "dir" else None
+        if mode == "http":
+            ensure_repo(spec_dir, repo)
+            server = stack.enter_context(serve_git_http(repo, base / "git-http.log"))
+            source = server.url
+        try:
+            return _run(mode, runs, base, spec_dir, repo, source=source)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _run(
+    mode: str, runs: int, base: Path, spec_dir: Path, repo: Path, *, source: str | None
+) -> tuple[list[float], list[float]]:
     cluster = DevCluster(spec_dir, base / "dev", interval=30.0, out=io.StringIO(), source=source)
     converge, noop = [], []
     try:
         spec = cluster.up(timeout=120)
         nodes = [n.name for n in spec.nodes]
-        repo = base / "dev" / "repo"
         for k in range(runs):
-            target = repo if mode == "git" else spec_dir
+            target = spec_dir if mode == "dir" else repo
             previous = {n: status(cluster.node_root(n)).get("applied_commit") for n in nodes}
             add_model(target, EXTRA[k % len(EXTRA)])
-            if mode == "git":
+            if mode != "dir":
                 subprocess.run(
                     [
                         "git",
@@ -124,7 +143,6 @@ def run(mode: str, runs: int) -> tuple[list[float], list[float]]:
             noop += [float(status(cluster.node_root(n)).get("duration_s", 0)) for n in nodes]
     finally:
         cluster.down()
-        shutil.rmtree(base, ignore_errors=True)
     return converge, noop
 
 
@@ -160,15 +178,23 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     git_conv, git_noop = run("git", args.runs)
+    http_conv, _ = run("http", args.runs)
     dir_conv, _ = run("dir", args.runs)
     diffs = diff_time(args.runs)
     print("example spec: 3 nodes x 2 olladist-sim instances, change = add one model")
     print(f"{'measure':<58} result")
     print(f"{'commit-to-converged, git source (SIGHUP, all 3 nodes)':<58} {fmt(git_conv)}")
+    print(f"{'commit-to-converged, git over HTTP (SIGHUP, all 3 nodes)':<58} {fmt(http_conv)}")
     print(f"{'edit-to-converged, local dir source (watched, all 3)':<58} {fmt(dir_conv)}")
     print(f"{'no-op reconcile tick (daemon, per node)':<58} {fmt(git_noop)}")
     print(f"{'olladist diff, no drift (whole command, incl. startup)':<58} {fmt(diffs)}")
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    # SIGTERM (bench/run's section budget) unwinds like Ctrl-C: every process is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     main()

@@ -1,20 +1,25 @@
 """A fast fake Ollama for the benchmarks: Ollama's `/api/generate` and `/api/chat`, and OpenAI's
 `/v1/chat/completions` (so that LiteLLM's proxy can sit in front of it), each with or without
 streaming. Streams send their first line at once, then one line every ``--delay`` seconds.
+`/api/tags` and `/api/ps` list ``--models`` as present and loaded: the gateway's live view
+routes a model only to an instance whose store holds it.
 
-    python bench/fake_backend.py --port 11500 [--lines 4] [--delay 0.02]
+    python bench/fake_backend.py --port 11500 [--lines 4] [--delay 0.02] [--models m,qwen2.5:0.5b]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import time
 from typing import Any
 
 from aiohttp import web
 
+# The models bench/headline.py's specs place (canonical names, as /api/tags gives them).
+MODELS = ("m:latest", "qwen2.5:0.5b")
 _GEN = {"model": "m", "created_at": "2026-01-01T00:00:00Z", "response": "ok", "done": True}
 
 
@@ -43,9 +48,29 @@ def _chunk(model: str, content: str, finish: str | None) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def make_app(lines: int, delay: float) -> web.Application:
+def _tag(model: str) -> dict[str, Any]:
+    return {
+        "name": model,
+        "model": model,
+        "modified_at": "2026-01-01T00:00:00Z",
+        "size": 1000,
+        "digest": hashlib.sha256(model.encode()).hexdigest(),
+        "details": {"format": "gguf", "family": "bench", "parameter_size": "1B"},
+    }
+
+
+def make_app(lines: int, delay: float, models: tuple[str, ...] = MODELS) -> web.Application:
+    tags_body = {"models": [_tag(m) for m in models]}
+    ps_body = {"models": [{"name": m, "model": m, "size": 1000, "size_vram": 1000} for m in models]}
+
     async def root(_: web.Request) -> web.Response:
         return web.Response(text="Ollama is running")
+
+    async def tags(_: web.Request) -> web.Response:
+        return web.json_response(tags_body)
+
+    async def ps(_: web.Request) -> web.Response:
+        return web.json_response(ps_body)
 
     async def version(_: web.Request) -> web.Response:
         return web.json_response({"version": "0.0.0-bench"})
@@ -83,6 +108,8 @@ def make_app(lines: int, delay: float) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_get("/", root)
     app.router.add_get("/api/version", version)
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
     app.router.add_post("/api/generate", ollama)
     app.router.add_post("/api/chat", ollama)
     app.router.add_post("/v1/chat/completions", openai)
@@ -95,9 +122,10 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--lines", type=int, default=4)
     ap.add_argument("--delay", type=float, default=0.02)
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
     args = ap.parse_args()
     web.run_app(
-        make_app(args.lines, args.delay),
+        make_app(args.lines, args.delay, tuple(m for m in args.models.split(",") if m)),
         host=args.host,
         port=args.port,
         print=None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -103,5 +104,11 @@ def main() -> None:
         print(f"{k:<14} {v:.3f}" if isinstance(v, float) else f"{k:<14} {v}")
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    # SIGTERM (bench/run's section budget) unwinds like Ctrl-C: every process is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     main()

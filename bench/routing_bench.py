@@ -24,6 +24,7 @@ import asyncio
 import io
 import random
 import shutil
+import signal
 import socket
 import statistics
 import sys
@@ -256,5 +257,11 @@ def main() -> None:
             break
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    # SIGTERM (bench/run's section budget) unwinds like Ctrl-C: every process is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     main()

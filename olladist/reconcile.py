@@ -91,13 +91,21 @@ def load_desired(
             "(the peer secret: olladist secret install FILE; docs/gateway.md, "
             "'Node-local files')",
         )
+
+    def rendered() -> dict[str, File]:
+        return render_node(spec, node, placement, layout, local.tls)
+
+    files = None
     if validate:
-        validate_render(
+        # The live layout's render is made while the validators check the staging one.
+        files = validate_render(
             lambda lay: render_node(spec, node, placement, lay, local.tls),
             live=layout,
             node_local=local_files,
+            meanwhile=rendered,
         )
-    files = render_node(spec, node, placement, layout, local.tls)
+    if files is None:
+        files = rendered()
     return Desired(commit, spec, node, placement, files)
 
 

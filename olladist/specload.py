@@ -9,6 +9,8 @@ cross-checks can point at the exact place.
 from __future__ import annotations
 
 import difflib
+import functools
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,13 @@ class _Origin:
     prefix: Loc  # path of this part in the merged document
     file: str
     file_prefix: Loc  # path of the same part inside `file`
-    lines: dict[Loc, int]  # path inside `file` -> line
+    text: str  # the file's text, parsed again for its lines only when a problem is reported
+
+    @functools.cached_property
+    def lines(self) -> dict[Loc, int]:
+        """Path inside ``file`` -> line. Computed on demand: a valid spec never needs it, and
+        walking every node of a 1,000-node spec for its lines took a fifth of loading it."""
+        return _lines(self.text)
 
 
 @dataclass
@@ -90,19 +98,170 @@ def _walk(node: yaml.Node, path: Loc, lines: dict[Loc, int], dupes: list[tuple[L
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _read_yaml(path: Path, rel: str, problems: list[Problem]) -> tuple[Any, dict[Loc, int]]:
-    """Parse one YAML file; on failure record a problem and return (None, {})."""
+def _lines(text: str) -> dict[Loc, int]:
+    loader = _LOADER(text)
+    try:
+        node = loader.get_single_node()
+    finally:
+        loader.dispose()
+    lines: dict[Loc, int] = {}
+    if node is not None:
+        _walk(node, (), lines, [])
+    return lines
+
+
+_UNREAD = object()
+
+
+class _Unusual(Exception):
+    """The event reader met something it leaves to PyYAML's own composer and constructor."""
+
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_NULL = "tag:yaml.org,2002:null"
+_BOOL = "tag:yaml.org,2002:bool"
+_DECIMAL = re.compile(r"[-+]?[1-9][0-9]*")
+_COMPLEX_TAGS = ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value")
+_BOOLS = yaml.SafeLoader.bool_values
+_RESOLVED = yaml.SafeLoader.yaml_implicit_resolvers
+
+
+_CONSTRUCT = object()
+_RESOLVER: Any = yaml.resolver.Resolver()
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain(value: str) -> Any:
+    """A plain scalar's value when it is a string, null, a boolean or a decimal integer (those
+    repeat: keys, ports, counts; hence the cache), else _CONSTRUCT. PyYAML's resolver and
+    safe constructor's rules, by the tag that resolver gives it."""
+    if value[:1] not in _RESOLVED:
+        return value  # no implicit type starts with its first character
+    tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))
+    if tag == _STR:
+        return value
+    if tag == _NULL:
+        return None
+    if tag == _BOOL:
+        return _BOOLS[value.lower()]
+    if tag == _INT and (value == "0" or _DECIMAL.fullmatch(value)):
+        return int(value)
+    return _CONSTRUCT
+
+
+def _scalar(loader: Any, ev: yaml.ScalarEvent) -> Any:
+    """The value PyYAML's safe constructor gives a scalar."""
+    if ev.tag is not None and ev.tag != "!":
+        raise _Unusual
+    if not ev.implicit[0]:
+        return ev.value  # quoted (or a block scalar): a string
+    value = _plain(ev.value)
+    if value is not _CONSTRUCT:
+        return value
+    tag = _RESOLVER.resolve(yaml.ScalarNode, ev.value, ev.implicit)
+    if tag in _COMPLEX_TAGS:
+        raise _Unusual
+    # Octal, hex, sexagesimal, floats, timestamps: the constructor's own conversion.
+    node = yaml.ScalarNode(tag, ev.value, None, None, ev.style)
+    return loader.construct_object(node, deep=True)
+
+
+def _read_events(loader: Any, rel: str) -> tuple[Any, list[Problem]]:
+    """One document built straight from the parser's events, and its duplicate keys.
+
+    PyYAML's composer makes a node (with two marks) for every value and its constructor then
+    walks them: most of loading a 1,000-node spec. This builds the same plain values from the
+    events in one pass. Anchors, aliases, explicit tags, merge keys, complex keys and several
+    documents raise _Unusual: the caller then takes PyYAML's own path, which gives the same
+    data or the error wording of the reference loader."""
+    get = loader.get_event
+    get()  # StreamStartEvent
+    ev = get()
+    if isinstance(ev, yaml.StreamEndEvent):
+        return None, []
+    dupes: list[Problem] = []
+    # A frame: [dict, seen keys, key (raw), key (value), has key] or [list].
+    stack: list[list[Any]] = []
+    root: Any = None
+    while True:
+        ev = get()
+        cls = type(ev)
+        if cls is yaml.ScalarEvent:
+            if ev.anchor is not None:
+                raise _Unusual
+            top = stack[-1] if stack else None
+            if top is not None and len(top) == 5 and not top[4]:
+                raw = ev.value
+                if raw in top[1]:
+                    loc = _stack_loc(stack) + (raw,)
+                    dupes.append(
+                        Problem(rel, ev.start_mark.line + 1, format_loc(loc), "duplicate key")
+                    )
+                top[1].add(raw)
+                top[2] = raw
+                top[3] = _scalar(loader, ev)
+                top[4] = True
+                continue
+            value = _scalar(loader, ev)
+        elif cls is yaml.MappingStartEvent or cls is yaml.SequenceStartEvent:
+            if ev.anchor is not None or (ev.tag is not None and ev.tag != "!"):
+                raise _Unusual
+            top = stack[-1] if stack else None
+            if top is not None and len(top) == 5 and not top[4]:
+                raise _Unusual  # a mapping or sequence as a key
+            stack.append([{}, set(), None, None, False] if cls is yaml.MappingStartEvent else [[]])
+            continue
+        elif cls is yaml.MappingEndEvent or cls is yaml.SequenceEndEvent:
+            value = stack.pop()[0]
+        elif cls is yaml.DocumentEndEvent:
+            if not isinstance(get(), yaml.StreamEndEvent):
+                raise _Unusual  # another document: the composer's error
+            return root, dupes
+        else:  # an alias
+            raise _Unusual
+        if not stack:
+            root = value
+            continue
+        top = stack[-1]
+        if len(top) == 5:
+            top[0][top[3]] = value
+            top[4] = False
+        else:
+            top[0].append(value)
+
+
+def _stack_loc(stack: list[list[Any]]) -> Loc:
+    """The in-file path of the mapping on top of ``stack`` (the key of each mapping below it,
+    the index in each sequence), as _walk names it."""
+    return tuple(str(f[2]) if len(f) == 5 else len(f[0]) for f in stack[:-1])
+
+
+def _read_yaml(path: Path, rel: str, problems: list[Problem]) -> tuple[Any, str]:
+    """Parse one YAML file; on failure record a problem and return (None, "")."""
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             problems.append(Problem(rel, 0, "", f"file larger than {MAX_FILE_BYTES} bytes"))
-            return None, {}
+            return None, ""
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         problems.append(Problem(rel, 0, "", f"not UTF-8 text: {exc.reason}"))
-        return None, {}
+        return None, ""
     except OSError as exc:
         problems.append(Problem(rel, 0, "", f"cannot read: {exc.strerror}"))
-        return None, {}
+        return None, ""
+    loader = _LOADER(text)
+    try:
+        data, dupes = _read_events(loader, rel)
+    except Exception:
+        # Anything the event reader leaves out (or trips on) goes PyYAML's own way below,
+        # which gives the reference data or the reference error wording.
+        data, dupes = _UNREAD, []
+    finally:
+        loader.dispose()
+    if data is not _UNREAD:
+        problems.extend(dupes)
+        return data, text
     loader = _LOADER(text)
     try:
         node = loader.get_single_node()
@@ -112,19 +271,18 @@ def _read_yaml(path: Path, rel: str, problems: list[Problem]) -> tuple[Any, dict
         line = mark.line + 1 if mark else 0
         msg = " ".join(str(x) for x in (exc.context, exc.problem) if x)
         problems.append(Problem(rel, line, "", f"invalid YAML: {msg}"))
-        return None, {}
+        return None, ""
     except yaml.YAMLError as exc:
         problems.append(Problem(rel, 0, "", f"invalid YAML: {exc}"))
-        return None, {}
+        return None, ""
     finally:
         loader.dispose()
-    lines: dict[Loc, int] = {}
-    dupes: list[tuple[Loc, int]] = []
+    dupes_: list[tuple[Loc, int]] = []
     if node is not None:
-        _walk(node, (), lines, dupes)
-    for loc, line in dupes:
+        _walk(node, (), {}, dupes_)
+    for loc, line in dupes_:
         problems.append(Problem(rel, line, format_loc(loc), "duplicate key"))
-    return data, lines
+    return data, text
 
 
 def _merge_dir(spec_dir: Path, problems: list[Problem]) -> Located:
@@ -134,14 +292,14 @@ def _merge_dir(spec_dir: Path, problems: list[Problem]) -> Located:
             [Problem("cluster.yaml", 0, "", f"not found in {spec_dir}")],
             hint="a spec directory holds cluster.yaml, plus optional nodes/*.yaml, models/*.yaml",
         )
-    data, lines = _read_yaml(cluster, "cluster.yaml", problems)
+    data, text = _read_yaml(cluster, "cluster.yaml", problems)
     if data is None and not problems:
         data = {}
     if problems:
         raise SpecError(problems)
     if not isinstance(data, dict):
         raise SpecError([Problem("cluster.yaml", 1, "", "must be a mapping (key: value)")])
-    doc = Located(dict(data), [_Origin((), "cluster.yaml", (), lines)])
+    doc = Located(dict(data), [_Origin((), "cluster.yaml", (), text)])
 
     for section in ("nodes", "models"):
         sub = spec_dir / section
@@ -159,12 +317,12 @@ def _merge_dir(spec_dir: Path, problems: list[Problem]) -> Located:
         merged = list(base)
         for path in files:
             rel = f"{section}/{path.name}"
-            item, item_lines = _read_yaml(path, rel, problems)
+            item, item_text = _read_yaml(path, rel, problems)
             if item is None:
                 if not problems or problems[-1].file != rel:
                     problems.append(Problem(rel, 0, "", "file is empty"))
                 continue
-            doc.origins.append(_Origin((section, len(merged)), rel, (), item_lines))
+            doc.origins.append(_Origin((section, len(merged)), rel, (), item_text))
             merged.append(item)
         doc.data[section] = merged
     if problems:

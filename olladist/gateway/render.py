@@ -7,6 +7,7 @@ rendered; the config only names the node-local files that hold them (see docs/ga
 from __future__ import annotations
 
 import json
+import re
 
 from olladist.files import File
 from olladist.gateway.topology import LARGE_CONFIG, Route, Topology, build
@@ -61,6 +62,10 @@ def _fallback_entry(model: Model) -> str:
     return json.dumps(entry, separators=(",", ":"))
 
 
+# Printable ASCII except `"` and backslash: the characters lua_literal writes as they are.
+_PLAIN_LUA = re.compile(r"[ !#-\[\]-~]*")
+
+
 def lua_literal(value: object, indent: str = "") -> str:
     """``value`` (dicts with str keys, lists, str, int, bool, None) as a Lua table constructor.
 
@@ -74,6 +79,8 @@ def lua_literal(value: object, indent: str = "") -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
+        if _PLAIN_LUA.fullmatch(value):
+            return '"' + value + '"'  # nothing to escape: most names (render of 1,000 nodes)
         out = []
         for b in value.encode():
             c = chr(b)

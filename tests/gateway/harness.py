@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,14 @@ from typing import Any
 from olladist.files import write_atomic
 from olladist.gateway.render import gateway_files
 from olladist.gateway.runtime import HAProxyRuntime
-from olladist.layout import ADMIN_SOCKET, GATEWAY_RUN_DIR, MASTER_SOCKET, STATE_DIR, Layout
+from olladist.layout import (
+    ADMIN_SOCKET,
+    GATEWAY_RUN_DIR,
+    HAPROXY_CFG,
+    MASTER_SOCKET,
+    STATE_DIR,
+    Layout,
+)
 from olladist.nodeconfig import write_peer_secret
 from olladist.nodelocal import NodeTLS
 from olladist.placement import place
@@ -209,17 +216,21 @@ def start_gateway(
     base: Path,
     tls: NodeTLS | None = None,
     local_files: dict[str, str] | None = None,
+    *,
+    edit: Callable[[str], str] | None = None,
 ) -> Gateway:
     """Render ``node``'s gateway under ``base/node`` and start HAProxy on it. ``local_files``
     are node-local files (node path -> content) written first; the peer secret is shared by
-    every node under ``base``."""
+    every node under ``base``. ``edit``: applied to haproxy.cfg before the start (the
+    benchmarks' variants of the config)."""
     root = base / node
     layout = Layout(root)
     for path, content in (local_files or {}).items():
         write_atomic(layout.real(path), content.encode(), 0o600)
     files = gateway_files(spec, node, place(spec), layout, tls)
     for path, f in files.items():
-        write_atomic(layout.real(path), f.content.encode(), f.mode)
+        content = edit(f.content) if edit is not None and path == HAPROXY_CFG else f.content
+        write_atomic(layout.real(path), content.encode(), f.mode)
     secret = write_peer_secret(Layout(base))
     target = layout.real("/etc/olladist/secrets/peer.map")
     if target != secret and not target.exists():
