@@ -1,0 +1,9 @@
+-- Fairness and limits per client for node gpu-05 (docs/gateway.md, "Fair across
+-- clients"). Rendered by olladist; HAProxy loads it just before the shipped fair.lua.
+OLLADIST_FAIR = {
+  keys_file = "/etc/olladist/api-keys",
+  fair = true,
+  cost_ms = 1000,
+  max_concurrent = nil,
+  requests_per_minute = nil,
+}
