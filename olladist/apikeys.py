@@ -26,6 +26,7 @@ the running gateway keeps its old keys.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import hashlib
 import os
@@ -191,7 +192,6 @@ def add_key(path: Path, key: ApiKey) -> None:
     """Append ``key``'s line to the file at ``path`` (created if missing), after checking the
     file as it is: a broken file is refused, not made longer."""
     existing = path.read_text(encoding="utf-8") if path.exists() else ""
-    parse_keys(existing, str(path))
     if any(k.digest == key.digest for k in parse_keys(existing, str(path))):
         raise KeysFileError(f"{path} already holds this key", hint="nothing to do")
     if existing and not existing.endswith("\n"):
@@ -199,10 +199,9 @@ def add_key(path: Path, key: ApiKey) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (existing + key.line()).encode(), MODE)
     os.chmod(path, MODE)
-    try:
+    # A test root, or a machine without the package's group: mode 0640 stays.
+    with contextlib.suppress(KeyError, PermissionError):
         os.chown(path, 0, grp.getgrnam(GROUP).gr_gid)
-    except (KeyError, PermissionError):
-        pass  # a test root, or a machine without the package's group: mode 0640 stays
 
 
 def _keys_file(args: argparse.Namespace, layout: Layout) -> Path:

@@ -86,8 +86,8 @@ def config_lua(p: FairPolicy, node: str) -> str:
     }
     body = "".join(f"  {k} = {_lua(v)},\n" for k, v in items.items())
     return (
-        f"-- Fairness and limits per client for node {node} (docs/gateway.md, \"Fair across\n"
-        "-- clients\"). Rendered by olladist; HAProxy loads it just before the shipped fair.lua.\n"
+        f'-- Fairness and limits per client for node {node} (docs/gateway.md, "Fair across\n'
+        '-- clients"). Rendered by olladist; HAProxy loads it just before the shipped fair.lua.\n'
         f"OLLADIST_FAIR = {{\n{body}}}\n"
     )
 
