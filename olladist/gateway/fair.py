@@ -15,12 +15,12 @@ from importlib import resources
 
 from olladist.files import File
 from olladist.layout import GATEWAY_DIR
-from olladist.spec import Spec
+from olladist.spec import Spec, duration_ms
 
 FAIR_LUA = f"{GATEWAY_DIR}/fair.lua"
 FAIR_CONFIG_LUA = f"{GATEWAY_DIR}/fair-config.lua"
-# Virtual time one request costs a client of weight 1 (docs/gateway.md): a client sending
-# fewer than weight requests a second is never ordered behind another.
+# Virtual time one request costs a client of weight 1 (docs/gateway.md). Only ratios matter
+# (the offset is scaled by how fast the fair order moves); this is its unit.
 COST_MS = 1000
 # Retry-After on a 429 for concurrency: one of the client's own requests must end first.
 CONCURRENT_RETRY_S = 1
@@ -39,6 +39,7 @@ class FairPolicy:
     lua: str  # real paths, under the layout's root
     config_lua: str
     keys_file: str | None
+    queue_ms: int  # gateway.timeouts.queue
     cost_ms: int = COST_MS
     concurrent_retry: int = CONCURRENT_RETRY_S
     table_size: int = TABLE_SIZE
@@ -62,6 +63,7 @@ def build(spec: Spec, lua: str, config_lua: str, keys_file: str | None) -> FairP
         lua=lua,
         config_lua=config_lua,
         keys_file=keys_file,
+        queue_ms=duration_ms(spec.gateway.timeouts.queue),
     )
 
 
@@ -81,6 +83,7 @@ def config_lua(p: FairPolicy, node: str) -> str:
         "keys_file": p.keys_file,
         "fair": p.fair,
         "cost_ms": p.cost_ms,
+        "queue_ms": p.queue_ms,
         "max_concurrent": p.max_concurrent,
         "requests_per_minute": p.requests_per_minute,
     }

@@ -7,23 +7,25 @@
 -- the key, or the client's address). It sets:
 --   txn.olladist_fair_ms         this request's place in the fair order, in ms (0..500000),
 --                                which the scheduler adds to HAProxy's priority offset
+--   txn.olladist_fair_tag        its virtual start tag, for olladist_fair_served
 --   txn.olladist_max_concurrent  the client's limits, when it has them; the frontend counts
 --   txn.olladist_max_rpm         them in a stick table and answers 429
 --   txn.olladist_rpm_retry       Retry-After for the rate limit, in seconds
 --   txn.olladist_class           the key's priority class (-1 high, 1 low), when not normal
 --
--- The order is a virtual clock over requests: each client has a finish time F; a request
--- starts at S = max(now, F) and moves F to S + cost/weight. HAProxy serves a queue by arrival
--- time plus offset, so with offset S - now it serves by S: a client sending faster than its
--- share runs ahead of the clock and its requests sort after those of lighter clients, while
--- its own stay in arrival order. State is this process's: a reload starts it afresh.
+-- The order is start-time fair queuing over requests: each client has a finish tag F; a
+-- request starts at S = max(V, F) and moves F to S + cost/weight, where V is the tag of the
+-- latest request answered (olladist_fair_served, on the response). HAProxy serves its queue
+-- by arrival time plus offset; the offset is how far S lies ahead of V, in wall ms at the
+-- pace V moves, so the queue serves about by S: a client sending more than its share runs
+-- ahead and its requests sort after those of lighter clients, while its own stay in arrival
+-- order. State is this process's: a reload starts it afresh.
 
 local CFG = OLLADIST_FAIR
 assert(CFG, "fair-config.lua must be loaded before fair.lua")
 
 -- HAProxy takes priority offsets within +-524287 ms; the contract between the gateway's
--- actions keeps this one within 500000, and F never runs further ahead than that, so a past
--- flood costs a client at most that much.
+-- actions keeps this one within 500000.
 local HORIZON_MS = 500000
 -- Clients whose clock has fallen behind now are the same as clients never seen: the table is
 -- swept of them when it grows past this (many client addresses).
@@ -134,16 +136,30 @@ end
 local ANY = entry({ weight = 1, class = 0 })
 
 local FAIR = CFG.fair
-local finish = {} -- client -> its virtual finish time, ms
+-- The system virtual time V: the start tag of the latest request answered (start-time fair
+-- queuing). Tags are virtual ms; V moves `rate` virtual ms per wall ms, measured, so that an
+-- offset in wall ms, (S - V) / rate, is about when the fair order reaches the request.
+local V = 0
+local rate, MIN_RATE, RATE_WINDOW_MS = 1, 1, 1000
+local mark_ms, mark_v = nil, 0
+-- A request the fair order would reach only after the queue timeout is placed there: it
+-- waits last rather than move its client's clock (and its later requests) further out.
+local reach_ms = math.min(HORIZON_MS, CFG.queue_ms)
+local finish = {} -- client -> the virtual finish tag of its latest request
 local clients, sweep_at = 0, SWEEP_AT
 
-local function sweep(now)
+local function sweep()
   local kept = 0
   for client, f in pairs(finish) do
-    if f <= now then finish[client] = nil else kept = kept + 1 end
+    if f <= V then finish[client] = nil else kept = kept + 1 end
   end
   clients = kept
   sweep_at = math.max(SWEEP_AT, 2 * kept)
+end
+
+local function now_ms()
+  local t = core.now()
+  return t.sec * 1000 + t.usec // 1000
 end
 
 core.register_action("olladist_fair", { "http-req" }, function(txn)
@@ -151,18 +167,18 @@ core.register_action("olladist_fair", { "http-req" }, function(txn)
   if client == nil then return end
   local e = KEYS[client] or ANY
   if FAIR then
-    local t = core.now()
-    local now = t.sec * 1000 + t.usec // 1000
     local f = finish[client]
     if f == nil then
       clients = clients + 1
-      if clients > sweep_at then sweep(now) end
+      if clients > sweep_at then sweep() end
     end
-    local start = (f ~= nil and f > now) and f or now
-    local nf = start + e.step
-    if nf > now + HORIZON_MS then nf = now + HORIZON_MS end
-    finish[client] = nf
-    txn:set_var("txn.olladist_fair_ms", math.floor(start - now))
+    -- No credit for a client that was idle, and no debt beyond what can be served in time.
+    local start = (f ~= nil and f > V) and f or V
+    local last = V + reach_ms * rate
+    if start > last then start = last end
+    finish[client] = start + e.step
+    txn:set_var("txn.olladist_fair_ms", math.floor((start - V) / rate))
+    txn:set_var("txn.olladist_fair_tag", math.floor(start))
   end
   if e.conc then txn:set_var("txn.olladist_max_concurrent", e.conc) end
   if e.rpm then
@@ -170,4 +186,19 @@ core.register_action("olladist_fair", { "http-req" }, function(txn)
     txn:set_var("txn.olladist_rpm_retry", e.retry)
   end
   if e.class then txn:set_var("txn.olladist_class", e.class) end
+end, 0)
+
+-- A response from an instance: its request's tag is where the fair order has got to.
+core.register_action("olladist_fair_served", { "http-res" }, function(txn)
+  local tag = txn:get_var("txn.olladist_fair_tag")
+  if tag == nil then return end
+  if tag > V then V = tag end
+  local now = now_ms()
+  if mark_ms == nil then
+    mark_ms, mark_v = now, V
+  elseif now - mark_ms >= RATE_WINDOW_MS then
+    local measured = (V - mark_v) / (now - mark_ms)
+    rate = math.max(MIN_RATE, (rate + measured) / 2)
+    mark_ms, mark_v = now, V
+  end
 end, 0)

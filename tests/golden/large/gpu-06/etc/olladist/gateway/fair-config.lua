@@ -4,6 +4,7 @@ OLLADIST_FAIR = {
   keys_file = "/etc/olladist/api-keys",
   fair = true,
   cost_ms = 1000,
+  queue_ms = 30000,
   max_concurrent = nil,
   requests_per_minute = nil,
 }
