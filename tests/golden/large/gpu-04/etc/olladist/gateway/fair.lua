@@ -7,19 +7,18 @@
 -- the key, or the client's address). It sets:
 --   txn.olladist_fair_ms         this request's place in the fair order, in ms (0..500000),
 --                                which the scheduler adds to HAProxy's priority offset
---   txn.olladist_fair_tag        its virtual start tag, for olladist_fair_served
 --   txn.olladist_max_concurrent  the client's limits, when it has them; the frontend counts
 --   txn.olladist_max_rpm         them in a stick table and answers 429
 --   txn.olladist_rpm_retry       Retry-After for the rate limit, in seconds
 --   txn.olladist_class           the key's priority class (-1 high, 1 low), when not normal
 --
--- The order is start-time fair queuing over requests: each client has a finish tag F; a
--- request starts at S = max(V, F) and moves F to S + cost/weight, where V is the tag of the
--- latest request answered (olladist_fair_served, on the response). HAProxy serves its queue
--- by arrival time plus offset; the offset is how far S lies ahead of V, in wall ms at the
--- pace V moves, so the queue serves about by S: a client sending more than its share runs
--- ahead and its requests sort after those of lighter clients, while its own stay in arrival
--- order. State is this process's: a reload starts it afresh.
+-- The order is a virtual clock over requests: each client has a finish time F; a request
+-- starts at S = max(now, F) and moves F to S + cost/weight, with F never further ahead than
+-- the client's own requests at the gateway, and the cost measured so that a client's share
+-- of the answers moves its clock as fast as the wall clock. HAProxy serves its queue by
+-- arrival time plus offset, so with offset S - now it serves by S: a client sending more
+-- than its share runs ahead and its requests sort after those of lighter clients, while its
+-- own stay in arrival order. State is this process's: a reload starts it afresh.
 
 local CFG = OLLADIST_FAIR
 assert(CFG, "fair-config.lua must be loaded before fair.lua")
@@ -96,7 +95,7 @@ local function entry(key)
   local conc = key.max_concurrent or CFG.max_concurrent
   local rpm = key.requests_per_minute or CFG.requests_per_minute
   return {
-    step = CFG.cost_ms / key.weight,
+    weight = key.weight,
     class = key.class ~= 0 and key.class or nil,
     conc = conc and conc > 0 and conc or nil,
     rpm = rpm and rpm > 0 and rpm or nil,
@@ -136,30 +135,33 @@ end
 local ANY = entry({ weight = 1, class = 0 })
 
 local FAIR = CFG.fair
--- The system virtual time V: the start tag of the latest request answered (start-time fair
--- queuing). Tags are virtual ms; V moves `rate` virtual ms per wall ms, measured, so that an
--- offset in wall ms, (S - V) / rate, is about when the fair order reaches the request.
-local V = 0
-local rate, MIN_RATE, RATE_WINDOW_MS = 1, 1, 1000
-local mark_ms, mark_v = nil, 0
--- A request the fair order would reach only after the queue timeout is placed there: it
--- waits last rather than move its client's clock (and its later requests) further out.
-local reach_ms = math.min(HORIZON_MS, CFG.queue_ms)
-local finish = {} -- client -> the virtual finish tag of its latest request
+-- ms of virtual time one request costs a client of weight 1: the time between two requests of
+-- one client when the active clients share the gateway's answers equally (active clients /
+-- answers a second), measured over windows; the configured cost until answers come in.
+local cost = CFG.cost_ms
+local MIN_COST, MAX_COST = 1, 60000
+local WINDOW_MS, MIN_ANSWERS = 2000, 5
+local window_start, answered, active, seen = nil, 0, 0, {}
+local finish = {} -- client -> the virtual finish time of its latest request (wall ms)
 local clients, sweep_at = 0, SWEEP_AT
 
-local function sweep()
+local function sweep(now)
   local kept = 0
   for client, f in pairs(finish) do
-    if f <= V then finish[client] = nil else kept = kept + 1 end
+    if f <= now then finish[client] = nil else kept = kept + 1 end
   end
   clients = kept
   sweep_at = math.max(SWEEP_AT, 2 * kept)
 end
 
-local function now_ms()
-  local t = core.now()
-  return t.sec * 1000 + t.usec // 1000
+local function measure(now)
+  if window_start ~= nil and answered >= MIN_ANSWERS then
+    local k = active * (now - window_start) / answered
+    cost = math.min(MAX_COST, math.max(MIN_COST, (cost + k) / 2))
+  end
+  if window_start == nil or answered >= MIN_ANSWERS or now - window_start > 10 * WINDOW_MS then
+    window_start, answered, active, seen = now, 0, 0, {}
+  end
 end
 
 core.register_action("olladist_fair", { "http-req" }, function(txn)
@@ -167,18 +169,28 @@ core.register_action("olladist_fair", { "http-req" }, function(txn)
   if client == nil then return end
   local e = KEYS[client] or ANY
   if FAIR then
+    local t = core.now()
+    local now = t.sec * 1000 + t.usec // 1000
+    if window_start == nil or now - window_start >= WINDOW_MS then measure(now) end
+    if not seen[client] then
+      seen[client] = true
+      active = active + 1
+    end
+    local step = cost / e.weight
     local f = finish[client]
     if f == nil then
       clients = clients + 1
-      if clients > sweep_at then sweep() end
+      if clients > sweep_at then sweep(now) end
+      f = now
     end
-    -- No credit for a client that was idle, and no debt beyond what can be served in time.
-    local start = (f ~= nil and f > V) and f or V
-    local last = V + reach_ms * rate
-    if start > last then start = last end
-    finish[client] = start + e.step
-    txn:set_var("txn.olladist_fair_ms", math.floor((start - V) / rate))
-    txn:set_var("txn.olladist_fair_tag", math.floor(start))
+    -- Never further ahead than the client's own requests at the gateway (the stick table's
+    -- count, this one included): requests that timed out or were cut are not charged.
+    local bound = now + ((txn.sf:sc0_conn_cur() or 1) - 1) * step
+    if f > bound then f = bound end
+    local start = f > now and f or now
+    if start > now + HORIZON_MS then start = now + HORIZON_MS end
+    finish[client] = start + step
+    txn:set_var("txn.olladist_fair_ms", math.floor(start - now))
   end
   if e.conc then txn:set_var("txn.olladist_max_concurrent", e.conc) end
   if e.rpm then
@@ -188,17 +200,7 @@ core.register_action("olladist_fair", { "http-req" }, function(txn)
   if e.class then txn:set_var("txn.olladist_class", e.class) end
 end, 0)
 
--- A response from an instance: its request's tag is where the fair order has got to.
-core.register_action("olladist_fair_served", { "http-res" }, function(txn)
-  local tag = txn:get_var("txn.olladist_fair_tag")
-  if tag == nil then return end
-  if tag > V then V = tag end
-  local now = now_ms()
-  if mark_ms == nil then
-    mark_ms, mark_v = now, V
-  elseif now - mark_ms >= RATE_WINDOW_MS then
-    local measured = (V - mark_v) / (now - mark_ms)
-    rate = math.max(MIN_RATE, (rate + measured) / 2)
-    mark_ms, mark_v = now, V
-  end
+-- An answer from an instance: counted, to measure how fast the gateway serves.
+core.register_action("olladist_fair_served", { "http-res" }, function()
+  answered = answered + 1
 end, 0)
