@@ -97,7 +97,9 @@ def gateway(base: Path, sims: list[SimProcess], fair: bool) -> Iterator[Gateway]
         }
     )
     keys = "".join(hashlib.sha256(f"sk-{k}".encode()).hexdigest() + "\n" for k in KEYS)
-    gw = start_gateway(spec, "n0", base / ("fair" if fair else "fifo"), local_files={KEYS_FILE: keys})
+    gw = start_gateway(
+        spec, "n0", base / ("fair" if fair else "fifo"), local_files={KEYS_FILE: keys}
+    )
     try:
         wait_until(lambda: all_ready(gw, [MODEL]), timeout=30)
         yield gw
@@ -184,9 +186,7 @@ def jain(xs: list[float]) -> float:
 
 def served(done: list[Done], key: str, start: float, end: float) -> float:
     """Requests of ``key`` answered 200 in [start, end), a second."""
-    ok = [
-        d for d in done if d.key == key and start <= d.sent + d.latency < end and d.status == 200
-    ]
+    ok = [d for d in done if d.key == key and start <= d.sent + d.latency < end and d.status == 200]
     return len(ok) / (end - start)
 
 

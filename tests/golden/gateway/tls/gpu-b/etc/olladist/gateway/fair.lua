@@ -135,12 +135,13 @@ end
 local ANY = entry({ weight = 1, class = 0 })
 
 local FAIR = CFG.fair
--- ms of virtual time one request costs a client of weight 1: the time between two requests of
--- one client when the active clients share the gateway's answers equally (active clients /
--- answers a second), measured over windows; the configured cost until answers come in.
+-- ms of virtual time one request costs a client of weight 1: about the time between two
+-- requests of one client when the active clients share the gateway's answers equally (active
+-- clients / answers a second, times MARGIN), measured over windows; the configured cost until
+-- answers come in.
 local cost = CFG.cost_ms
 local MIN_COST, MAX_COST = 1, 60000
-local WINDOW_MS, MIN_ANSWERS = 2000, 5
+local WINDOW_MS, MIN_ANSWERS, MARGIN = 2000, 5, 2
 local window_start, answered, active, seen = nil, 0, 0, {}
 local finish = {} -- client -> the virtual finish time of its latest request (wall ms)
 local clients, sweep_at = 0, SWEEP_AT
@@ -156,7 +157,9 @@ end
 
 local function measure(now)
   if window_start ~= nil and answered >= MIN_ANSWERS then
-    local k = active * (now - window_start) / answered
+    -- Twice the equal-share spacing: while a flood builds up, its requests come due
+    -- no faster than half the gateway's pace, which leaves the rest to lighter clients.
+    local k = MARGIN * active * (now - window_start) / answered
     cost = math.min(MAX_COST, math.max(MIN_COST, (cost + k) / 2))
   end
   if window_start == nil or answered >= MIN_ANSWERS or now - window_start > 10 * WINDOW_MS then
