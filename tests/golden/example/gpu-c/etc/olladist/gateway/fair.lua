@@ -142,7 +142,7 @@ local FAIR = CFG.fair
 local cost = CFG.cost_ms
 local MIN_COST, MAX_COST = 1, 60000
 local WINDOW_MS, MIN_ANSWERS, MARGIN = 2000, 5, 2
-local window_start, answered, active, seen = nil, 0, 0, {}
+local window_start, active, seen = nil, 0, {}
 local finish = {} -- client -> the virtual finish time of its latest request (wall ms)
 local clients, sweep_at = 0, SWEEP_AT
 
@@ -155,7 +155,25 @@ local function sweep(now)
   sweep_at = math.max(SWEEP_AT, 2 * kept)
 end
 
+-- Requests this process has sent to instances so far: HAProxy's own counters of the routes
+-- backends (read once a window; an action on every answer cost more than this whole file).
+local routes
+local function sent_to_instances()
+  if routes == nil then
+    routes = {}
+    for name, be in pairs(core.backends) do
+      if name:sub(1, 6) == "route." then routes[#routes + 1] = be end
+    end
+  end
+  local total = 0
+  for _, be in ipairs(routes) do total = total + (tonumber(be:get_stats().stot) or 0) end
+  return total
+end
+
+local last_total = 0
 local function measure(now)
+  local total = sent_to_instances()
+  local answered = total - last_total
   if window_start ~= nil and answered >= MIN_ANSWERS then
     -- Twice the equal-share spacing: while a flood builds up, its requests come due
     -- no faster than half the gateway's pace, which leaves the rest to lighter clients.
@@ -163,7 +181,7 @@ local function measure(now)
     cost = math.min(MAX_COST, math.max(MIN_COST, (cost + k) / 2))
   end
   if window_start == nil or answered >= MIN_ANSWERS or now - window_start > 10 * WINDOW_MS then
-    window_start, answered, active, seen = now, 0, 0, {}
+    window_start, last_total, active, seen = now, total, 0, {}
   end
 end
 
@@ -201,9 +219,4 @@ core.register_action("olladist_fair", { "http-req" }, function(txn)
     txn:set_var("txn.olladist_rpm_retry", e.retry)
   end
   if e.class then txn:set_var("txn.olladist_class", e.class) end
-end, 0)
-
--- An answer from an instance: counted, to measure how fast the gateway serves.
-core.register_action("olladist_fair_served", { "http-res" }, function()
-  answered = answered + 1
 end, 0)
