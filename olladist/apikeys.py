@@ -162,7 +162,7 @@ def parse_keys(text: str, where: str) -> tuple[ApiKey, ...]:
             continue
         parsed = _parse_line(words)
         if isinstance(parsed, str):
-            raise KeysFileError(f"{where}:{n}: {parsed}", hint=HINT)
+            raise KeysFileError(f"{where}:{n}: not a valid API key line: {parsed}", hint=HINT)
         if parsed.digest in seen:
             raise KeysFileError(
                 f"{where}:{n}: this digest is already on line {seen[parsed.digest]}",
@@ -219,7 +219,7 @@ def _cmd_add(args: argparse.Namespace, layout: Layout) -> int:
     words = [digest_of(key)] + [f"{f}={v}" for f, v in found.items()]
     parsed = _parse_line(words)
     if isinstance(parsed, str):
-        raise KeysFileError(f"bad setting: {parsed}", hint=HINT)
+        raise KeysFileError(f"bad setting for the new key: {parsed}", hint=HINT)
     add_key(path, parsed)
     # The key itself goes to stdout once, alone, so it can be piped; it is stored nowhere.
     print(key)

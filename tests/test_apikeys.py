@@ -87,7 +87,7 @@ def test_key_add_refuses_to_grow_a_broken_file(tmp_path: Path) -> None:
     path.write_text(f"{D1} weight=heavy\n")
     r = run("key", "add", "--file", str(path))
     assert r.returncode == 2
-    assert f"error: {path}:1: weight must be" in r.stderr
+    assert f"error: {path}:1: not a valid API key line: weight must be" in r.stderr
     assert path.read_text() == f"{D1} weight=heavy\n"
     r = run("key", "check", "--file", str(path))
     assert r.returncode == 2

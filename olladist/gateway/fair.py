@@ -91,7 +91,7 @@ def config_lua(p: FairPolicy, node: str) -> str:
     return (
         f'-- Fairness and limits per client for node {node} (docs/gateway.md, "Fair across\n'
         '-- clients"). Rendered by olladist; HAProxy loads it just before the shipped fair.lua.\n'
-        f"OLLADIST_FAIR = {{\n{body}}}\n"
+        f"olladist_fair_settings = {{\n{body}}}\n"
     )
 
 

@@ -296,7 +296,9 @@ def test_a_reload_with_a_bad_keys_file_keeps_the_running_gateway(gw_tmp: Path) -
     with gateway(gw_tmp, num_parallel=1, keys=keys) as gw, http() as c:
         path = Layout(gw.root).real(KEYS_FILE)
         path.write_text(keys + key_line("sk-new", "weight=lots"))
-        with pytest.raises(OlladistError, match=r"api-keys:2: weight must be"):
+        with pytest.raises(
+            OlladistError, match=r"api-keys:2: not a valid API key line: weight must be"
+        ):
             check_haproxy(Layout(gw.root).real("/etc/olladist/haproxy.cfg"))
         # Had the reload gone ahead anyway (SIGUSR2 to the master), the master refuses the
         # new config and its worker keeps serving with the keys it loaded.

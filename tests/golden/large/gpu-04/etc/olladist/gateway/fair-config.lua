@@ -1,6 +1,6 @@
 -- Fairness and limits per client for node gpu-04 (docs/gateway.md, "Fair across
 -- clients"). Rendered by olladist; HAProxy loads it just before the shipped fair.lua.
-OLLADIST_FAIR = {
+olladist_fair_settings = {
   keys_file = "/etc/olladist/api-keys",
   fair = true,
   cost_ms = 1000,

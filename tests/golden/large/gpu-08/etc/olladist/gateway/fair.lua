@@ -1,6 +1,6 @@
 -- olladist: fairness and limits per client at the gateway (docs/gateway.md, "Fair across
 -- clients"; the keys file: docs/security.md). Shipped with olladist, the same on every node;
--- the node's settings are the table OLLADIST_FAIR, loaded just before (fair-config.lua).
+-- the node's settings are the table olladist_fair_settings, loaded just before (fair-config.lua).
 --
 -- The action olladist_fair runs in the public frontend on every request routed by model,
 -- before the scheduler's action. HAProxy has set txn.olladist_client (the SHA-256 digest of
@@ -20,7 +20,7 @@
 -- than its share runs ahead and its requests sort after those of lighter clients, while its
 -- own stay in arrival order. State is this process's: a reload starts it afresh.
 
-local CFG = OLLADIST_FAIR
+local CFG = olladist_fair_settings
 assert(CFG, "fair-config.lua must be loaded before fair.lua")
 
 -- HAProxy takes priority offsets within +-524287 ms; the contract between the gateway's
@@ -119,7 +119,8 @@ if CFG.keys_file then
       local key, why = parse_line(words)
       if not key then
         f:close()
-        error(string.format("%s:%d: %s%s", CFG.keys_file, n, why, HINT), 0)
+        error(string.format("%s:%d: not a valid API key line: %s%s", CFG.keys_file, n, why,
+          HINT), 0)
       end
       if lines[words[1]] then
         f:close()
@@ -165,8 +166,12 @@ local function sent_to_instances()
       if name:sub(1, 6) == "route." then routes[#routes + 1] = be end
     end
   end
+  -- The servers' counts: a request counts once it leaves the queue for an instance (the
+  -- backend's own count includes those that wait and time out).
   local total = 0
-  for _, be in ipairs(routes) do total = total + (tonumber(be:get_stats().stot) or 0) end
+  for _, be in ipairs(routes) do
+    for _, srv in pairs(be.servers) do total = total + (tonumber(srv:get_stats().stot) or 0) end
+  end
   return total
 end
 
