@@ -10,7 +10,8 @@ Sections (each bounded in time; every process it starts is stopped by PID at the
 - scaling: 1, 2, 4, 8 olladist-sim instances behind one gateway;
 - reconcile: no-op and full ticks for 10, 100, 1,000-node specs;
 - converge: commit to converged (bench/converge_bench.py);
-- routing: bench/routing_bench.py (full mode only; about 10 minutes).
+- routing: bench/routing_bench.py (full mode only; about 10 minutes);
+- fairness: bench/fairness_bench.py (a flooding API key against a light one; 4 equal keys).
 
 --quick runs a few minutes and is what CI runs; `--check` then fails (exit 1) only when a ratio
 falls below its floor (FLOORS), never on an absolute time.
@@ -860,6 +861,28 @@ def section_routing(rep: Report) -> None:
     )
 
 
+def section_fairness(rep: Report, quick: bool) -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench/fairness_bench.py")] + (["--quick"] if quick else []),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    lines = out.stdout.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    head = next((line for line in lines if line.startswith("cluster:")), "")
+    rep.add(
+        "## Fair across API keys\n\n`bench/fairness_bench.py"
+        + (" --quick" if quick else "")
+        + "` (one gateway, olladist-sim instances with one slot each; "
+        + head.removeprefix("cluster: ")
+        + "). Targets: the light key's p95 at most 1.5x its idle p95, Jain's index at least "
+        "0.9 (docs/gateway.md, \"Fair across clients\"):\n\n"
+        + ("\n".join(table) if table else "failed: " + out.stderr.strip()[-400:])
+    )
+
+
 def targets(rep: Report) -> None:
     """The issue's targets against this run's figures: met, or missed by how much and why."""
     r = rep.ratios
@@ -1004,6 +1027,8 @@ def main() -> int:
         section_converge(rep, 1)
     if want("routing") and not args.quick:
         section_routing(rep)
+    if want("fairness"):
+        section_fairness(rep, args.quick)
     targets(rep)
     write(rep, args.out, started)
     if not args.quick and not args.only and args.out == REPO / "docs/benchmarks.md":
