@@ -99,3 +99,26 @@ def test_key_add_refuses_a_bad_setting(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "max_concurrent must be" in r.stderr
     assert not (tmp_path / "k").exists()
+
+
+def test_the_status_server_scrubs_digests_of_lines_with_settings(tmp_path: Path) -> None:
+    """The status pages hide every key digest, also when its line carries settings."""
+    from olladist.peers import Credentials
+    from olladist.reconcile import Desired
+    from olladist.statusd import scrub, secrets_of
+    from olladist.layout import Layout
+    from olladist.placement import place
+    from olladist.specload import load_spec
+    from tests.conftest import EXAMPLE_SPEC
+
+    spec = load_spec(EXAMPLE_SPEC)
+    spec = spec.model_copy(
+        update={"gateway": spec.gateway.model_copy(update={"api_keys_file": "/etc/keys"})}
+    )
+    layout = Layout(tmp_path)
+    layout.real("/etc/keys").parent.mkdir(parents=True, exist_ok=True)
+    layout.real("/etc/keys").write_text(f"# keys\n{D1} name=a weight=2\n{D2}\n")
+    desired = Desired("", spec, spec.nodes[0].name, place(spec), {})
+    found = secrets_of(layout, Credentials(), desired)
+    assert D1 in found and D2 in found
+    assert scrub(f"x {D1} y {D2}", found) == "x [redacted] y [redacted]"
