@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from olladist.apikeys import ApiKey, KeyClass, KeysFileError, digest_of, parse_keys
-from tests.conftest import olladist_cmd
+from olladist.layout import Layout
+from olladist.peers import Credentials
+from olladist.placement import place
+from olladist.reconcile import Desired
+from olladist.specload import load_spec
+from olladist.statusd import scrub, secrets_of
+from tests.conftest import EXAMPLE_SPEC, olladist_cmd
 
 D1 = hashlib.sha256(b"one").hexdigest()
 D2 = hashlib.sha256(b"two").hexdigest()
@@ -103,14 +109,6 @@ def test_key_add_refuses_a_bad_setting(tmp_path: Path) -> None:
 
 def test_the_status_server_scrubs_digests_of_lines_with_settings(tmp_path: Path) -> None:
     """The status pages hide every key digest, also when its line carries settings."""
-    from olladist.peers import Credentials
-    from olladist.reconcile import Desired
-    from olladist.statusd import scrub, secrets_of
-    from olladist.layout import Layout
-    from olladist.placement import place
-    from olladist.specload import load_spec
-    from tests.conftest import EXAMPLE_SPEC
-
     spec = load_spec(EXAMPLE_SPEC)
     spec = spec.model_copy(
         update={"gateway": spec.gateway.model_copy(update={"api_keys_file": "/etc/keys"})}
