@@ -878,7 +878,7 @@ def section_fairness(rep: Report, quick: bool) -> None:
         + "` (one gateway, olladist-sim instances with one slot each; "
         + head.removeprefix("cluster: ")
         + "). Targets: the light key's p95 at most 1.5x its idle p95, Jain's index at least "
-        "0.9 (docs/gateway.md, \"Fair across clients\"):\n\n"
+        '0.9 (docs/gateway.md, "Fair across clients"):\n\n'
         + ("\n".join(table) if table else "failed: " + out.stderr.strip()[-400:])
     )
 

@@ -40,6 +40,9 @@ class FairPolicy:
     config_lua: str
     keys_file: str | None
     queue_ms: int  # gateway.timeouts.queue
+    # The backends public requests reach instances through: their servers' counts are how
+    # fast the gateway serves (fair.lua measures its cost per request from them).
+    backends: tuple[str, ...]
     cost_ms: int = COST_MS
     concurrent_retry: int = CONCURRENT_RETRY_S
     table_size: int = TABLE_SIZE
@@ -51,7 +54,9 @@ class FairPolicy:
         return self.fair or self.may_limit or self.keys
 
 
-def build(spec: Spec, lua: str, config_lua: str, keys_file: str | None) -> FairPolicy:
+def build(
+    spec: Spec, lua: str, config_lua: str, keys_file: str | None, backends: tuple[str, ...]
+) -> FairPolicy:
     c = spec.gateway.clients
     spec_limits = c.max_concurrent is not None or c.requests_per_minute is not None
     return FairPolicy(
@@ -64,17 +69,21 @@ def build(spec: Spec, lua: str, config_lua: str, keys_file: str | None) -> FairP
         config_lua=config_lua,
         keys_file=keys_file,
         queue_ms=duration_ms(spec.gateway.timeouts.queue),
+        backends=backends,
     )
 
 
-def _lua(value: int | str | bool | None) -> str:
+def _lua(value: int | str | bool | tuple[str, ...] | None) -> str:
+    if isinstance(value, tuple):
+        return "{ " + ", ".join(_lua(v) for v in value) + " }"
     if value is None:
         return "nil"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    # Paths were checked by topology.safe_path: no quote or backslash can end the string.
+    # Paths were checked by topology.safe_path, backend names are made of spec names and
+    # dots: no quote or backslash can end the string.
     return f'"{value}"'
 
 
@@ -84,6 +93,7 @@ def config_lua(p: FairPolicy, node: str) -> str:
         "fair": p.fair,
         "cost_ms": p.cost_ms,
         "queue_ms": p.queue_ms,
+        "backends": p.backends,
         "max_concurrent": p.max_concurrent,
         "requests_per_minute": p.requests_per_minute,
     }

@@ -503,5 +503,6 @@ def build(
             safe_path(layout.path(fairness.FAIR_LUA)),
             safe_path(layout.path(fairness.FAIR_CONFIG_LUA)),
             api_keys,
+            tuple(b.name for b in route_backends),
         ),
     )

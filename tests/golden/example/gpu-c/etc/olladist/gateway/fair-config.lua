@@ -5,6 +5,7 @@ olladist_fair_settings = {
   fair = true,
   cost_ms = 1000,
   queue_ms = 60000,
+  backends = { "route.least-loaded.gpu-a.gpu-b", "route.least-loaded.gpu-a.gpu-b.gpu-c", "route.least-loaded.gpu-c", "route.model-affinity.gpu-a" },
   max_concurrent = nil,
   requests_per_minute = nil,
 }

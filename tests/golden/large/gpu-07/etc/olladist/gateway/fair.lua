@@ -156,14 +156,15 @@ local function sweep(now)
   sweep_at = math.max(SWEEP_AT, 2 * kept)
 end
 
--- Requests this process has sent to instances so far: HAProxy's own counters of the routes
--- backends (read once a window; an action on every answer cost more than this whole file).
+-- Requests this process has sent to instances so far: HAProxy's own counters of the servers
+-- of the backends public requests go through (CFG.backends; read once a window: an action on
+-- every answer cost more than this whole file).
 local routes
 local function sent_to_instances()
   if routes == nil then
     routes = {}
-    for name, be in pairs(core.backends) do
-      if name:sub(1, 6) == "route." then routes[#routes + 1] = be end
+    for _, name in ipairs(CFG.backends) do
+      if core.backends[name] then routes[#routes + 1] = core.backends[name] end
     end
   end
   -- The servers' counts: a request counts once it leaves the queue for an instance (the
