@@ -49,6 +49,13 @@ class FairPolicy:
     table_expire: str = TABLE_EXPIRE
 
     @property
+    def rpm_retry(self) -> int:
+        """Retry-After past the rate limit: one more request fits about 60/rpm seconds after
+        the limit is hit, as the window slides (fair.lua computes the same for keys)."""
+        rpm = self.requests_per_minute or 60
+        return max(1, -(-60 // rpm))
+
+    @property
     def active(self) -> bool:
         """The frontend runs the action (anything to order or count)."""
         return self.fair or self.may_limit or self.keys

@@ -197,21 +197,22 @@ def test_without_keys_the_spec_limits_apply_per_client_address(gw_tmp: Path) -> 
                 assert c.post(gw.url + "/api/generate", **generate(None)).status_code == 200
 
 
-def run_in_order(gw: Gateway, keys: list[str]) -> list[str]:
+def run_in_order(gw: Gateway, keys: list[str], by_address: bool = False) -> list[str]:
     """Queue one request per entry of ``keys`` (in that order) behind a held slot, then free
-    the slot; the keys in the order their requests finished."""
+    the slot; the keys in the order their requests finished. ``by_address``: the entries are
+    client addresses, the requests carry no key."""
     done: list[str] = []
     lock = threading.Lock()
 
     def send(key: str) -> None:
-        with http() as c:
-            r = c.post(gw.url + "/api/generate", **generate(key))
+        with http(key if by_address else None) as c:
+            r = c.post(gw.url + "/api/generate", **generate(None if by_address else key))
         assert r.status_code == 200, r.text
         with lock:
             done.append(key)
 
     threads = [threading.Thread(target=send, args=(k,)) for k in keys]
-    with holding(gw, "sk-holder"):
+    with holding(gw, None if by_address else "sk-holder", "127.0.0.1" if by_address else None):
         for n, t in enumerate(threads, 1):
             t.start()
             wait_until(lambda n=n: queued(gw) == n)  # queued in this order
@@ -233,6 +234,16 @@ def test_a_flooding_key_does_not_starve_a_light_one(gw_tmp: Path, fair: bool) ->
     else:
         # Without fairness HAProxy's queue is first come, first served: the light key last.
         assert light == [6, 7], order
+
+
+def test_without_keys_a_flooding_address_does_not_starve_a_light_one(gw_tmp: Path) -> None:
+    with gateway(gw_tmp, num_parallel=1) as gw:
+        order = run_in_order(gw, ["127.0.0.2"] * 6 + ["127.0.0.3"] * 2, by_address=True)
+    light = [n for n, k in enumerate(order) if k == "127.0.0.3"]
+    # A client's first request is alone at the gateway (offset 0, no Lua action) and its
+    # clock starts with its second: each address's first two go at their arrival, the
+    # flood's third and later a step apart after them. First come, first served: [6, 7].
+    assert light == [2, 3], order
 
 
 def test_weights_share_the_queue_in_their_ratio(gw_tmp: Path) -> None:

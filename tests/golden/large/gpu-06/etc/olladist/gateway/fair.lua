@@ -2,8 +2,9 @@
 -- clients"; the keys file: docs/security.md). Shipped with olladist, the same on every node;
 -- the node's settings are the table olladist_fair_settings, loaded just before (fair-config.lua).
 --
--- The action olladist_fair runs in the public frontend on every request routed by model,
--- before the scheduler's action. HAProxy has set txn.olladist_client (the SHA-256 digest of
+-- The action olladist_fair runs in the public frontend before the scheduler's action, on every
+-- request routed by model with API keys, and without them on the requests of a client that
+-- already has one at the gateway (a client alone there is at the head of the order anyway). HAProxy has set txn.olladist_client (the SHA-256 digest of
 -- the key, or the client's address). It sets:
 --   txn.olladist_fair_ms         this request's place in the fair order, in ms (0..500000),
 --                                which the scheduler adds to HAProxy's priority offset
