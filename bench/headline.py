@@ -11,7 +11,8 @@ Sections (each bounded in time; every process it starts is stopped by PID at the
 - reconcile: no-op and full ticks for 10, 100, 1,000-node specs;
 - converge: commit to converged, git (path and over HTTP) and local directory
   (bench/converge_bench.py; full mode or --only; about 5 minutes);
-- routing: bench/routing_bench.py (full mode or --only; about 10 minutes).
+- routing: bench/routing_bench.py (full mode or --only; about 10 minutes);
+- fairness: bench/fairness_bench.py (a flooding API key against a light one; 4 equal keys).
 
 Each section has a wall-clock budget (BUDGETS); --only replaces just its sections of --out.
 
@@ -886,6 +887,22 @@ def section_routing(rep: Report) -> None:
     )
 
 
+def section_fairness(rep: Report, quick: bool) -> None:
+    out = run_child([str(REPO / "bench/fairness_bench.py")] + (["--quick"] if quick else []))
+    lines = out.stdout.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    head = next((line for line in lines if line.startswith("cluster:")), "")
+    rep.add(
+        "## Fair across API keys\n\n`bench/fairness_bench.py"
+        + (" --quick" if quick else "")
+        + "` (one gateway, olladist-sim instances with one slot each; "
+        + head.removeprefix("cluster: ")
+        + "). Targets: the light key's p95 at most 1.5x its idle p95, Jain's index at least "
+        '0.9 (docs/gateway.md, "Fair across clients"):\n\n'
+        + ("\n".join(table) if table else "failed: " + out.stderr.strip()[-400:])
+    )
+
+
 def targets(rep: Report) -> None:
     """The issue's targets against this run's figures: met, or missed by how much and why."""
     r = rep.ratios
@@ -1018,6 +1035,7 @@ BUDGETS = {
     "reconcile": (240, 480),
     "converge": (600, 900),
     "routing": (1500, 1500),
+    "fairness": (300, 600),
 }
 
 
@@ -1091,6 +1109,7 @@ def main() -> int:
         ("reconcile", lambda: section_reconcile(rep, [10, 100] if args.quick else [10, 100, 1000])),
         ("converge", lambda: section_converge(rep, 1)),
         ("routing", lambda: section_routing(rep)),
+        ("fairness", lambda: section_fairness(rep, args.quick)),
     ]
     if only is None or "gateway" in only:
         # Installed (once, into its own environment) outside the gateway section's budget: on a

@@ -471,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     from olladist.nodesetup import add_commands  # noqa: PLC0415
 
     add_commands(sub, _common, lambda f: lambda ctx: f(ctx.args, ctx.layout, ctx.config.settings))
+    from olladist.apikeys import add_commands as add_key_commands  # noqa: PLC0415
+
+    add_key_commands(sub, _common, lambda f: lambda ctx: f(ctx.args, ctx.layout))
     p = add("schema", cmd_schema, "print the JSON Schema of the spec")
     p.add_argument("--part", choices=["cluster", "node", "model"], default="cluster")
     return parser

@@ -20,6 +20,7 @@ from pydantic_core import PydanticUndefined
 
 from olladist.spec import (
     Capacity,
+    Clients,
     Gateway,
     Health,
     Instance,
@@ -39,6 +40,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("gateway.timeouts", Timeouts),
     ("gateway.health", Health),
     ("gateway.limits", Limits),
+    ("gateway.clients", Clients),
     ("ollama", Ollama),
     ("policy", Policy),
     ("policy.rollout", Rollout),

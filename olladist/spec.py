@@ -178,6 +178,31 @@ class Limits(_Model):
     )
 
 
+class Clients(_Model):
+    """Fairness and limits per client: an API key (with ``api_keys_file``) or else a client
+    address. A key's own line in the keys file overrides the limits (docs/security.md)."""
+
+    fair: bool = Field(
+        default=True,
+        description="waiting requests are served fairly across clients (virtual-clock order, "
+        "weighted by each key's weight): a client that floods cannot starve a light one",
+    )
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description="requests a client may have at the gateway at once (running or waiting); "
+        "more answer 429 with Retry-After. null: no limit",
+    )
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000000,
+        description="requests a client may start a minute (sliding window); more answer 429 "
+        "with Retry-After. null: no limit",
+    )
+
+
 class Gateway(_Model):
     port: Port = Field(default=11434, description="public port: the Ollama and OpenAI API")
     peer_port: Port = Field(default=11400, description="gateway-to-gateway port, between nodes")
@@ -193,8 +218,11 @@ class Gateway(_Model):
     )
     api_keys_file: AbsPath | None = Field(
         default=None,
-        description="node-local file of the SHA-256 hex digests of the API keys, one a line; "
-        "never in git",
+        description="node-local file of the API keys' SHA-256 hex digests, one a line, each "
+        "with optional weight, class and limits (docs/security.md); never in git",
+    )
+    clients: Clients = Field(
+        default=Clients(), description="fairness and limits per API key (else per address)"
     )
     timeouts: Timeouts = Field(default=Timeouts(), description="gateway timeouts")
     health: Health = Field(default=Health(), description="health checks of instances and peers")

@@ -167,7 +167,9 @@ def secrets_of(layout: Layout, credentials: Credentials, desired: Desired | None
     if keys_file:
         with contextlib.suppress(OSError):
             text = layout.real(keys_file).read_text(encoding="utf-8")
-            out += [ln.strip() for ln in text.splitlines() if len(ln.strip()) >= 16]
+            # The digest is a line's first word; the key's settings (weight=...) may follow.
+            words = [ln.split()[0] for ln in text.splitlines() if ln.split()]
+            out += [w for w in words if len(w) >= 16]
     return out
 
 

@@ -29,6 +29,7 @@ RENDER = {
     "olladist.gateway",
     "olladist.gateway.topology",
     "olladist.gateway.render",
+    "olladist.gateway.fair",
 }
 PLAN = {"olladist.plan", "olladist.rollout", "olladist.gate"}
 NODE_LOCAL = {"olladist.nodelocal"}  # node-local settings as values; render takes them
@@ -81,6 +82,7 @@ COMMAND_LINE = {
     "olladist.progress",
     "olladist.docgen",
     "olladist.nodesetup",
+    "olladist.apikeys",
 }
 ROOMS = {
     "core": CORE,

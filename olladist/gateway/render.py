@@ -10,6 +10,7 @@ import json
 import re
 
 from olladist.files import File
+from olladist.gateway.fair import fair_files
 from olladist.gateway.topology import LARGE_CONFIG, Route, Topology, build
 from olladist.layout import GATEWAY_DIR, HAPROXY_CFG, PEER_SECRET_FILE, ROOT, Layout
 from olladist.nodelocal import NodeTLS
@@ -194,6 +195,7 @@ def gateway_files(
             + "".join(f"{a}\n" for a in t.allowlist)
         ),
         f"{GATEWAY_DIR}/live.lua": File(live_lua(t, spec, placement)),
+        **fair_files(t.fair, t.node),
         # Empty on disk: live.lua fills them in HAProxy's memory (a reload starts them empty,
         # and requests take the slow path until the first poll, a few milliseconds).
         f"{GATEWAY_DIR}/ready.map": File(_READY_HEAD),

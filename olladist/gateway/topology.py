@@ -29,6 +29,7 @@ from enum import StrEnum
 
 from olladist.errors import RenderError
 from olladist.gateway import INSTANCES_BACKEND, PEERS_BACKEND
+from olladist.gateway import fair as fairness
 from olladist.layout import (
     ADMIN_SOCKET,
     GATEWAY_DIR,
@@ -231,6 +232,7 @@ class Topology:
     local_routes: tuple[Route, ...]
     paths: Paths
     limits: Limits
+    fair: fairness.FairPolicy  # fairness and limits per client (issue 17 part 3)
     bufsize: int = BUFSIZE
     maxrewrite: int = MAXREWRITE
     small_body: int = SMALL_BODY
@@ -496,4 +498,11 @@ def build(
         local_routes=tuple(sorted(local_routes, key=lambda r: r.model)),
         paths=paths,
         limits=Limits.for_memory(memory_bytes(gw.limits.memory)),
+        fair=fairness.build(
+            spec,
+            safe_path(layout.path(fairness.FAIR_LUA)),
+            safe_path(layout.path(fairness.FAIR_CONFIG_LUA)),
+            api_keys,
+            tuple(b.name for b in route_backends),
+        ),
     )

@@ -1,0 +1,122 @@
+"""Fairness and limits per client at the gateway (issue 17 part 3; docs/gateway.md, "Fair
+across clients").
+
+The public frontend names the client (the digest of its API key, else its address), runs the
+shipped ``fair.lua`` action ``olladist_fair`` (the fair order and the client's limits), counts
+limited clients in the stick table ``olladist_clients`` and answers 429 past a limit. This
+module decides what of that a node's config holds; ``fair.lua`` is the same on every node and
+reads its settings from the small rendered ``fair-config.lua``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+from olladist.files import File
+from olladist.layout import GATEWAY_DIR
+from olladist.spec import Spec, duration_ms
+
+FAIR_LUA = f"{GATEWAY_DIR}/fair.lua"
+FAIR_CONFIG_LUA = f"{GATEWAY_DIR}/fair-config.lua"
+# Virtual time one request costs a client of weight 1 (docs/gateway.md). Only ratios matter
+# (the offset is scaled by how fast the fair order moves); this is its unit.
+COST_MS = 1000
+# Retry-After on a 429 for concurrency: one of the client's own requests must end first.
+CONCURRENT_RETRY_S = 1
+# Stick-table rows: one per limited client seen in the last EXPIRE (a key or an address).
+TABLE_SIZE = 100000
+TABLE_EXPIRE = "10m"
+
+
+@dataclass(frozen=True)
+class FairPolicy:
+    fair: bool  # order waiting requests fairly across clients
+    keys: bool  # clients are API keys (else addresses)
+    may_limit: bool  # some client can have a limit: the spec sets one, or a key line may
+    max_concurrent: int | None
+    requests_per_minute: int | None
+    lua: str  # real paths, under the layout's root
+    config_lua: str
+    keys_file: str | None
+    queue_ms: int  # gateway.timeouts.queue
+    # The backends public requests reach instances through: their servers' counts are how
+    # fast the gateway serves (fair.lua measures its cost per request from them).
+    backends: tuple[str, ...]
+    cost_ms: int = COST_MS
+    concurrent_retry: int = CONCURRENT_RETRY_S
+    table_size: int = TABLE_SIZE
+    table_expire: str = TABLE_EXPIRE
+
+    @property
+    def rpm_retry(self) -> int:
+        """Retry-After past the rate limit: one more request fits about 60/rpm seconds after
+        the limit is hit, as the window slides (fair.lua computes the same for keys)."""
+        rpm = self.requests_per_minute or 60
+        return max(1, -(-60 // rpm))
+
+    @property
+    def active(self) -> bool:
+        """The frontend runs the action (anything to order or count)."""
+        return self.fair or self.may_limit or self.keys
+
+
+def build(
+    spec: Spec, lua: str, config_lua: str, keys_file: str | None, backends: tuple[str, ...]
+) -> FairPolicy:
+    c = spec.gateway.clients
+    spec_limits = c.max_concurrent is not None or c.requests_per_minute is not None
+    return FairPolicy(
+        fair=c.fair,
+        keys=keys_file is not None,
+        may_limit=spec_limits or keys_file is not None,
+        max_concurrent=c.max_concurrent,
+        requests_per_minute=c.requests_per_minute,
+        lua=lua,
+        config_lua=config_lua,
+        keys_file=keys_file,
+        queue_ms=duration_ms(spec.gateway.timeouts.queue),
+        backends=backends,
+    )
+
+
+def _lua(value: int | str | bool | tuple[str, ...] | None) -> str:
+    if isinstance(value, tuple):
+        return "{ " + ", ".join(_lua(v) for v in value) + " }"
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    # Paths were checked by topology.safe_path, backend names are made of spec names and
+    # dots: no quote or backslash can end the string.
+    return f'"{value}"'
+
+
+def config_lua(p: FairPolicy, node: str) -> str:
+    items = {
+        "keys_file": p.keys_file,
+        "fair": p.fair,
+        "cost_ms": p.cost_ms,
+        "queue_ms": p.queue_ms,
+        "backends": p.backends,
+        "max_concurrent": p.max_concurrent,
+        "requests_per_minute": p.requests_per_minute,
+    }
+    body = "".join(f"  {k} = {_lua(v)},\n" for k, v in items.items())
+    return (
+        f'-- Fairness and limits per client for node {node} (docs/gateway.md, "Fair across\n'
+        '-- clients"). Rendered by olladist; HAProxy loads it just before the shipped fair.lua.\n'
+        f"olladist_fair_settings = {{\n{body}}}\n"
+    )
+
+
+def shipped_fair_lua() -> str:
+    """fair.lua as shipped (olladist/data/lua/): the same bytes on every node, installed with
+    the rendered files, so an upgrade that changes it is drift and reloads the gateway."""
+    return resources.files("olladist").joinpath("data", "lua", "fair.lua").read_text("utf-8")
+
+
+def fair_files(p: FairPolicy, node: str) -> dict[str, File]:
+    return {FAIR_LUA: File(shipped_fair_lua()), FAIR_CONFIG_LUA: File(config_lua(p, node))}
