@@ -7,6 +7,7 @@ rendered; the config only names the node-local files that hold them (see docs/ga
 from __future__ import annotations
 
 import json
+from importlib import resources
 
 from olladist.files import File
 from olladist.gateway.topology import LARGE_CONFIG, Route, Topology, build
@@ -15,6 +16,12 @@ from olladist.nodelocal import NodeTLS
 from olladist.placement import Placement
 from olladist.spec import Model, Spec, duration_ms
 from olladist.templating import render_template
+
+# The shipped Lua (same bytes on every node) and the node's own settings for it.
+LIVE_LUA = f"{GATEWAY_DIR}/live.lua"
+LIVE_CONFIG_LUA = f"{GATEWAY_DIR}/live-config.lua"
+# Rendered paths whose content is shipped with the package, not rendered: goldens leave them out.
+SHIPPED_PATHS = frozenset({LIVE_LUA})
 
 _READY_HEAD = "# model -> 1 when every holder can serve it now; filled at run time by live.lua\n"
 
@@ -152,9 +159,17 @@ def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, obje
     }
 
 
-def live_lua(t: Topology, spec: Spec, placement: Placement) -> str:
+def live_config_lua(t: Topology, spec: Spec, placement: Placement) -> str:
+    """The node's part of the live view: one Lua table, loaded before the shipped live.lua."""
     config = lua_literal(live_config(t, spec, placement))
-    return render_template("live.lua.j2", node=t.node, config=config)
+    return render_template("live-config.lua.j2", node=t.node, config=config)
+
+
+def shipped_lua(name: str) -> str:
+    """A Lua file shipped with olladist (olladist/data/lua/), the same on every node: it is
+    installed with the rendered files, so a package upgrade that changes it is drift, and the
+    gateway reloads, like a change of any rendered gateway file."""
+    return resources.files("olladist").joinpath("data", "lua", name).read_text(encoding="utf-8")
 
 
 def render_config(topology: Topology) -> str:
@@ -186,7 +201,8 @@ def gateway_files(
             "# addresses of the cluster's other nodes, allowed on the peer port\n"
             + "".join(f"{a}\n" for a in t.allowlist)
         ),
-        f"{GATEWAY_DIR}/live.lua": File(live_lua(t, spec, placement)),
+        LIVE_LUA: File(shipped_lua("live.lua")),
+        LIVE_CONFIG_LUA: File(live_config_lua(t, spec, placement)),
         # Empty on disk: live.lua fills them in HAProxy's memory (a reload starts them empty,
         # and requests take the slow path until the first poll, a few milliseconds).
         f"{GATEWAY_DIR}/ready.map": File(_READY_HEAD),

@@ -161,7 +161,8 @@ class Paths:
     models_map: str
     local_map: str
     peers_acl: str
-    live_lua: str
+    live_lua: str  # shipped, the same on every node
+    live_config_lua: str  # this node's settings for it, loaded first
     ready_map: str  # models every holder can serve now (public port); written live by Lua
     local_ready_map: str  # the same for this node's instances (peer port)
     pulls_map: str  # pulls in progress (model -> 43% or failed), written live by the reconciler
@@ -357,6 +358,7 @@ def build(
         local_map=safe_path(f"{gateway_dir}/local.map"),
         peers_acl=safe_path(f"{gateway_dir}/peers.acl"),
         live_lua=safe_path(f"{gateway_dir}/live.lua"),
+        live_config_lua=safe_path(f"{gateway_dir}/live-config.lua"),
         ready_map=safe_path(f"{gateway_dir}/ready.map"),
         local_ready_map=safe_path(f"{gateway_dir}/local-ready.map"),
         pulls_map=safe_path(f"{gateway_dir}/pulls.map"),
