@@ -10,11 +10,11 @@ import json
 from importlib import resources
 
 from olladist.files import File
-from olladist.gateway.topology import LARGE_CONFIG, Route, Topology, build
+from olladist.gateway.topology import LARGE_CONFIG, Route, Topology, admit_backend, build
 from olladist.layout import GATEWAY_DIR, HAPROXY_CFG, PEER_SECRET_FILE, ROOT, Layout
 from olladist.nodelocal import NodeTLS
 from olladist.placement import Placement
-from olladist.spec import Model, Spec, duration_ms
+from olladist.spec import PRIORITY_WINDOW_MS, Instance, Model, Spec, Strategy, duration_ms
 from olladist.templating import render_template
 
 # The shipped Lua (same bytes on every node) and the node's own settings for it.
@@ -39,6 +39,37 @@ PROBE_TIMEOUT_MIN_MS = 2000
 # Retry-After on the readiness 503: soon when a holder is coming, later when none is.
 RETRY_AFTER_S = 2
 RETRY_AFTER_DOWN_S = 10
+
+
+# Ollama's defaults when the instance's environment does not set them (envconfig, sched.go):
+# three loaded models per GPU (or on a CPU-only host), a 4096-token context.
+MAX_LOADED_PER_GPU = 3
+DEFAULT_NUM_CTX = 4096
+
+
+def _env_int(env: dict[str, str], key: str, default: int) -> int:
+    try:
+        value = int(env.get(key, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def _instance_config(spec: Spec, inst: Instance, vram_gb: float | None) -> dict[str, object]:
+    """What loaded-first needs to know of an instance: Ollama's own limits on what it loads."""
+    env = {**spec.ollama.env, **inst.env}
+    return {
+        "name": inst.name,
+        "port": inst.port,
+        "admit": admit_backend(inst.name),
+        "num_parallel": inst.num_parallel,
+        "max_loaded": _env_int(
+            env, "OLLAMA_MAX_LOADED_MODELS", MAX_LOADED_PER_GPU * max(len(inst.gpus), 1)
+        ),
+        "num_ctx": _env_int(env, "OLLAMA_CONTEXT_LENGTH", DEFAULT_NUM_CTX),
+        # capacity.vram_gb: the largest model it can load, so what fits beside another.
+        "vram": round(vram_gb * 1e9) if vram_gb else None,
+    }
 
 
 def _map_file(routes: tuple[Route, ...]) -> str:
@@ -109,6 +140,14 @@ def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, obje
     backends = {b.name: b for b in (*t.routes_backends, *t.locals)}
     by_key = {m.key: m for m in spec.models}
     own_peer = f"peer.{t.node}"
+    node = spec.node(t.node)
+
+    def lf(model: str) -> bool:
+        return spec.strategy_for(by_key[model]) == Strategy.LOADED_FIRST
+
+    def size(model: str) -> int | None:
+        gb = by_key[model].size_gb
+        return round(gb * 1e9) if gb else None
 
     def servers(backend: str) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
@@ -142,11 +181,19 @@ def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, obje
         "pulls_map": t.paths.pulls_map,
         "local_ready_map": t.paths.local_ready_map if t.has_peer_frontend else None,
         "feed_socket": t.paths.feed_socket,
-        "instances": [{"name": s.name, "port": s.port} for s in t.instances.servers],
+        "instances": [
+            _instance_config(spec, i, node.capacity.vram_gb) for i in node.instances
+        ],
+        # loaded-first: a cold request's priority offset, and the bounds HAProxy's queue keeps
+        # track of (offset plus time queued inside its window).
+        "max_warm_wait_ms": spec.gateway.warm_wait_ms,
+        "prio_limit": PRIORITY_WINDOW_MS - duration_ms(t.timeouts.queue),
         "peers": [{"server": s.name, "node": s.name.removeprefix("peer.")} for s in t.feed_peers],
         "held": [r.model for r in t.local_routes],
         "models": {
             r.model: {
+                "lf": lf(r.model),
+                "size": size(r.model),
                 "servers": servers(r.backend),
                 "holders": sorted(placement.nodes_for(r.model), key=lambda n: (n != t.node, n)),
                 "fallback": _fallback_entry(by_key[r.model]),
@@ -154,7 +201,13 @@ def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, obje
             for r in t.routes
         },
         "local_models": {
-            r.model: {"servers": servers(r.backend), "holders": [t.node]} for r in t.local_routes
+            r.model: {
+                "lf": lf(r.model),
+                "size": size(r.model),
+                "servers": servers(r.backend),
+                "holders": [t.node],
+            }
+            for r in t.local_routes
         },
     }
 

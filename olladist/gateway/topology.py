@@ -17,6 +17,10 @@ Backends on a node:
   backend, and a drain or maintenance set there spreads to all of them.
 - ``local.<strategy>``: this node's instances alone, for the peer frontend, which never routes
   onward (no loops).
+- ``admit.<instance>`` (loaded-first): one per instance of this node, one server with
+  ``maxconn num_parallel``. Every loaded-first request that runs on the instance passes here,
+  from the public and the peer frontend alike, so its slots are counted once whichever gateway
+  a request entered, and the excess waits in this server's queue, in priority order.
 """
 
 from __future__ import annotations
@@ -132,7 +136,8 @@ class Backend:
                 return "roundrobin"
             case Strategy.MODEL_AFFINITY:
                 return "hash var(txn.model)"
-            case Strategy.LEAST_LOADED | Strategy.LOCAL_FIRST:
+            case Strategy.LEAST_LOADED | Strategy.LOCAL_FIRST | Strategy.LOADED_FIRST:
+                # loaded-first: only when live.lua picked nothing (no live view yet).
                 return "leastconn"
 
     @property
@@ -230,6 +235,7 @@ class Topology:
     routes_backends: tuple[Backend, ...]
     routes: tuple[Route, ...]
     local_routes: tuple[Route, ...]
+    admits: tuple[Backend, ...]  # loaded-first: one admission backend per local instance
     paths: Paths
     limits: Limits
     bufsize: int = BUFSIZE
@@ -280,6 +286,13 @@ class Topology:
         return tuple(s for s in self.peers.servers if s.name != own)
 
     @property
+    def schedules(self) -> bool:
+        """Some model of this gateway is routed loaded-first (its Lua pick runs)."""
+        return any(
+            b.strategy == Strategy.LOADED_FIRST for b in (*self.routes_backends, *self.locals)
+        )
+
+    @property
     def has_peer_frontend(self) -> bool:
         """A node with instances and at least one peer serves the peer port."""
         return bool(self.instances.servers) and bool(self.peers.servers)
@@ -307,6 +320,11 @@ def safe_path(path: str) -> str:
 def _peer_server_name(node: str) -> str:
     # '.' is not allowed in node or instance names, so peer servers never collide with instances.
     return f"peer.{node}"
+
+
+def admit_backend(instance: str) -> str:
+    """The admission backend of a local instance (loaded-first)."""
+    return f"admit.{instance}"
 
 
 def _route_name(strategy: Strategy, holders: tuple[str, ...]) -> str:
@@ -422,13 +440,15 @@ def build(
         checked=True,
     )
 
+    capped = (least, Strategy.LOADED_FIRST)
+
     def local_servers(strategy: Strategy) -> list[Server]:
         return [
             Server(
                 i.name,
                 INSTANCE_HOST,
                 i.port,
-                maxconn=i.num_parallel if strategy == least else None,
+                maxconn=i.num_parallel if strategy in capped else None,
                 track=f"{instances.name}/{i.name}",
             )
             for i in node.instances
@@ -466,6 +486,17 @@ def build(
         locals_.append(Backend(name, strategy, tuple(local_servers(strategy))))
         local_routes += [Route(m, name) for m in models]
 
+    # loaded-first: all of an instance's traffic, this gateway's and its peers', is admitted in
+    # one place, so its num_parallel slots are never overcommitted by two gateways.
+    admits = (
+        tuple(
+            Backend(admit_backend(i.name), Strategy.LOADED_FIRST, (s,))
+            for i, s in zip(node.instances, local_servers(Strategy.LOADED_FIRST), strict=True)
+        )
+        if Strategy.LOADED_FIRST in local_groups
+        else ()
+    )
+
     listen = node.listen
     allow: set[str] = set()
     for n in peer_targets:
@@ -496,6 +527,7 @@ def build(
         routes_backends=tuple(route_backends),
         routes=tuple(sorted(routes, key=lambda r: r.model)),
         local_routes=tuple(sorted(local_routes, key=lambda r: r.model)),
+        admits=admits,
         paths=paths,
         limits=Limits.for_memory(memory_bytes(gw.limits.memory)),
     )

@@ -111,8 +111,14 @@ def test_no_secret_is_ever_rendered(gw_tmp: Path) -> None:
     assert PEER_SECRET_FILE not in files
 
 
-def spec_of(models: list[dict[str, object]], nodes: list[dict[str, object]]) -> Spec:
-    return Spec.model_validate({"cluster": "t", "nodes": nodes, "models": models})
+def spec_of(
+    models: list[dict[str, object]],
+    nodes: list[dict[str, object]],
+    strategy: str = "least-loaded",
+) -> Spec:
+    # The default strategy is loaded-first; these tests were written for least-loaded.
+    gateway = {"strategy": strategy}
+    return Spec.model_validate({"cluster": "t", "gateway": gateway, "nodes": nodes, "models": models})
 
 
 def node(name: str, host: str, *par: int, listen: str | None = None) -> dict[str, object]:

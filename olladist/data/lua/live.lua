@@ -439,6 +439,15 @@ local function poll_instance(inst)
         end
         local ps = http_get(base .. "/api/ps", dst)
         rec.loaded = (ps and models_of(ps)) or {}
+        -- For loaded-first: model -> the loaded runner's context and VRAM.
+        rec.loadedset = {}
+        for _, entry in ipairs(rec.loaded) do
+          local key = type(entry) == "table" and normalize(entry.name or entry.model)
+          if key then
+            rec.loadedset[key] = { ctx = tonumber(entry.context_length),
+              vram = tonumber(entry.size_vram) or 0 }
+          end
+        end
       else
         rec.err = err or "bad /api/tags answer"
       end
@@ -646,6 +655,24 @@ local function in_flight(name)
   return n
 end
 
+local SEEN_REPORT -- set by the scheduling section below (it owns what it saw)
+
+-- loaded-first: what a peer's scheduler needs of an instance (docs/gateway.md).
+local function scheduling_report(item, inst, now)
+  item.num_parallel = inst.num_parallel
+  item.max_loaded = inst.max_loaded
+  local st = server_stats(inst.admit, inst.name)
+  if st then
+    item.running = tonumber(st.scur) or 0
+    item.queued = tonumber(st.qcur) or 0
+    -- A request queued on the backend (no server assigned yet) waits for this server too.
+    local be = core.backends[inst.admit]
+    local bst = be and be:get_stats()
+    if bst then item.queued = item.queued + (tonumber(bst.qcur) or 0) end
+  end
+  if SEEN_REPORT then item.loaded_models = SEEN_REPORT(inst, now) end
+end
+
 -- This node's report, for peers and for the reconciler (docs/gateway.md has its shape).
 local function live_report()
   local now = now_ms()
@@ -664,6 +691,7 @@ local function live_report()
       error = rec.err,
       in_flight = in_flight(inst.name),
     }
+    scheduling_report(instances[#instances], inst, now)
   end
   local names = sorted_keys(lv.store)
   local models = array()
@@ -786,6 +814,214 @@ core.register_action("olladist_await", { "http-req" }, function(txn, scope)
   -- Counted even when the wait ends in an error, or the pollers would stay fast for good.
   if state.waited then S.waiting = S.waiting - 1 end
   if not ok then error(err, 0) end
+end, 1)
+
+---------------------------------------------------------------------------------------------
+-- Loaded-first scheduling (docs/gateway.md, "Loaded-first scheduling"). Every instance of this
+-- node has an admission backend, admit.<instance>, with one server of maxconn num_parallel:
+-- all loaded-first requests that run on it pass there, this gateway's and its peers', so two
+-- gateways never overcommit it, and the excess waits in HAProxy's own server queue. This
+-- action only chooses where a request queues and its priority there; HAProxy does the rest.
+-- Slots in use come from HAProxy's counters (be_conn, queue of the admission backend: 0.3 us
+-- each, against 18 us for Server:get_stats), never from counts kept here that a client abort
+-- could leak.
+---------------------------------------------------------------------------------------------
+
+local INST = {}
+for _, inst in ipairs(C.instances) do INST[inst.name] = inst end
+
+-- instance -> model -> {at, ctx, planned}: what this gateway saw or decided after the last
+-- poll. A 200 from an instance for model M means M is loaded there; a cold request sent to
+-- an instance means M will be loaded there (planned), so the next requests for M follow it
+-- instead of loading M a second time elsewhere.
+local SEEN = {}
+for _, inst in ipairs(C.instances) do SEEN[inst.name] = {} end
+
+-- A planned load counts this long without a poll or an answer confirming it: it may wait
+-- behind warm requests for max_warm_wait, then load.
+local PLANNED_MS = C.max_warm_wait_ms + 10000
+-- A warm instance whose queue holds more than this many requests per slot is no better than
+-- a cold load on an idle instance that evicts nothing (a cold load costs a few requests' time).
+local WARM_QUEUE_PER_SLOT = 2
+
+-- Is `model` loaded (or about to be) on local instance `inst`, with a runner whose context
+-- suits `want` (nil: the request names none, any runner will do)? Returns loaded, planned.
+local function local_loaded(inst, model, want, now)
+  local rec = S.inst[inst.name]
+  local seen = SEEN[inst.name][model]
+  local polled = rec and rec.ok and rec.loadedset and rec.loadedset[model]
+  local ctx
+  if seen and (not rec or seen.at >= rec.at) and (not seen.planned or now - seen.at <= PLANNED_MS) then
+    ctx = seen.ctx
+    if seen.planned and not polled then
+      return want == nil or ctx == nil or ctx == want, true
+    end
+  elseif polled then
+    ctx = polled.ctx
+  else
+    return false, false
+  end
+  return want == nil or ctx == nil or ctx == want, false
+end
+
+-- Loaded models on `inst` and the VRAM they take, as far as this gateway knows.
+local function local_residents(inst, now)
+  local rec = S.inst[inst.name]
+  local n, vram, names = 0, 0, {}
+  if rec and rec.ok and rec.loadedset then
+    for key, e in pairs(rec.loadedset) do
+      names[key] = true
+      n, vram = n + 1, vram + (e.vram or 0)
+    end
+  end
+  for key, seen in pairs(SEEN[inst.name]) do
+    if not names[key] and (not rec or seen.at >= rec.at) and now - seen.at <= PLANNED_MS then
+      names[key] = true
+      n = n + 1
+    end
+  end
+  return n, vram
+end
+
+-- Would loading a model of `size` bytes make the instance unload another (Ollama's rules:
+-- OLLAMA_MAX_LOADED_MODELS, and whether it fits in VRAM beside what is loaded)?
+local function evicts(count, vram_used, max_loaded, vram, size)
+  if count >= max_loaded then return true end
+  return vram ~= nil and size ~= nil and vram_used + size > vram
+end
+
+local function ctx_of(it, model)
+  for _, m in ipairs(type(it.loaded_models) == "table" and it.loaded_models or {}) do
+    if type(m) == "table" and m.name == model then return true, tonumber(m.context_length) end
+  end
+  return false
+end
+
+-- Tiers, best first: 1 loaded with a free slot; 2 loaded, busy (queue there); 3 a cold load
+-- that evicts nothing; 4 a cold load that unloads another model. Within a tier the lowest load
+-- per slot wins, this node's instances before peers on a tie.
+local function tier_of(loaded, load, slots, evict)
+  if loaded then
+    if load < slots then return 1 end
+    if load < slots * (1 + WARM_QUEUE_PER_SLOT) then return 2 end
+    return evict and 4 or 3
+  end
+  return evict and 4 or 3
+end
+
+local function better(a, b)
+  if b == nil then return true end
+  if a.tier ~= b.tier then return a.tier < b.tier end
+  if a.ratio ~= b.ratio then return a.ratio < b.ratio end
+  return a.remote < b.remote
+end
+
+local function schedule(txn, scope)
+  local model = txn:get_var("txn.model")
+  local spec = (scope == "peer" and C.local_models or C.models)[model]
+  local view = S.view
+  if not spec or not spec.lf or not view then return end
+  local now = now_ms()
+  local want = tonumber(txn:get_var("txn.num_ctx"))
+  local f = txn.f
+  local best
+  for _, srv in ipairs(spec.servers) do
+    if srv.instance then
+      local inst = INST[srv.instance]
+      if inst and server_ready(view, srv, model) then
+        local load = f:be_conn(inst.admit)
+        local loaded, planned = local_loaded(inst, model, want and want or nil, now)
+        local count, vram_used = local_residents(inst, now)
+        local ev = evicts(count, vram_used, inst.max_loaded, inst.vram, spec.size)
+        local tier = tier_of(loaded, load, inst.num_parallel, ev)
+        -- A planned load has no free slot to offer until it is loaded.
+        if planned and tier == 1 then tier = 2 end
+        local c = { tier = tier, ratio = load / inst.num_parallel, remote = 0, inst = inst }
+        if better(c, best) then best = c end
+      end
+    elseif scope ~= "peer" and srv.node ~= C.node and server_ready(view, srv, model) then
+      local pv = view.peers[srv.node]
+      local rec = S.peer[srv.node]
+      local report = pv and pv.report
+      local sent = rec and rec.sent or 0
+      local its = report and type(report.instances) == "table" and report.instances or nil
+      if its and #its > 0 then
+        for _, it in ipairs(its) do
+          if type(it) == "table" and it.ready then
+            local slots = math.max(tonumber(it.num_parallel) or 1, 1)
+            local load = (tonumber(it.running) or tonumber(it.in_flight) or 0)
+              + (tonumber(it.queued) or 0) + sent
+            local has, ctx = ctx_of(it, model)
+            local loaded = has and (want == nil or ctx == nil or ctx == want)
+            local count = type(it.loaded_models) == "table" and #it.loaded_models or 0
+            local ev = evicts(count, 0, tonumber(it.max_loaded) or math.huge, nil, nil)
+            local c = { tier = tier_of(loaded, load, slots, ev), ratio = load / slots, remote = 1,
+                        node = srv.node, server = srv.name }
+            if better(c, best) then best = c end
+          end
+        end
+      else
+        -- Ready by placement only (an older peer without a live report): a cold target of
+        -- unknown load, after every instance that reports.
+        local c = { tier = 4, ratio = math.huge, remote = 1, node = srv.node, server = srv.name }
+        if better(c, best) then best = c end
+      end
+    end
+  end
+  if not best then return end -- nothing ready: the route backend's own balancing
+  local cold = best.tier >= 3
+  if best.inst then
+    txn:set_var("txn.olladist_admit", best.inst.admit)
+    if cold then
+      SEEN[best.inst.name][model] = { at = now, ctx = want or best.inst.num_ctx, planned = true }
+    end
+  else
+    txn:set_var("txn.olladist_pick", best.server)
+    if S.peer[best.node] then S.peer[best.node].sent = (S.peer[best.node].sent or 0) + 1 end
+  end
+  -- The one priority offset of the request (CONTRACT.md): warm 0, cold +max_warm_wait, plus
+  -- the fairness offset of the key's engineer when set; kept inside HAProxy's window.
+  local offset = (cold and C.max_warm_wait_ms or 0)
+    + (math.tointeger(tonumber(txn:get_var("txn.olladist_fair_ms"))) or 0)
+  if offset > C.prio_limit then offset = C.prio_limit end
+  if offset < -C.prio_limit then offset = -C.prio_limit end
+  if offset ~= 0 then txn:set_priority_offset(offset) end
+  txn:set_var("txn.olladist_sched", cold and "cold" or "warm")
+end
+
+-- The models loaded on a local instance as this gateway knows them, for its live report.
+SEEN_REPORT = function(inst, now)
+  local rec = S.inst[inst.name]
+  local out, names = array(), {}
+  if rec and rec.ok and rec.loadedset then
+    for key, e in pairs(rec.loadedset) do
+      names[key] = true
+      out[#out + 1] = { name = key, context_length = e.ctx }
+    end
+  end
+  for key, seen in pairs(SEEN[inst.name] or {}) do
+    if not names[key] and not seen.planned and (not rec or seen.at >= rec.at) then
+      out[#out + 1] = { name = key, context_length = seen.ctx }
+    end
+  end
+  table.sort(out, function(a, b) return a.name < b.name end)
+  return out
+end
+
+core.register_action("olladist_pick", { "http-req" }, function(txn, scope)
+  local ok, err = pcall(schedule, txn, scope)
+  if not ok then core.Warning("olladist loaded-first: " .. tostring(err)) end
+end, 1)
+
+-- A 200 from an instance for a model: that model is loaded there now (the poll confirms it
+-- within a second; this corrects the view at once).
+core.register_action("olladist_seen", { "http-res" }, function(txn, instance)
+  local model = txn:get_var("txn.model")
+  local seen = SEEN[instance]
+  if model and seen then
+    local inst = INST[instance]
+    seen[model] = { at = now_ms(), ctx = tonumber(txn:get_var("txn.num_ctx")) or inst.num_ctx }
+  end
 end, 1)
 
 ---------------------------------------------------------------------------------------------

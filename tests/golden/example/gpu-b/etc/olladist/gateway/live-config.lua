@@ -10,12 +10,22 @@ OLLADIST_LIVE = {
   },
   ["instances"] = {
     {
+      ["admit"] = "admit.gpu0",
+      ["max_loaded"] = 3,
       ["name"] = "gpu0",
+      ["num_ctx"] = 4096,
+      ["num_parallel"] = 2,
       ["port"] = 11511,
+      ["vram"] = 24000000000,
     },
     {
+      ["admit"] = "admit.gpu1",
+      ["max_loaded"] = 3,
       ["name"] = "gpu1",
+      ["num_ctx"] = 4096,
+      ["num_parallel"] = 2,
       ["port"] = 11512,
+      ["vram"] = 24000000000,
     },
   },
   ["local_models"] = {
@@ -23,6 +33,7 @@ OLLADIST_LIVE = {
       ["holders"] = {
         "gpu-b",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -33,11 +44,13 @@ OLLADIST_LIVE = {
           ["name"] = "gpu1",
         },
       },
+      ["size"] = 1300000000,
     },
     ["nomic-embed-text:latest"] = {
       ["holders"] = {
         "gpu-b",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -48,21 +61,25 @@ OLLADIST_LIVE = {
           ["name"] = "gpu1",
         },
       },
+      ["size"] = 300000000,
     },
   },
   ["local_ready_map"] = "/etc/olladist/gateway/local-ready.map",
+  ["max_warm_wait_ms"] = 10000,
   ["models"] = {
     ["llama3.1:8b"] = {
       ["fallback"] = "{\034name\034:\034llama3.1:8b\034,\034model\034:\034llama3.1:8b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:4900000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
       ["holders"] = {
         "gpu-a",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["name"] = "peer.gpu-a",
           ["node"] = "gpu-a",
         },
       },
+      ["size"] = 4900000000,
     },
     ["llama3.2:1b"] = {
       ["fallback"] = "{\034name\034:\034llama3.2:1b\034,\034model\034:\034llama3.2:1b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:1300000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
@@ -70,6 +87,7 @@ OLLADIST_LIVE = {
         "gpu-b",
         "gpu-a",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -84,6 +102,7 @@ OLLADIST_LIVE = {
           ["node"] = "gpu-a",
         },
       },
+      ["size"] = 1300000000,
     },
     ["nomic-embed-text:latest"] = {
       ["fallback"] = "{\034name\034:\034nomic-embed-text:latest\034,\034model\034:\034nomic-embed-text:latest\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:300000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
@@ -92,6 +111,7 @@ OLLADIST_LIVE = {
         "gpu-a",
         "gpu-c",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -110,18 +130,21 @@ OLLADIST_LIVE = {
           ["node"] = "gpu-c",
         },
       },
+      ["size"] = 300000000,
     },
     ["qwen2.5:0.5b"] = {
       ["fallback"] = "{\034name\034:\034qwen2.5:0.5b\034,\034model\034:\034qwen2.5:0.5b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:400000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
       ["holders"] = {
         "gpu-c",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["name"] = "peer.gpu-c",
           ["node"] = "gpu-c",
         },
       },
+      ["size"] = 400000000,
     },
   },
   ["node"] = "gpu-b",
@@ -136,6 +159,7 @@ OLLADIST_LIVE = {
     },
   },
   ["poll_ms"] = 1000,
+  ["prio_limit"] = 464287,
   ["probe_timeout_ms"] = 2000,
   ["pulls_map"] = "/etc/olladist/gateway/pulls.map",
   ["queue_ms"] = 60000,

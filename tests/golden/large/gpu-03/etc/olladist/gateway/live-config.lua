@@ -9,19 +9,35 @@ OLLADIST_LIVE = {
     "llama3.1:8b",
     "nomic-embed-text:latest",
     "phi3:mini",
+    "qwen2.5:14b",
   },
   ["instances"] = {
     {
+      ["admit"] = "admit.gpu0",
+      ["max_loaded"] = 3,
       ["name"] = "gpu0",
+      ["num_ctx"] = 4096,
+      ["num_parallel"] = 8,
       ["port"] = 11435,
+      ["vram"] = 48000000000,
     },
     {
+      ["admit"] = "admit.gpu1",
+      ["max_loaded"] = 3,
       ["name"] = "gpu1",
+      ["num_ctx"] = 4096,
+      ["num_parallel"] = 8,
       ["port"] = 11436,
+      ["vram"] = 48000000000,
     },
     {
+      ["admit"] = "admit.pair",
+      ["max_loaded"] = 6,
       ["name"] = "pair",
+      ["num_ctx"] = 32768,
+      ["num_parallel"] = 2,
       ["port"] = 11437,
+      ["vram"] = 48000000000,
     },
   },
   ["local_models"] = {
@@ -29,6 +45,7 @@ OLLADIST_LIVE = {
       ["holders"] = {
         "gpu-03",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -43,11 +60,13 @@ OLLADIST_LIVE = {
           ["name"] = "pair",
         },
       },
+      ["size"] = nil,
     },
     ["llama3.1:8b"] = {
       ["holders"] = {
         "gpu-03",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -62,11 +81,13 @@ OLLADIST_LIVE = {
           ["name"] = "pair",
         },
       },
+      ["size"] = 4900000000,
     },
     ["nomic-embed-text:latest"] = {
       ["holders"] = {
         "gpu-03",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -81,11 +102,13 @@ OLLADIST_LIVE = {
           ["name"] = "pair",
         },
       },
+      ["size"] = 300000000,
     },
     ["phi3:mini"] = {
       ["holders"] = {
         "gpu-03",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -100,9 +123,32 @@ OLLADIST_LIVE = {
           ["name"] = "pair",
         },
       },
+      ["size"] = 2200000000,
+    },
+    ["qwen2.5:14b"] = {
+      ["holders"] = {
+        "gpu-03",
+      },
+      ["lf"] = true,
+      ["servers"] = {
+        {
+          ["instance"] = "gpu0",
+          ["name"] = "gpu0",
+        },
+        {
+          ["instance"] = "gpu1",
+          ["name"] = "gpu1",
+        },
+        {
+          ["instance"] = "pair",
+          ["name"] = "pair",
+        },
+      },
+      ["size"] = 9000000000,
     },
   },
   ["local_ready_map"] = "/etc/olladist/gateway/local-ready.map",
+  ["max_warm_wait_ms"] = 5000,
   ["models"] = {
     ["gemma2:2b"] = {
       ["fallback"] = "{\034name\034:\034gemma2:2b\034,\034model\034:\034gemma2:2b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:0,\034digest\034:\0348ccf136fdd5298f3ffe2d69862750ea7fb56555fa4d5b18c04e3fa4d82ee09d7\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
@@ -110,6 +156,7 @@ OLLADIST_LIVE = {
         "gpu-03",
         "gpu-04",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["name"] = "peer.gpu-03",
@@ -120,6 +167,7 @@ OLLADIST_LIVE = {
           ["node"] = "gpu-04",
         },
       },
+      ["size"] = nil,
     },
     ["llama3.1:8b"] = {
       ["fallback"] = "{\034name\034:\034llama3.1:8b\034,\034model\034:\034llama3.1:8b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:4900000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
@@ -128,6 +176,7 @@ OLLADIST_LIVE = {
         "gpu-01",
         "gpu-04",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["name"] = "peer.gpu-01",
@@ -142,6 +191,7 @@ OLLADIST_LIVE = {
           ["node"] = "gpu-04",
         },
       },
+      ["size"] = 4900000000,
     },
     ["mistral:7b"] = {
       ["fallback"] = "{\034name\034:\034mistral:7b\034,\034model\034:\034mistral:7b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:4100000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
@@ -149,6 +199,7 @@ OLLADIST_LIVE = {
         "gpu-02",
         "gpu-08",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["name"] = "peer.gpu-02",
@@ -159,6 +210,7 @@ OLLADIST_LIVE = {
           ["node"] = "gpu-08",
         },
       },
+      ["size"] = 4100000000,
     },
     ["nomic-embed-text:latest"] = {
       ["fallback"] = "{\034name\034:\034nomic-embed-text:latest\034,\034model\034:\034nomic-embed-text:latest\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:300000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
@@ -172,6 +224,7 @@ OLLADIST_LIVE = {
         "gpu-07",
         "gpu-08",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -214,6 +267,7 @@ OLLADIST_LIVE = {
           ["node"] = "gpu-08",
         },
       },
+      ["size"] = 300000000,
     },
     ["phi3:mini"] = {
       ["fallback"] = "{\034name\034:\034phi3:mini\034,\034model\034:\034phi3:mini\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:2200000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
@@ -223,6 +277,7 @@ OLLADIST_LIVE = {
         "gpu-04",
         "gpu-05",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["name"] = "peer.gpu-01",
@@ -241,6 +296,39 @@ OLLADIST_LIVE = {
           ["node"] = "gpu-05",
         },
       },
+      ["size"] = 2200000000,
+    },
+    ["qwen2.5:14b"] = {
+      ["fallback"] = "{\034name\034:\034qwen2.5:14b\034,\034model\034:\034qwen2.5:14b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:9000000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
+      ["holders"] = {
+        "gpu-03",
+        "gpu-05",
+        "gpu-08",
+      },
+      ["lf"] = true,
+      ["servers"] = {
+        {
+          ["instance"] = "gpu0",
+          ["name"] = "gpu0",
+        },
+        {
+          ["instance"] = "gpu1",
+          ["name"] = "gpu1",
+        },
+        {
+          ["instance"] = "pair",
+          ["name"] = "pair",
+        },
+        {
+          ["name"] = "peer.gpu-05",
+          ["node"] = "gpu-05",
+        },
+        {
+          ["name"] = "peer.gpu-08",
+          ["node"] = "gpu-08",
+        },
+      },
+      ["size"] = 9000000000,
     },
     ["qwen2.5:72b"] = {
       ["fallback"] = "{\034name\034:\034qwen2.5:72b\034,\034model\034:\034qwen2.5:72b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:47000000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
@@ -248,6 +336,7 @@ OLLADIST_LIVE = {
         "gpu-01",
         "gpu-02",
       },
+      ["lf"] = false,
       ["servers"] = {
         {
           ["name"] = "peer.gpu-01",
@@ -258,6 +347,7 @@ OLLADIST_LIVE = {
           ["node"] = "gpu-02",
         },
       },
+      ["size"] = 47000000000,
     },
   },
   ["node"] = "gpu-03",
@@ -292,6 +382,7 @@ OLLADIST_LIVE = {
     },
   },
   ["poll_ms"] = 1000,
+  ["prio_limit"] = 494287,
   ["probe_timeout_ms"] = 2000,
   ["pulls_map"] = "/etc/olladist/gateway/pulls.map",
   ["queue_ms"] = 30000,
