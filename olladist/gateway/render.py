@@ -180,6 +180,7 @@ def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, obje
         "ready_map": t.paths.ready_map,
         "pulls_map": t.paths.pulls_map,
         "local_ready_map": t.paths.local_ready_map if t.has_peer_frontend else None,
+        "warm_map": t.paths.warm_map if t.admits else None,
         "feed_socket": t.paths.feed_socket,
         "instances": [
             _instance_config(spec, i, node.capacity.vram_gb) for i in node.instances
@@ -260,6 +261,10 @@ def gateway_files(
         # and requests take the slow path until the first poll, a few milliseconds).
         f"{GATEWAY_DIR}/ready.map": File(_READY_HEAD),
         f"{GATEWAY_DIR}/local-ready.map": File(_READY_HEAD),
+        f"{GATEWAY_DIR}/warm.map": File(
+            "# model -> admission backend of an instance it is loaded on; filled at run time\n"
+            "# by HAProxy (a 200 from that instance) and live.lua (every poll of /api/ps)\n"
+        ),
         f"{GATEWAY_DIR}/pulls.map": File(
             "# model -> 43% or failed; filled at run time by the reconciler (gateway/pulls.py)\n"
         ),

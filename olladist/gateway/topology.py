@@ -170,6 +170,7 @@ class Paths:
     live_config_lua: str  # this node's settings for it, loaded first
     ready_map: str  # models every holder can serve now (public port); written live by Lua
     local_ready_map: str  # the same for this node's instances (peer port)
+    warm_map: str  # loaded-first: model -> admission backend of a local instance it is loaded on
     pulls_map: str  # pulls in progress (model -> 43% or failed), written live by the reconciler
     feed_socket: str  # loopback-only listener through which the Lua poller reaches peers
     peer_secret_map: str
@@ -379,6 +380,7 @@ def build(
         live_config_lua=safe_path(f"{gateway_dir}/live-config.lua"),
         ready_map=safe_path(f"{gateway_dir}/ready.map"),
         local_ready_map=safe_path(f"{gateway_dir}/local-ready.map"),
+        warm_map=safe_path(f"{gateway_dir}/warm.map"),
         pulls_map=safe_path(f"{gateway_dir}/pulls.map"),
         feed_socket=socket_path(layout.path(FEED_SOCKET)),
         peer_secret_map=safe_path(layout.path(PEER_SECRET_FILE)),

@@ -224,6 +224,9 @@ local S = {
   waiting = 0,
 }
 
+-- Run after every recompute of the view (the scheduler's warm.map, below).
+local AFTER_RECOMPUTE = {}
+
 local function server_stats(backend, name)
   local be = core.backends[backend]
   local srv = be and be.servers[name]
@@ -399,6 +402,7 @@ local function recompute()
   end
   set_map(C.ready_map, public)
   if C.local_ready_map then set_map(C.local_ready_map, peer) end
+  for _, hook in ipairs(AFTER_RECOMPUTE) do hook(view) end
 end
 
 ---------------------------------------------------------------------------------------------
@@ -827,15 +831,50 @@ end, 1)
 -- could leak.
 ---------------------------------------------------------------------------------------------
 
-local INST = {}
-for _, inst in ipairs(C.instances) do INST[inst.name] = inst end
+local INST, INST_BY_ADMIT = {}, {}
+for _, inst in ipairs(C.instances) do INST[inst.name], INST_BY_ADMIT[inst.admit] = inst, inst end
 
--- instance -> model -> {at, ctx, planned}: what this gateway saw or decided after the last
--- poll. A 200 from an instance for model M means M is loaded there; a cold request sent to
--- an instance means M will be loaded there (planned), so the next requests for M follow it
--- instead of loading M a second time elsewhere.
+-- instance -> model -> {at, ctx}: cold requests this gateway sent to an instance since its
+-- last poll. M will be loaded there (planned), so the next requests for M follow it instead
+-- of loading M a second time elsewhere.
 local SEEN = {}
 for _, inst in ipairs(C.instances) do SEEN[inst.name] = {} end
+
+-- model -> admission backend of a local instance it is loaded on. HAProxy itself writes it
+-- when an instance answers 200 for a model (http-response set-map: M is loaded there now),
+-- and the warm fast path in the config reads it without Lua; after every poll the entries
+-- are set again from /api/ps, so evictions leave it within a poll.
+local WARM = C.warm_map and Map.new(C.warm_map, Map._str) or nil
+
+local function sync_warm(view)
+  if not WARM then return end
+  local want, best = {}, {}
+  for _, inst in ipairs(C.instances) do
+    local rec = S.inst[inst.name]
+    local iv = view.lv.instances[inst.name]
+    if rec and rec.ok and rec.loadedset and iv and iv.ready then
+      local st = server_stats(inst.admit, inst.name)
+      local load = st and ((tonumber(st.scur) or 0) + (tonumber(st.qcur) or 0)) or 0
+      load = load / inst.num_parallel
+      for key in pairs(rec.loadedset) do
+        if best[key] == nil or load < best[key] then want[key], best[key] = inst.admit, load end
+      end
+    end
+  end
+  for key in pairs(C.local_models) do
+    local have = WARM:lookup(key)
+    if want[key] == nil and have then
+      core.del_map(C.warm_map, key)
+    elseif want[key] and have ~= want[key] then
+      -- Kept when it names another instance that has the model loaded too (the last answer).
+      local other = have and INST_BY_ADMIT[have]
+      local keep = other and S.inst[other.name] and S.inst[other.name].loadedset
+        and S.inst[other.name].loadedset[key]
+      if not keep then core.set_map(C.warm_map, key, want[key]) end
+    end
+  end
+end
+AFTER_RECOMPUTE[#AFTER_RECOMPUTE + 1] = sync_warm
 
 -- A planned load counts this long without a poll or an answer confirming it: it may wait
 -- behind warm requests for max_warm_wait, then load.
@@ -848,20 +887,18 @@ local WARM_QUEUE_PER_SLOT = 2
 -- suits `want` (nil: the request names none, any runner will do)? Returns loaded, planned.
 local function local_loaded(inst, model, want, now)
   local rec = S.inst[inst.name]
-  local seen = SEEN[inst.name][model]
   local polled = rec and rec.ok and rec.loadedset and rec.loadedset[model]
-  local ctx
-  if seen and (not rec or seen.at >= rec.at) and (not seen.planned or now - seen.at <= PLANNED_MS) then
-    ctx = seen.ctx
-    if seen.planned and not polled then
-      return want == nil or ctx == nil or ctx == want, true
-    end
-  elseif polled then
-    ctx = polled.ctx
-  else
-    return false, false
+  if polled then return want == nil or polled.ctx == nil or polled.ctx == want, false end
+  -- It answered for the model since the poll (HAProxy wrote warm.map): loaded, context as
+  -- the instance's default (a request naming another one takes the Lua path anyway).
+  if WARM and WARM:lookup(model) == inst.admit then
+    return want == nil or want == inst.num_ctx, false
   end
-  return want == nil or ctx == nil or ctx == want, false
+  local seen = SEEN[inst.name][model]
+  if seen and (not rec or seen.at >= rec.at) and now - seen.at <= PLANNED_MS then
+    return want == nil or seen.ctx == nil or seen.ctx == want, true
+  end
+  return false, false
 end
 
 -- Loaded models on `inst` and the VRAM they take, as far as this gateway knows.
@@ -879,6 +916,9 @@ local function local_residents(inst, now)
       names[key] = true
       n = n + 1
     end
+  end
+  for key in pairs(C.local_models) do
+    if not names[key] and WARM and WARM:lookup(key) == inst.admit then n = n + 1 end
   end
   return n, vram
 end
@@ -973,7 +1013,7 @@ local function schedule(txn, scope)
   if best.inst then
     txn:set_var("txn.olladist_admit", best.inst.admit)
     if cold then
-      SEEN[best.inst.name][model] = { at = now, ctx = want or best.inst.num_ctx, planned = true }
+      SEEN[best.inst.name][model] = { at = now, ctx = want or best.inst.num_ctx }
     end
   else
     txn:set_var("txn.olladist_pick", best.server)
@@ -999,9 +1039,9 @@ SEEN_REPORT = function(inst, now)
       out[#out + 1] = { name = key, context_length = e.ctx }
     end
   end
-  for key, seen in pairs(SEEN[inst.name] or {}) do
-    if not names[key] and not seen.planned and (not rec or seen.at >= rec.at) then
-      out[#out + 1] = { name = key, context_length = seen.ctx }
+  for key in pairs(C.local_models) do
+    if not names[key] and WARM and WARM:lookup(key) == inst.admit then
+      out[#out + 1] = { name = key, context_length = inst.num_ctx }
     end
   end
   table.sort(out, function(a, b) return a.name < b.name end)
@@ -1013,16 +1053,6 @@ core.register_action("olladist_pick", { "http-req" }, function(txn, scope)
   if not ok then core.Warning("olladist loaded-first: " .. tostring(err)) end
 end, 1)
 
--- A 200 from an instance for a model: that model is loaded there now (the poll confirms it
--- within a second; this corrects the view at once).
-core.register_action("olladist_seen", { "http-res" }, function(txn, instance)
-  local model = txn:get_var("txn.model")
-  local seen = SEEN[instance]
-  if model and seen then
-    local inst = INST[instance]
-    seen[model] = { at = now_ms(), ctx = tonumber(txn:get_var("txn.num_ctx")) or inst.num_ctx }
-  end
-end, 1)
 
 ---------------------------------------------------------------------------------------------
 -- Duplicate keys: Ollama's Go decoder takes the last `model` (keys matched without case, after

@@ -295,4 +295,5 @@ OLLADIST_LIVE = {
   ["retry_after_s"] = 2,
   ["stale_ms"] = 5000,
   ["wait_step_ms"] = 25,
+  ["warm_map"] = nil,
 }
