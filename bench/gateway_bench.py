@@ -109,7 +109,7 @@ def main() -> None:
         wait_until(lambda: all_up(g))
         worker = g.proc.pid  # the session of the gateway's processes
         # The instance reports `lf` loaded: the pick's common case (warm, a free slot).
-        import httpx  # noqa: PLC0415 - only this part needs it
+        import httpx
 
         httpx.post(
             f"http://127.0.0.1:{inst.port}/fake/ps", json=["lf:latest"], trust_env=False

@@ -318,7 +318,10 @@ class Instance(_Model):
         description="GPU indexes or UUIDs (CUDA_VISIBLE_DEVICES); empty: no restriction",
     )
     num_parallel: int = Field(
-        default=1, ge=1, le=256, description="OLLAMA_NUM_PARALLEL; loaded-first and least-loaded: its maxconn"
+        default=1,
+        ge=1,
+        le=256,
+        description="OLLAMA_NUM_PARALLEL; loaded-first and least-loaded: its maxconn",
     )
     env: Env = Field(default_factory=dict, description="added to ollama.env for this instance")
 

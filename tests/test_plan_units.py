@@ -57,11 +57,11 @@ def test_apply_lists_the_model_actions_the_printed_plan_did_not_hold() -> None:
 def test_a_package_upgrade_that_changes_only_the_shipped_lua_is_drift_and_reloads() -> None:
     # live.lua is shipped with the package, not rendered per node: a new version of it (the
     # node's settings unchanged) must still be written and make the gateway reload.
-    from olladist.gateway.render import LIVE_LUA  # noqa: PLC0415
-    from olladist.render import render_node  # noqa: PLC0415
-    from olladist.specload import load_spec  # noqa: PLC0415
-    from olladist.units import GATEWAY_UNIT  # noqa: PLC0415
-    from tests.conftest import EXAMPLE_SPEC  # noqa: PLC0415
+    from olladist.gateway.render import LIVE_LUA
+    from olladist.render import render_node
+    from olladist.specload import load_spec
+    from olladist.units import GATEWAY_UNIT
+    from tests.conftest import EXAMPLE_SPEC
 
     spec = load_spec(EXAMPLE_SPEC)
     node = spec.nodes[0].name

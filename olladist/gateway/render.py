@@ -182,9 +182,7 @@ def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, obje
         "local_ready_map": t.paths.local_ready_map if t.has_peer_frontend else None,
         "warm_map": t.paths.warm_map if t.admits else None,
         "feed_socket": t.paths.feed_socket,
-        "instances": [
-            _instance_config(spec, i, node.capacity.vram_gb) for i in node.instances
-        ],
+        "instances": [_instance_config(spec, i, node.capacity.vram_gb) for i in node.instances],
         # loaded-first: a cold request's priority offset, and the bounds HAProxy's queue keeps
         # track of (offset plus time queued inside its window).
         "max_warm_wait_ms": spec.gateway.warm_wait_ms,

@@ -118,7 +118,9 @@ def spec_of(
 ) -> Spec:
     # The default strategy is loaded-first; these tests were written for least-loaded.
     gateway = {"strategy": strategy}
-    return Spec.model_validate({"cluster": "t", "gateway": gateway, "nodes": nodes, "models": models})
+    return Spec.model_validate(
+        {"cluster": "t", "gateway": gateway, "nodes": nodes, "models": models}
+    )
 
 
 def node(name: str, host: str, *par: int, listen: str | None = None) -> dict[str, object]:

@@ -254,11 +254,7 @@ def test_a_killed_peer_makes_the_gateway_route_by_placement_not_fail(gw_tmp: Pat
             assert h.post(c.sims["n1/i0"].url + "/api/generate", json=body).status_code == 200
         wait_until(lambda: loaded_at(c.gw("n1"), A))
         n0 = c.gw("n0")
-        wait_until(
-            lambda: any(
-                p["node"] == "n1" and p["reachable"] for p in live(n0)["peers"]
-            )
-        )
+        wait_until(lambda: any(p["node"] == "n1" and p["reachable"] for p in live(n0)["peers"]))
         wait_until(lambda: live(c.gw("n1"))["instances"][0].get("loaded_models") is not None)
         before = c.stats("n1/i0")["requests_by_route"].get("/api/generate", 0)
         assert generate(n0.url, A).status_code == 200
