@@ -894,8 +894,9 @@ local function local_loaded(inst, model, want, now)
   if WARM and WARM:lookup(model) == inst.admit then
     return want == nil or want == inst.num_ctx, false
   end
+  -- Not dropped by the next poll: the cold request may wait max_warm_wait before it loads.
   local seen = SEEN[inst.name][model]
-  if seen and (not rec or seen.at >= rec.at) and now - seen.at <= PLANNED_MS then
+  if seen and now - seen.at <= PLANNED_MS then
     return want == nil or seen.ctx == nil or seen.ctx == want, true
   end
   return false, false
@@ -912,7 +913,7 @@ local function local_residents(inst, now)
     end
   end
   for key, seen in pairs(SEEN[inst.name]) do
-    if not names[key] and (not rec or seen.at >= rec.at) and now - seen.at <= PLANNED_MS then
+    if not names[key] and now - seen.at <= PLANNED_MS then
       names[key] = true
       n = n + 1
     end
@@ -976,7 +977,8 @@ local function schedule(txn, scope)
         local tier = tier_of(loaded, load, inst.num_parallel, ev)
         -- A planned load has no free slot to offer until it is loaded.
         if planned and tier == 1 then tier = 2 end
-        local c = { tier = tier, ratio = load / inst.num_parallel, remote = 0, inst = inst }
+        local c = { tier = tier, ratio = load / inst.num_parallel, remote = 0, inst = inst,
+                    planned = planned }
         if better(c, best) then best = c end
       end
     elseif scope ~= "peer" and srv.node ~= C.node and server_ready(view, srv, model) then
@@ -1009,10 +1011,12 @@ local function schedule(txn, scope)
     end
   end
   if not best then return end -- nothing ready: the route backend's own balancing
-  local cold = best.tier >= 3
+  -- A request that follows a planned load is cold too: its model is not loaded yet, and at
+  -- warm priority it would jump the queue and load it before max_warm_wait.
+  local cold = best.tier >= 3 or best.planned == true
   if best.inst then
     txn:set_var("txn.olladist_admit", best.inst.admit)
-    if cold then
+    if cold and not best.planned then
       SEEN[best.inst.name][model] = { at = now, ctx = want or best.inst.num_ctx }
     end
   else
