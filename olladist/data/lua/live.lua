@@ -880,8 +880,9 @@ AFTER_RECOMPUTE[#AFTER_RECOMPUTE + 1] = sync_warm
 -- behind warm requests for max_warm_wait, then load.
 local PLANNED_MS = C.max_warm_wait_ms + 10000
 -- A warm instance whose queue holds more than this many requests per slot is no better than
--- a cold load on an idle instance that evicts nothing (a cold load costs a few requests' time).
-local WARM_QUEUE_PER_SLOT = 2
+-- a cold load elsewhere: a load takes seconds (and evicts a model others may want), an answer
+-- a fraction of that, so queueing wins until the queue is deep.
+local WARM_QUEUE_PER_SLOT = 6
 
 -- Is `model` loaded (or about to be) on local instance `inst`, with a runner whose context
 -- suits `want` (nil: the request names none, any runner will do)? Returns loaded, planned.
@@ -933,7 +934,9 @@ end
 
 local function ctx_of(it, model)
   for _, m in ipairs(type(it.loaded_models) == "table" and it.loaded_models or {}) do
-    if type(m) == "table" and m.name == model then return true, tonumber(m.context_length) end
+    if type(m) == "table" and m.name == model then
+      return true, tonumber(m.context_length), m.planned == true
+    end
   end
   return false
 end
@@ -993,12 +996,14 @@ local function schedule(txn, scope)
             local slots = math.max(tonumber(it.num_parallel) or 1, 1)
             local load = (tonumber(it.running) or tonumber(it.in_flight) or 0)
               + (tonumber(it.queued) or 0) + sent
-            local has, ctx = ctx_of(it, model)
+            local has, ctx, planned = ctx_of(it, model)
             local loaded = has and (want == nil or ctx == nil or ctx == want)
             local count = type(it.loaded_models) == "table" and #it.loaded_models or 0
             local ev = evicts(count, 0, tonumber(it.max_loaded) or math.huge, nil, nil)
-            local c = { tier = tier_of(loaded, load, slots, ev), ratio = load / slots, remote = 1,
-                        node = srv.node, server = srv.name }
+            local tier = tier_of(loaded, load, slots, ev)
+            if planned and tier == 1 then tier = 2 end
+            local c = { tier = tier, ratio = load / slots, remote = 1, node = srv.node,
+                        server = srv.name, planned = planned }
             if better(c, best) then best = c end
           end
         end
@@ -1045,7 +1050,15 @@ SEEN_REPORT = function(inst, now)
   end
   for key in pairs(C.local_models) do
     if not names[key] and WARM and WARM:lookup(key) == inst.admit then
+      names[key] = true
       out[#out + 1] = { name = key, context_length = inst.num_ctx }
+    end
+  end
+  -- Cold loads this gateway sent there and that have not happened yet: peers queue behind
+  -- them (as busy) instead of loading the same model a second time elsewhere.
+  for key, seen in pairs(SEEN[inst.name] or {}) do
+    if not names[key] and now - seen.at <= PLANNED_MS then
+      out[#out + 1] = { name = key, context_length = seen.ctx, planned = true }
     end
   end
   table.sort(out, function(a, b) return a.name < b.name end)
