@@ -319,7 +319,10 @@ def run(sc: Scenario, args: argparse.Namespace, seed: int) -> Result:
         if lite is not None:
             stop_group(lite)
         dev.down()
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("OLLADIST_BENCH_KEEP") == "1":  # logs to read after a surprise
+            print(f"  kept {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     q = statistics.quantiles(lat, n=20) if len(lat) > 1 else [0.0] * 19
     return Result(sc, len(lat), failed, seconds, cold, q[9], q[18], where)
 

@@ -660,6 +660,7 @@ local function in_flight(name)
 end
 
 local SEEN_REPORT -- set by the scheduling section below (it owns what it saw)
+local DEMAND_REPORT -- likewise
 
 -- loaded-first: what a peer's scheduler needs of an instance (docs/gateway.md).
 local function scheduling_report(item, inst, now)
@@ -669,6 +670,7 @@ local function scheduling_report(item, inst, now)
   if st then
     item.running = tonumber(st.scur) or 0
     item.queued = tonumber(st.qcur) or 0
+    item.rate = DEMAND_REPORT and DEMAND_REPORT(inst) or 0 -- requests a second, recently
     -- A request queued on the backend (no server assigned yet) waits for this server too.
     local be = core.backends[inst.admit]
     local bst = be and be:get_stats()
@@ -876,6 +878,33 @@ local function sync_warm(view)
 end
 AFTER_RECOMPUTE[#AFTER_RECOMPUTE + 1] = sync_warm
 
+-- instance -> {at, stot, rate}: requests a second it took recently, a moving average over
+-- the polls (about 10 s) of HAProxy's own session total: how much its loaded model is wanted.
+local DEMAND = {}
+local DEMAND_KEEP = 0.85 -- per poll
+
+local function sync_demand(view)
+  local now = view.at
+  for _, inst in ipairs(C.instances) do
+    local st = server_stats(inst.admit, inst.name)
+    local stot = st and tonumber(st.stot)
+    local d = DEMAND[inst.name]
+    if stot and d and now > d.at then
+      local r = (stot - d.stot) * 1000 / (now - d.at)
+      d.rate = DEMAND_KEEP * d.rate + (1 - DEMAND_KEEP) * r
+      d.at, d.stot = now, stot
+    elseif stot then
+      DEMAND[inst.name] = { at = now, stot = stot, rate = 0 }
+    end
+  end
+end
+AFTER_RECOMPUTE[#AFTER_RECOMPUTE + 1] = sync_demand
+
+local function demand_of(inst)
+  local d = DEMAND[inst.name]
+  return d and d.rate or 0
+end
+
 -- A planned load counts this long without a poll or an answer confirming it: it may wait
 -- behind warm requests for max_warm_wait, then load.
 local PLANNED_MS = C.max_warm_wait_ms + 10000
@@ -883,6 +912,13 @@ local PLANNED_MS = C.max_warm_wait_ms + 10000
 -- a cold load elsewhere: a load takes seconds (and evicts a model others may want), an answer
 -- a fraction of that, so queueing wins until the queue is deep.
 local WARM_QUEUE_PER_SLOT = 6
+-- Among cold loads that unload a model, each model left loaded nowhere weighs like this many
+-- requests per slot of load: an idle instance's only copy of a model goes last.
+local VICTIM_WEIGHT = 4
+-- ... and the victim's recent demand (requests a second per slot) weighs most: a cold load
+-- that waits behind a deep queue elsewhere costs less than unloading a model in use.
+local DEMAND_WEIGHT = 10
+local LOAD_WEIGHT = 0.25
 
 -- Is `model` loaded (or about to be) on local instance `inst`, with a runner whose context
 -- suits `want` (nil: the request names none, any runner will do)? Returns loaded, planned.
@@ -941,6 +977,47 @@ local function ctx_of(it, model)
   return false
 end
 
+-- How many instances of the cluster have each model loaded (or a load planned), from this
+-- node's polls and the peers' reports; computed once per view (it changes after a poll).
+local function copies_of(view, now)
+  if view.copies then return view.copies end
+  local copies = {}
+  local function add(key) copies[key] = (copies[key] or 0) + 1 end
+  for _, inst in ipairs(C.instances) do
+    local rec = S.inst[inst.name]
+    local names = {}
+    if rec and rec.ok and rec.loadedset then
+      for key in pairs(rec.loadedset) do names[key] = true end
+    end
+    for key, seen in pairs(SEEN[inst.name]) do
+      if now - seen.at <= PLANNED_MS then names[key] = true end
+    end
+    for key in pairs(names) do add(key) end
+  end
+  for _, pv in pairs(view.peers) do
+    local its = pv.report and type(pv.report.instances) == "table" and pv.report.instances or {}
+    for _, it in ipairs(its) do
+      for _, m in ipairs(type(it) == "table" and type(it.loaded_models) == "table"
+          and it.loaded_models or {}) do
+        if type(m) == "table" and type(m.name) == "string" then add(m.name) end
+      end
+    end
+  end
+  view.copies = copies
+  return copies
+end
+
+-- For a cold load that unloads what an instance has: how many of its models would then be
+-- loaded nowhere else (a later request for them would be a cold load too). Evicting a second
+-- copy of a busy model costs nothing; evicting the only copy of one starts a chain of loads.
+local function unique_victims(copies, names)
+  local n = 0
+  for key in pairs(names) do
+    if (copies[key] or 0) <= 1 then n = n + 1 end
+  end
+  return n
+end
+
 -- Tiers, best first: 1 loaded with a free slot; 2 loaded, busy (queue there); 3 a cold load
 -- that evicts nothing; 4 a cold load that unloads another model. Within a tier the lowest load
 -- per slot wins, this node's instances before peers on a tie.
@@ -980,8 +1057,16 @@ local function schedule(txn, scope)
         local tier = tier_of(loaded, load, inst.num_parallel, ev)
         -- A planned load has no free slot to offer until it is loaded.
         if planned and tier == 1 then tier = 2 end
-        local c = { tier = tier, ratio = load / inst.num_parallel, remote = 0, inst = inst,
-                    planned = planned }
+        local ratio = load / inst.num_parallel
+        if tier == 4 then
+          -- The victim: what is loaded there. Its recent demand (requests a second on the
+          -- instance, HAProxy's own rate) and whether it is loaded nowhere else.
+          local rec = S.inst[inst.name]
+          ratio = LOAD_WEIGHT * ratio + DEMAND_WEIGHT * demand_of(inst) / inst.num_parallel
+            + VICTIM_WEIGHT * unique_victims(
+            copies_of(view, now), rec and rec.ok and rec.loadedset or {})
+        end
+        local c = { tier = tier, ratio = ratio, remote = 0, inst = inst, planned = planned }
         if better(c, best) then best = c end
       end
     elseif scope ~= "peer" and srv.node ~= C.node and server_ready(view, srv, model) then
@@ -1002,7 +1087,16 @@ local function schedule(txn, scope)
             local ev = evicts(count, 0, tonumber(it.max_loaded) or math.huge, nil, nil)
             local tier = tier_of(loaded, load, slots, ev)
             if planned and tier == 1 then tier = 2 end
-            local c = { tier = tier, ratio = load / slots, remote = 1, node = srv.node,
+            local ratio = load / slots
+            if tier == 4 then
+              local names = {}
+              for _, m in ipairs(type(it.loaded_models) == "table" and it.loaded_models or {}) do
+                if type(m) == "table" and type(m.name) == "string" then names[m.name] = true end
+              end
+              ratio = LOAD_WEIGHT * ratio + DEMAND_WEIGHT * (tonumber(it.rate) or 0) / slots
+                + VICTIM_WEIGHT * unique_victims(copies_of(view, now), names)
+            end
+            local c = { tier = tier, ratio = ratio, remote = 1, node = srv.node,
                         server = srv.name, planned = planned }
             if better(c, best) then best = c end
           end
@@ -1037,6 +1131,8 @@ local function schedule(txn, scope)
   if offset ~= 0 then txn:set_priority_offset(offset) end
   txn:set_var("txn.olladist_sched", cold and "cold" or "warm")
 end
+
+DEMAND_REPORT = function(inst) return math.floor(demand_of(inst) * 100 + 0.5) / 100 end
 
 -- The models loaded on a local instance as this gateway knows them, for its live report.
 SEEN_REPORT = function(inst, now)
