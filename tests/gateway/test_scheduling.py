@@ -104,6 +104,14 @@ def loaded_at(gw: Gateway, model: str, name: str = "i0") -> bool:
     return model in [m["name"] for m in instance_report(gw, name).get("loaded_models", [])]
 
 
+def ps_loaded_on(gw: Gateway, model: str) -> list[str]:
+    with httpx.Client(trust_env=False, timeout=10) as h:
+        for m in h.get(gw.url + "/api/ps").json()["models"]:
+            if m.get("name") == model:
+                return list(m.get("loaded_on", []))
+    return []
+
+
 class Requests:
     """Requests sent in threads; ``done`` is the order their answers came in."""
 
@@ -255,7 +263,8 @@ def test_a_killed_peer_makes_the_gateway_route_by_placement_not_fail(gw_tmp: Pat
         wait_until(lambda: loaded_at(c.gw("n1"), A))
         n0 = c.gw("n0")
         wait_until(lambda: any(p["node"] == "n1" and p["reachable"] for p in live(n0)["peers"]))
-        wait_until(lambda: live(c.gw("n1"))["instances"][0].get("loaded_models") is not None)
+        # n0's copy of n1's report says so (its /api/ps merges the peers' reports).
+        wait_until(lambda: "n1/i0" in ps_loaded_on(n0, A), timeout=15)
         before = c.stats("n1/i0")["requests_by_route"].get("/api/generate", 0)
         assert generate(n0.url, A).status_code == 200
         assert c.stats("n1/i0")["requests_by_route"]["/api/generate"] == before + 1
