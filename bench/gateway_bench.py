@@ -47,9 +47,9 @@ def rss_kib(session: int) -> int:
     return total
 
 
-async def latencies(url: str, n: int) -> list[float]:
+async def latencies(url: str, n: int, model: str = "m") -> list[float]:
     out = []
-    body = {"model": "m", "prompt": "hi"}
+    body = {"model": model, "prompt": "hi"}
     async with aiohttp.ClientSession() as s:
         for _ in range(n):
             t0 = time.perf_counter()
@@ -91,20 +91,50 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--streams", type=int, default=200)
     ap.add_argument("--bodies", type=int, default=20)
+    ap.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds of direct / each strategy"
+    )
     args = ap.parse_args()
-    spec = make_spec(loopback_hosts(1), {0: [256]}, [{"name": "m", "nodes": ["n0"]}])
+    # Two models on one instance: `m` least-loaded (no Lua on a warm request), `lf`
+    # loaded-first (live.lua's pick on every request), measured in interleaved rounds so the
+    # noise of a shared machine falls on all three alike.
+    models = [
+        {"name": "m", "nodes": ["n0"], "strategy": "least-loaded"},
+        {"name": "lf", "nodes": ["n0"], "strategy": "loaded-first"},
+    ]
+    spec = make_spec(loopback_hosts(1), {0: [256]}, models)
     inst = spec.nodes[0].instances[0]
     with tempfile.TemporaryDirectory(prefix="gwb") as d, cluster(Path(d), spec) as c:
         g = c.gw("n0")
         wait_until(lambda: all_up(g))
         worker = g.proc.pid  # the session of the gateway's processes
-        direct = asyncio.run(latencies(f"http://127.0.0.1:{inst.port}/api/generate", args.requests))
-        via = asyncio.run(latencies(g.url + "/api/generate", args.requests))
-        print(f"small request, {args.requests} sequential (ms):")
+        # The instance reports `lf` loaded: the pick's common case (warm, a free slot).
+        import httpx
+
+        httpx.post(
+            f"http://127.0.0.1:{inst.port}/fake/ps", json=["lf:latest"], trust_env=False
+        ).raise_for_status()
+        time.sleep(1.5)  # one poll of the live view
+        n = max(1, args.requests // args.rounds)
+        direct: list[float] = []
+        via: list[float] = []
+        via_lf: list[float] = []
+        for _ in range(args.rounds):
+            direct += asyncio.run(latencies(f"http://127.0.0.1:{inst.port}/api/generate", n))
+            via += asyncio.run(latencies(g.url + "/api/generate", n))
+            via_lf += asyncio.run(latencies(g.url + "/api/generate", n, "lf"))
+        print(f"small request, {len(direct)} sequential per row, {args.rounds} rounds (ms):")
         print(f"  direct   median {statistics.median(direct):.3f}  p95 {pct(direct, 0.95):.3f}")
         print(f"  gateway  median {statistics.median(via):.3f}  p95 {pct(via, 0.95):.3f}")
         added = statistics.median(via) - statistics.median(direct)
         print(f"  added    median {added:.3f}")
+        lf_med = statistics.median(via_lf)
+        print(f"  loaded-first gateway  median {lf_med:.3f}  p95 {pct(via_lf, 0.95):.3f}")
+        added_lf = lf_med - statistics.median(direct)
+        print(
+            f"  loaded-first added    median {added_lf:.3f} "
+            f"(x{lf_med / statistics.median(via):.3f} of least-loaded's total)"
+        )
         idle = rss_kib(worker)
         print(
             f"gateway RSS idle: {idle} KiB (tune.bufsize {BUFSIZE}, large bodies {LARGE_BUFSIZE})"

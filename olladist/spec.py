@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    model_validator,
 )
 
 from olladist.errors import OlladistError
@@ -122,6 +123,9 @@ class Strategy(StrEnum):
     LEAST_LOADED = "least-loaded"
     MODEL_AFFINITY = "model-affinity"
     LOCAL_FIRST = "local-first"
+    # Where the model is loaded, with a free slot; requests wait at the gateway, in the
+    # instance's own admission queue (docs/gateway.md "Loaded-first scheduling").
+    LOADED_FIRST = "loaded-first"
 
 
 class AdminApi(StrEnum):
@@ -203,6 +207,20 @@ class Clients(_Model):
     )
 
 
+# HAProxy tracks a queued request's priority (arrival time + offset) in a window of this many
+# milliseconds; offset plus time queued must stay inside it (configuration.txt,
+# set-priority-offset), or the request passes for the most urgent one.
+PRIORITY_WINDOW_MS = 524_287
+
+
+class Scheduling(_Model):
+    max_warm_wait: Duration = Field(
+        default="10s",
+        description="loaded-first: a request that needs a cold load yields to requests for "
+        "a model already loaded on its instance for at most this long, then goes first",
+    )
+
+
 class Gateway(_Model):
     port: Port = Field(default=11434, description="public port: the Ollama and OpenAI API")
     peer_port: Port = Field(default=11400, description="gateway-to-gateway port, between nodes")
@@ -210,7 +228,7 @@ class Gateway(_Model):
         default=8404, description="HAProxy stats and /metrics, on 127.0.0.1 (loopback only)"
     )
     strategy: Strategy = Field(
-        default=Strategy.LEAST_LOADED, description="how a model's requests spread on its servers"
+        default=Strategy.LOADED_FIRST, description="how a model's requests spread on its servers"
     )
     admin_api: AdminApi = Field(
         default=AdminApi.DENY,
@@ -227,6 +245,36 @@ class Gateway(_Model):
     timeouts: Timeouts = Field(default=Timeouts(), description="gateway timeouts")
     health: Health = Field(default=Health(), description="health checks of instances and peers")
     limits: Limits = Field(default=Limits(), description="the gateway's resource ceilings")
+    scheduling: Scheduling = Field(
+        default=Scheduling(), description="loaded-first: how cold and warm requests share a slot"
+    )
+
+    @property
+    def warm_wait_ms(self) -> int:
+        """max_warm_wait as used: the default is cut to half of a shorter timeouts.queue, so
+        that a spec written before loaded-first, with a short queue timeout, still loads."""
+        warm, queue = duration_ms(self.scheduling.max_warm_wait), duration_ms(self.timeouts.queue)
+        if "max_warm_wait" in self.scheduling.model_fields_set:
+            return warm
+        return min(warm, queue // 2)
+
+    @model_validator(mode="after")
+    def _warm_wait_fits(self) -> Gateway:
+        warm, queue = duration_ms(self.scheduling.max_warm_wait), duration_ms(self.timeouts.queue)
+        if "max_warm_wait" not in self.scheduling.model_fields_set:
+            return self  # the default gives way to a short queue timeout (warm_wait_ms)
+        if warm >= queue:
+            raise ValueError(
+                f"scheduling.max_warm_wait ({self.scheduling.max_warm_wait}) must be shorter "
+                f"than timeouts.queue ({self.timeouts.queue}): a cold request would never get "
+                "its turn before its queue timeout"
+            )
+        if warm + queue > PRIORITY_WINDOW_MS:
+            raise ValueError(
+                "scheduling.max_warm_wait plus timeouts.queue must stay under "
+                f"{PRIORITY_WINDOW_MS} ms (HAProxy's queue priority window)"
+            )
+        return self
 
 
 class Ollama(_Model):
@@ -298,7 +346,10 @@ class Instance(_Model):
         description="GPU indexes or UUIDs (CUDA_VISIBLE_DEVICES); empty: no restriction",
     )
     num_parallel: int = Field(
-        default=1, ge=1, le=256, description="OLLAMA_NUM_PARALLEL; least-loaded: the maxconn"
+        default=1,
+        ge=1,
+        le=256,
+        description="OLLAMA_NUM_PARALLEL; loaded-first and least-loaded: its maxconn",
     )
     env: Env = Field(default_factory=dict, description="added to ollama.env for this instance")
 

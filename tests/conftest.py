@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from olladist.files import File
+from olladist.gateway.render import SHIPPED_PATHS, shipped_lua
 from olladist.layout import Layout
 from olladist.nodeconfig import write_peer_secret
 from olladist.spec import Spec
@@ -85,7 +86,13 @@ def node_secrets(layout: Layout, spec: Spec) -> Layout:
 
 def assert_golden(base: Path, files: dict[str, File]) -> None:
     """Rendered ``files`` equal the golden tree under ``base``; with OLLADIST_UPDATE_GOLDEN=1
-    the tree is rewritten first (on purpose: review the diff before committing it)."""
+    the tree is rewritten first (on purpose: review the diff before committing it).
+
+    Files shipped with the package (the same on every node, e.g. live.lua) are left out: they
+    are checked to be the shipped bytes instead of being copied into every node's tree."""
+    for path in SHIPPED_PATHS & files.keys():
+        assert files[path].content == shipped_lua(path.rsplit("/", 1)[1]), path
+    files = {p: f for p, f in files.items() if p not in SHIPPED_PATHS}
     if os.environ.get("OLLADIST_UPDATE_GOLDEN") == "1":
         shutil.rmtree(base, ignore_errors=True)
         for path, f in files.items():

@@ -52,3 +52,25 @@ def test_apply_lists_the_model_actions_the_printed_plan_did_not_hold() -> None:
         "model actions planned once the instances answered (not in the plan above):",
         "  preload llama3.2:1b@i0 (preload: true)",
     ]
+
+
+def test_a_package_upgrade_that_changes_only_the_shipped_lua_is_drift_and_reloads() -> None:
+    # live.lua is shipped with the package, not rendered per node: a new version of it (the
+    # node's settings unchanged) must still be written and make the gateway reload.
+    from olladist.gateway.render import LIVE_LUA
+    from olladist.render import render_node
+    from olladist.specload import load_spec
+    from olladist.units import GATEWAY_UNIT
+    from tests.conftest import EXAMPLE_SPEC
+
+    spec = load_spec(EXAMPLE_SPEC)
+    node = spec.nodes[0].name
+    desired = render_node(spec, node)
+    on_disk = {p: (f.content, f.mode) for p, f in desired.items()}
+    on_disk[LIVE_LUA] = ("-- the live.lua of the previous release\n", desired[LIVE_LUA].mode)
+    enabled = frozenset(u for u in (GATEWAY_UNIT,))
+    p = plan(node, desired, Observed(on_disk, frozenset(desired), enabled))
+    writes = [a.target for a in p.actions if a.kind is Kind.WRITE]
+    assert writes == [LIVE_LUA]
+    assert Action(Kind.RELOAD, GATEWAY_UNIT, "its configuration changed") in p.actions
+    assert p.drift

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import json
 import re
+from importlib import resources
 
 from olladist.files import File
-from olladist.gateway.fair import fair_files
-from olladist.gateway.topology import LARGE_CONFIG, Route, Topology, build
+from olladist.gateway.fair import FAIR_LUA, fair_files
+from olladist.gateway.topology import LARGE_CONFIG, Route, Topology, admit_backend, build
 from olladist.layout import GATEWAY_DIR, HAPROXY_CFG, PEER_SECRET_FILE, ROOT, Layout
 from olladist.nodelocal import NodeTLS
 from olladist.placement import Placement
-from olladist.spec import Model, Spec, duration_ms
+from olladist.spec import PRIORITY_WINDOW_MS, Instance, Model, Spec, Strategy, duration_ms
 from olladist.templating import render_template
+
+# The shipped Lua (same bytes on every node) and the node's own settings for it.
+LIVE_LUA = f"{GATEWAY_DIR}/live.lua"
+LIVE_CONFIG_LUA = f"{GATEWAY_DIR}/live-config.lua"
+# Rendered paths whose content is shipped with the package, not rendered: goldens leave them out.
+SHIPPED_PATHS = frozenset({LIVE_LUA, FAIR_LUA})
 
 _READY_HEAD = "# model -> 1 when every holder can serve it now; filled at run time by live.lua\n"
 
@@ -34,6 +41,37 @@ PROBE_TIMEOUT_MIN_MS = 2000
 # Retry-After on the readiness 503: soon when a holder is coming, later when none is.
 RETRY_AFTER_S = 2
 RETRY_AFTER_DOWN_S = 10
+
+
+# Ollama's defaults when the instance's environment does not set them (envconfig, sched.go):
+# three loaded models per GPU (or on a CPU-only host), a 4096-token context.
+MAX_LOADED_PER_GPU = 3
+DEFAULT_NUM_CTX = 4096
+
+
+def _env_int(env: dict[str, str], key: str, default: int) -> int:
+    try:
+        value = int(env.get(key, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def _instance_config(spec: Spec, inst: Instance, vram_gb: float | None) -> dict[str, object]:
+    """What loaded-first needs to know of an instance: Ollama's own limits on what it loads."""
+    env = {**spec.ollama.env, **inst.env}
+    return {
+        "name": inst.name,
+        "port": inst.port,
+        "admit": admit_backend(inst.name),
+        "num_parallel": inst.num_parallel,
+        "max_loaded": _env_int(
+            env, "OLLAMA_MAX_LOADED_MODELS", MAX_LOADED_PER_GPU * max(len(inst.gpus), 1)
+        ),
+        "num_ctx": _env_int(env, "OLLAMA_CONTEXT_LENGTH", DEFAULT_NUM_CTX),
+        # capacity.vram_gb: the largest model it can load, so what fits beside another.
+        "vram": round(vram_gb * 1e9) if vram_gb else None,
+    }
 
 
 def _map_file(routes: tuple[Route, ...]) -> str:
@@ -110,6 +148,14 @@ def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, obje
     backends = {b.name: b for b in (*t.routes_backends, *t.locals)}
     by_key = {m.key: m for m in spec.models}
     own_peer = f"peer.{t.node}"
+    node = spec.node(t.node)
+
+    def lf(model: str) -> bool:
+        return spec.strategy_for(by_key[model]) == Strategy.LOADED_FIRST
+
+    def size(model: str) -> int | None:
+        gb = by_key[model].size_gb
+        return round(gb * 1e9) if gb else None
 
     def servers(backend: str) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
@@ -142,12 +188,19 @@ def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, obje
         "ready_map": t.paths.ready_map,
         "pulls_map": t.paths.pulls_map,
         "local_ready_map": t.paths.local_ready_map if t.has_peer_frontend else None,
+        "warm_map": t.paths.warm_map if t.admits else None,
         "feed_socket": t.paths.feed_socket,
-        "instances": [{"name": s.name, "port": s.port} for s in t.instances.servers],
+        "instances": [_instance_config(spec, i, node.capacity.vram_gb) for i in node.instances],
+        # loaded-first: a cold request's priority offset, and the bounds HAProxy's queue keeps
+        # track of (offset plus time queued inside its window).
+        "max_warm_wait_ms": spec.gateway.warm_wait_ms,
+        "prio_limit": PRIORITY_WINDOW_MS - duration_ms(t.timeouts.queue),
         "peers": [{"server": s.name, "node": s.name.removeprefix("peer.")} for s in t.feed_peers],
         "held": [r.model for r in t.local_routes],
         "models": {
             r.model: {
+                "lf": lf(r.model),
+                "size": size(r.model),
                 "servers": servers(r.backend),
                 "holders": sorted(placement.nodes_for(r.model), key=lambda n: (n != t.node, n)),
                 "fallback": _fallback_entry(by_key[r.model]),
@@ -155,14 +208,28 @@ def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, obje
             for r in t.routes
         },
         "local_models": {
-            r.model: {"servers": servers(r.backend), "holders": [t.node]} for r in t.local_routes
+            r.model: {
+                "lf": lf(r.model),
+                "size": size(r.model),
+                "servers": servers(r.backend),
+                "holders": [t.node],
+            }
+            for r in t.local_routes
         },
     }
 
 
-def live_lua(t: Topology, spec: Spec, placement: Placement) -> str:
+def live_config_lua(t: Topology, spec: Spec, placement: Placement) -> str:
+    """The node's part of the live view: one Lua table, loaded before the shipped live.lua."""
     config = lua_literal(live_config(t, spec, placement))
-    return render_template("live.lua.j2", node=t.node, config=config)
+    return render_template("live-config.lua.j2", node=t.node, config=config)
+
+
+def shipped_lua(name: str) -> str:
+    """A Lua file shipped with olladist (olladist/data/lua/), the same on every node: it is
+    installed with the rendered files, so a package upgrade that changes it is drift, and the
+    gateway reloads, like a change of any rendered gateway file."""
+    return resources.files("olladist").joinpath("data", "lua", name).read_text(encoding="utf-8")
 
 
 def render_config(topology: Topology) -> str:
@@ -194,12 +261,17 @@ def gateway_files(
             "# addresses of the cluster's other nodes, allowed on the peer port\n"
             + "".join(f"{a}\n" for a in t.allowlist)
         ),
-        f"{GATEWAY_DIR}/live.lua": File(live_lua(t, spec, placement)),
+        LIVE_LUA: File(shipped_lua("live.lua")),
+        LIVE_CONFIG_LUA: File(live_config_lua(t, spec, placement)),
         **fair_files(t.fair, t.node),
         # Empty on disk: live.lua fills them in HAProxy's memory (a reload starts them empty,
         # and requests take the slow path until the first poll, a few milliseconds).
         f"{GATEWAY_DIR}/ready.map": File(_READY_HEAD),
         f"{GATEWAY_DIR}/local-ready.map": File(_READY_HEAD),
+        f"{GATEWAY_DIR}/warm.map": File(
+            "# model -> admission backend of an instance it is loaded on; filled at run time\n"
+            "# by HAProxy (a 200 from that instance) and live.lua (every poll of /api/ps)\n"
+        ),
         f"{GATEWAY_DIR}/pulls.map": File(
             "# model -> 43% or failed; filled at run time by the reconciler (gateway/pulls.py)\n"
         ),

@@ -17,6 +17,10 @@ Backends on a node:
   backend, and a drain or maintenance set there spreads to all of them.
 - ``local.<strategy>``: this node's instances alone, for the peer frontend, which never routes
   onward (no loops).
+- ``admit.<instance>`` (loaded-first): one per instance of this node, one server with
+  ``maxconn num_parallel``. Every loaded-first request that runs on the instance passes here,
+  from the public and the peer frontend alike, so its slots are counted once whichever gateway
+  a request entered, and the excess waits in this server's queue, in priority order.
 """
 
 from __future__ import annotations
@@ -133,7 +137,8 @@ class Backend:
                 return "roundrobin"
             case Strategy.MODEL_AFFINITY:
                 return "hash var(txn.model)"
-            case Strategy.LEAST_LOADED | Strategy.LOCAL_FIRST:
+            case Strategy.LEAST_LOADED | Strategy.LOCAL_FIRST | Strategy.LOADED_FIRST:
+                # loaded-first: only when live.lua picked nothing (no live view yet).
                 return "leastconn"
 
     @property
@@ -162,9 +167,11 @@ class Paths:
     models_map: str
     local_map: str
     peers_acl: str
-    live_lua: str
+    live_lua: str  # shipped, the same on every node
+    live_config_lua: str  # this node's settings for it, loaded first
     ready_map: str  # models every holder can serve now (public port); written live by Lua
     local_ready_map: str  # the same for this node's instances (peer port)
+    warm_map: str  # loaded-first: model -> admission backend of a local instance it is loaded on
     pulls_map: str  # pulls in progress (model -> 43% or failed), written live by the reconciler
     feed_socket: str  # loopback-only listener through which the Lua poller reaches peers
     peer_secret_map: str
@@ -230,6 +237,7 @@ class Topology:
     routes_backends: tuple[Backend, ...]
     routes: tuple[Route, ...]
     local_routes: tuple[Route, ...]
+    admits: tuple[Backend, ...]  # loaded-first: one admission backend per local instance
     paths: Paths
     limits: Limits
     fair: fairness.FairPolicy  # fairness and limits per client (issue 17 part 3)
@@ -281,6 +289,13 @@ class Topology:
         return tuple(s for s in self.peers.servers if s.name != own)
 
     @property
+    def schedules(self) -> bool:
+        """Some model of this gateway is routed loaded-first (its Lua pick runs)."""
+        return any(
+            b.strategy == Strategy.LOADED_FIRST for b in (*self.routes_backends, *self.locals)
+        )
+
+    @property
     def has_peer_frontend(self) -> bool:
         """A node with instances and at least one peer serves the peer port."""
         return bool(self.instances.servers) and bool(self.peers.servers)
@@ -308,6 +323,11 @@ def safe_path(path: str) -> str:
 def _peer_server_name(node: str) -> str:
     # '.' is not allowed in node or instance names, so peer servers never collide with instances.
     return f"peer.{node}"
+
+
+def admit_backend(instance: str) -> str:
+    """The admission backend of a local instance (loaded-first)."""
+    return f"admit.{instance}"
 
 
 def _route_name(strategy: Strategy, holders: tuple[str, ...]) -> str:
@@ -359,8 +379,10 @@ def build(
         local_map=safe_path(f"{gateway_dir}/local.map"),
         peers_acl=safe_path(f"{gateway_dir}/peers.acl"),
         live_lua=safe_path(f"{gateway_dir}/live.lua"),
+        live_config_lua=safe_path(f"{gateway_dir}/live-config.lua"),
         ready_map=safe_path(f"{gateway_dir}/ready.map"),
         local_ready_map=safe_path(f"{gateway_dir}/local-ready.map"),
+        warm_map=safe_path(f"{gateway_dir}/warm.map"),
         pulls_map=safe_path(f"{gateway_dir}/pulls.map"),
         feed_socket=socket_path(layout.path(FEED_SOCKET)),
         peer_secret_map=safe_path(layout.path(PEER_SECRET_FILE)),
@@ -422,13 +444,15 @@ def build(
         checked=True,
     )
 
+    capped = (least, Strategy.LOADED_FIRST)
+
     def local_servers(strategy: Strategy) -> list[Server]:
         return [
             Server(
                 i.name,
                 INSTANCE_HOST,
                 i.port,
-                maxconn=i.num_parallel if strategy == least else None,
+                maxconn=i.num_parallel if strategy in capped else None,
                 track=f"{instances.name}/{i.name}",
             )
             for i in node.instances
@@ -466,6 +490,17 @@ def build(
         locals_.append(Backend(name, strategy, tuple(local_servers(strategy))))
         local_routes += [Route(m, name) for m in models]
 
+    # loaded-first: all of an instance's traffic, this gateway's and its peers', is admitted in
+    # one place, so its num_parallel slots are never overcommitted by two gateways.
+    admits = (
+        tuple(
+            Backend(admit_backend(i.name), Strategy.LOADED_FIRST, (s,))
+            for i, s in zip(node.instances, local_servers(Strategy.LOADED_FIRST), strict=True)
+        )
+        if Strategy.LOADED_FIRST in local_groups
+        else ()
+    )
+
     listen = node.listen
     allow: set[str] = set()
     for n in peer_targets:
@@ -496,6 +531,7 @@ def build(
         routes_backends=tuple(route_backends),
         routes=tuple(sorted(routes, key=lambda r: r.model)),
         local_routes=tuple(sorted(local_routes, key=lambda r: r.model)),
+        admits=admits,
         paths=paths,
         limits=Limits.for_memory(memory_bytes(gw.limits.memory)),
         fair=fairness.build(
@@ -503,6 +539,6 @@ def build(
             safe_path(layout.path(fairness.FAIR_LUA)),
             safe_path(layout.path(fairness.FAIR_CONFIG_LUA)),
             api_keys,
-            tuple(b.name for b in route_backends),
+            tuple(b.name for b in (*route_backends, *admits)),
         ),
     )

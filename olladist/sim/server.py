@@ -50,7 +50,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     state = state_of(request)
     began = time.perf_counter()
     route = request.match_info.route.resource
-    state.stats.request_started(route.canonical if route is not None else "unmatched")
+    name = route.canonical if route is not None else "unmatched"
+    state.stats.request_started(name)
     status = 500
     try:
         # The raw header: aiohttp's request.host invents one when it is missing, Ollama does not.
@@ -76,7 +77,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         status = 405
         return web.Response(status=405, text="405 method not allowed")
     finally:
-        state.stats.request_finished(status)
+        state.stats.request_finished(status, name)
         _log(state, request, status, began)
 
 

@@ -6,6 +6,22 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+# Routes that run a model (and so take one of a runner's slots, or wait for one): the
+# requests a gateway's admission must never send more of at once than num_parallel.
+INFERENCE_ROUTES = frozenset(
+    {
+        "/api/generate",
+        "/api/chat",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+    }
+)
+
 
 @dataclass
 class SimStats:
@@ -20,22 +36,34 @@ class SimStats:
     queue_full: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
+    # Inference requests only (INFERENCE_ROUTES), running or waiting inside the simulator:
+    # health checks and polls of /api/tags or /api/ps are not counted.
+    inference_in_flight: int = 0
+    peak_inference_in_flight: int = 0
 
     def request_started(self, route: str) -> None:
         self.requests += 1
         self.requests_by_route[route] += 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        if route in INFERENCE_ROUTES:
+            self.inference_in_flight += 1
+            self.peak_inference_in_flight = max(
+                self.peak_inference_in_flight, self.inference_in_flight
+            )
 
-    def request_finished(self, status: int) -> None:
+    def request_finished(self, status: int, route: str = "") -> None:
         self.in_flight -= 1
         self.responses_by_status[status] += 1
+        if route in INFERENCE_ROUTES:
+            self.inference_in_flight -= 1
 
     def reset(self) -> None:
-        in_flight = self.in_flight
+        in_flight, inference = self.in_flight, self.inference_in_flight
         fresh = SimStats()
         self.__dict__.update(fresh.__dict__)
         self.in_flight = self.peak_in_flight = in_flight
+        self.inference_in_flight = self.peak_inference_in_flight = inference
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,4 +81,6 @@ class SimStats:
             "queue_full": self.queue_full,
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
+            "inference_in_flight": self.inference_in_flight,
+            "peak_inference_in_flight": self.peak_inference_in_flight,
         }

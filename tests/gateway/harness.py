@@ -192,6 +192,9 @@ def make_spec(
         "stats_port": ports[2],
         "health": {"interval": "300ms", "fall": 2, "rise": 1},
         "timeouts": {"connect": "1s", "queue": "5s", "server": "30s", "client": "30s"},
+        # The default is loaded-first; the tests written before it test least-loaded (its
+        # own tests, test_scheduling.py, ask for loaded-first).
+        "strategy": "least-loaded",
     }
     gw.update(gateway or {})
     nodes = []

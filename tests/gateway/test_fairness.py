@@ -141,12 +141,14 @@ def holding(gw: Gateway, key: str | None, source: str | None = None) -> Iterator
 
 
 def queued(gw: Gateway) -> int:
-    """Requests waiting in HAProxy's queues of the routes backends."""
+    """Requests waiting in HAProxy's queues where they wait for an instance: the routes
+    backends' (the older strategies) and the instances' admission backends (loaded-first),
+    each backend's own queue and its servers' (a row each, none counted twice)."""
     text = gw.runtime.command("show stat").lstrip("# ")
     return sum(
         int(row["qcur"] or 0)
         for row in csv.DictReader(io.StringIO(text))
-        if row["pxname"].startswith("route.") and row["svname"] == "BACKEND"
+        if row["pxname"].startswith(("route.", "admit."))
     )
 
 

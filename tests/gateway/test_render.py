@@ -111,8 +111,16 @@ def test_no_secret_is_ever_rendered(gw_tmp: Path) -> None:
     assert PEER_SECRET_FILE not in files
 
 
-def spec_of(models: list[dict[str, object]], nodes: list[dict[str, object]]) -> Spec:
-    return Spec.model_validate({"cluster": "t", "nodes": nodes, "models": models})
+def spec_of(
+    models: list[dict[str, object]],
+    nodes: list[dict[str, object]],
+    strategy: str = "least-loaded",
+) -> Spec:
+    # The default strategy is loaded-first; these tests were written for least-loaded.
+    gateway = {"strategy": strategy}
+    return Spec.model_validate(
+        {"cluster": "t", "gateway": gateway, "nodes": nodes, "models": models}
+    )
 
 
 def node(name: str, host: str, *par: int, listen: str | None = None) -> dict[str, object]:
@@ -220,7 +228,7 @@ def test_gateway_only_node_routes_everything_to_peers() -> None:
     # Without instances of its own, the live view comes from the peers alone.
     assert "use-service lua.olladist_ps if { path /api/ps }" in cfg
     assert "frontend peer" not in cfg
-    lua = gateway_files(spec, "edge", place(spec))["/etc/olladist/gateway/live.lua"].content
+    lua = gateway_files(spec, "edge", place(spec))["/etc/olladist/gateway/live-config.lua"].content
     assert '["instances"] = {}' in lua and '["node"] = "a"' in lua
 
 
@@ -261,7 +269,7 @@ def test_long_backend_names_are_hashed() -> None:
 def test_unplaced_models_are_absent_from_the_cluster_view() -> None:
     spec = spec_of([{"name": "x", "nodes": ["a"]}, {"name": "y:1b", "nodes": ["b"]}], NODES)
     files = gateway_files(spec, "c", place(spec))
-    lua = files["/etc/olladist/gateway/live.lua"].content
+    lua = files["/etc/olladist/gateway/live-config.lua"].content
     # Only placed models are in the live view's table (it lists those a holder has).
     assert '["x:latest"] = {' in lua and '["y:1b"] = {' in lua
     assert "x:latest route.least-loaded.a\n" in files["/etc/olladist/gateway/models.map"].content

@@ -50,5 +50,8 @@ def test_thousand_concurrent_streams_complete(sim_factory: SimFactory) -> None:
         assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 16
     stats = sim.stats()
     assert stats["peak_in_flight"] >= STREAMS  # they really were open at the same time
+    # Every stream is an inference request; the pull before them is not one.
+    assert stats["peak_inference_in_flight"] == STREAMS
+    assert stats["inference_in_flight"] == 0
     assert stats["cold_loads"] == 1  # one load, shared by all
     assert elapsed < TIME_LIMIT

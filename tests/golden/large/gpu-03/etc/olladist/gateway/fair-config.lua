@@ -5,7 +5,7 @@ olladist_fair_settings = {
   fair = true,
   cost_ms = 1000,
   queue_ms = 30000,
-  backends = { "route.least-loaded.gpu-01.gpu-02", "route.local-first.gpu-02.gpu-08", "route.model-affinity.gpu-01.gpu-03.gpu-04", "route.model-affinity.gpu-01.gpu-03.gpu-04.gpu-05", "route.model-affinity.gpu-03.gpu-04", "route.round-robin.gpu-01.gpu-02.gpu-03.gpu-04.gpu-05.gpu-06.gpu-07.gpu-08" },
+  backends = { "route.least-loaded.gpu-01.gpu-02", "route.loaded-first.gpu-03.gpu-05.gpu-08", "route.local-first.gpu-02.gpu-08", "route.model-affinity.gpu-01.gpu-03.gpu-04", "route.model-affinity.gpu-01.gpu-03.gpu-04.gpu-05", "route.model-affinity.gpu-03.gpu-04", "route.round-robin.gpu-01.gpu-02.gpu-03.gpu-04.gpu-05.gpu-06.gpu-07.gpu-08", "admit.gpu0", "admit.gpu1", "admit.pair" },
   max_concurrent = nil,
   requests_per_minute = nil,
 }

@@ -1,5 +1,7 @@
 -- The gateway's live view of the cluster (docs/gateway.md, "The live view").
--- Rendered by olladist for node gpu-07; loaded by HAProxy (lua-load) at start and reload.
+-- Shipped with olladist (olladist/data/lua/live.lua) and installed unchanged on every node; the
+-- node's own part is the table OLLADIST_LIVE, set by live-config.lua (rendered per node), which
+-- HAProxy loads just before this file (two lua-load lines, one Lua state).
 --
 -- Tasks inside HAProxy poll this node's instances (/api/tags, /api/ps) and the peers'
 -- /olladist/v1/live, and keep the result in memory and in two HAProxy maps of the models every
@@ -7,247 +9,10 @@
 -- run `olladist_await`, which waits for a ready holder or answers why there is none. If this
 -- code fails, the maps keep their last content and requests keep being routed by them.
 
-local C = {
-  ["cluster"] = "prod-eu",
-  ["fast_ms"] = 100,
-  ["feed_socket"] = "/run/olladist/gateway/feed.sock",
-  ["held"] = {
-    "nomic-embed-text:latest",
-  },
-  ["instances"] = {
-    {
-      ["name"] = "gpu0",
-      ["port"] = 11435,
-    },
-    {
-      ["name"] = "gpu1",
-      ["port"] = 11436,
-    },
-    {
-      ["name"] = "pair",
-      ["port"] = 11437,
-    },
-  },
-  ["local_models"] = {
-    ["nomic-embed-text:latest"] = {
-      ["holders"] = {
-        "gpu-07",
-      },
-      ["servers"] = {
-        {
-          ["instance"] = "gpu0",
-          ["name"] = "gpu0",
-        },
-        {
-          ["instance"] = "gpu1",
-          ["name"] = "gpu1",
-        },
-        {
-          ["instance"] = "pair",
-          ["name"] = "pair",
-        },
-      },
-    },
-  },
-  ["local_ready_map"] = "/etc/olladist/gateway/local-ready.map",
-  ["models"] = {
-    ["gemma2:2b"] = {
-      ["fallback"] = "{\034name\034:\034gemma2:2b\034,\034model\034:\034gemma2:2b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:0,\034digest\034:\0348ccf136fdd5298f3ffe2d69862750ea7fb56555fa4d5b18c04e3fa4d82ee09d7\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
-      ["holders"] = {
-        "gpu-03",
-        "gpu-04",
-      },
-      ["servers"] = {
-        {
-          ["name"] = "peer.gpu-03",
-          ["node"] = "gpu-03",
-        },
-        {
-          ["name"] = "peer.gpu-04",
-          ["node"] = "gpu-04",
-        },
-      },
-    },
-    ["llama3.1:8b"] = {
-      ["fallback"] = "{\034name\034:\034llama3.1:8b\034,\034model\034:\034llama3.1:8b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:4900000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
-      ["holders"] = {
-        "gpu-01",
-        "gpu-03",
-        "gpu-04",
-      },
-      ["servers"] = {
-        {
-          ["name"] = "peer.gpu-01",
-          ["node"] = "gpu-01",
-        },
-        {
-          ["name"] = "peer.gpu-03",
-          ["node"] = "gpu-03",
-        },
-        {
-          ["name"] = "peer.gpu-04",
-          ["node"] = "gpu-04",
-        },
-      },
-    },
-    ["mistral:7b"] = {
-      ["fallback"] = "{\034name\034:\034mistral:7b\034,\034model\034:\034mistral:7b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:4100000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
-      ["holders"] = {
-        "gpu-02",
-        "gpu-08",
-      },
-      ["servers"] = {
-        {
-          ["name"] = "peer.gpu-02",
-          ["node"] = "gpu-02",
-        },
-        {
-          ["name"] = "peer.gpu-08",
-          ["node"] = "gpu-08",
-        },
-      },
-    },
-    ["nomic-embed-text:latest"] = {
-      ["fallback"] = "{\034name\034:\034nomic-embed-text:latest\034,\034model\034:\034nomic-embed-text:latest\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:300000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
-      ["holders"] = {
-        "gpu-07",
-        "gpu-01",
-        "gpu-02",
-        "gpu-03",
-        "gpu-04",
-        "gpu-05",
-        "gpu-06",
-        "gpu-08",
-      },
-      ["servers"] = {
-        {
-          ["instance"] = "gpu0",
-          ["name"] = "gpu0",
-        },
-        {
-          ["instance"] = "gpu1",
-          ["name"] = "gpu1",
-        },
-        {
-          ["instance"] = "pair",
-          ["name"] = "pair",
-        },
-        {
-          ["name"] = "peer.gpu-01",
-          ["node"] = "gpu-01",
-        },
-        {
-          ["name"] = "peer.gpu-02",
-          ["node"] = "gpu-02",
-        },
-        {
-          ["name"] = "peer.gpu-03",
-          ["node"] = "gpu-03",
-        },
-        {
-          ["name"] = "peer.gpu-04",
-          ["node"] = "gpu-04",
-        },
-        {
-          ["name"] = "peer.gpu-05",
-          ["node"] = "gpu-05",
-        },
-        {
-          ["name"] = "peer.gpu-06",
-          ["node"] = "gpu-06",
-        },
-        {
-          ["name"] = "peer.gpu-08",
-          ["node"] = "gpu-08",
-        },
-      },
-    },
-    ["phi3:mini"] = {
-      ["fallback"] = "{\034name\034:\034phi3:mini\034,\034model\034:\034phi3:mini\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:2200000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
-      ["holders"] = {
-        "gpu-01",
-        "gpu-03",
-        "gpu-04",
-        "gpu-05",
-      },
-      ["servers"] = {
-        {
-          ["name"] = "peer.gpu-01",
-          ["node"] = "gpu-01",
-        },
-        {
-          ["name"] = "peer.gpu-03",
-          ["node"] = "gpu-03",
-        },
-        {
-          ["name"] = "peer.gpu-04",
-          ["node"] = "gpu-04",
-        },
-        {
-          ["name"] = "peer.gpu-05",
-          ["node"] = "gpu-05",
-        },
-      },
-    },
-    ["qwen2.5:72b"] = {
-      ["fallback"] = "{\034name\034:\034qwen2.5:72b\034,\034model\034:\034qwen2.5:72b\034,\034modified_at\034:\0341970-01-01T00:00:00Z\034,\034size\034:47000000000,\034digest\034:\034\034,\034details\034:{\034parent_model\034:\034\034,\034format\034:\034gguf\034,\034family\034:\034\034,\034families\034:null,\034parameter_size\034:\034\034,\034quantization_level\034:\034\034}}",
-      ["holders"] = {
-        "gpu-01",
-        "gpu-02",
-      },
-      ["servers"] = {
-        {
-          ["name"] = "peer.gpu-01",
-          ["node"] = "gpu-01",
-        },
-        {
-          ["name"] = "peer.gpu-02",
-          ["node"] = "gpu-02",
-        },
-      },
-    },
-  },
-  ["node"] = "gpu-07",
-  ["peers"] = {
-    {
-      ["node"] = "gpu-01",
-      ["server"] = "peer.gpu-01",
-    },
-    {
-      ["node"] = "gpu-02",
-      ["server"] = "peer.gpu-02",
-    },
-    {
-      ["node"] = "gpu-03",
-      ["server"] = "peer.gpu-03",
-    },
-    {
-      ["node"] = "gpu-04",
-      ["server"] = "peer.gpu-04",
-    },
-    {
-      ["node"] = "gpu-05",
-      ["server"] = "peer.gpu-05",
-    },
-    {
-      ["node"] = "gpu-06",
-      ["server"] = "peer.gpu-06",
-    },
-    {
-      ["node"] = "gpu-08",
-      ["server"] = "peer.gpu-08",
-    },
-  },
-  ["poll_ms"] = 1000,
-  ["probe_timeout_ms"] = 2000,
-  ["pulls_map"] = "/etc/olladist/gateway/pulls.map",
-  ["queue_ms"] = 30000,
-  ["ready_map"] = "/etc/olladist/gateway/ready.map",
-  ["retry_after_down_s"] = 10,
-  ["retry_after_s"] = 2,
-  ["stale_ms"] = 5000,
-  ["wait_step_ms"] = 25,
-}
+local C = OLLADIST_LIVE
+if type(C) ~= "table" then
+  error("olladist live.lua: OLLADIST_LIVE is not set: live-config.lua must be loaded (lua-load) before live.lua", 0)
+end
 ---------------------------------------------------------------------------------------------
 -- JSON. HAProxy ships no decoder for Lua. Decoded objects keep their source text under RAW,
 -- so entries from a holder are passed on byte for byte (size, digest, modified_at, details).
@@ -459,6 +224,9 @@ local S = {
   waiting = 0,
 }
 
+-- Run after every recompute of the view (the scheduler's warm.map, below).
+local AFTER_RECOMPUTE = {}
+
 local function server_stats(backend, name)
   local be = core.backends[backend]
   local srv = be and be.servers[name]
@@ -634,6 +402,7 @@ local function recompute()
   end
   set_map(C.ready_map, public)
   if C.local_ready_map then set_map(C.local_ready_map, peer) end
+  for _, hook in ipairs(AFTER_RECOMPUTE) do hook(view) end
 end
 
 ---------------------------------------------------------------------------------------------
@@ -674,6 +443,15 @@ local function poll_instance(inst)
         end
         local ps = http_get(base .. "/api/ps", dst)
         rec.loaded = (ps and models_of(ps)) or {}
+        -- For loaded-first: model -> the loaded runner's context and VRAM.
+        rec.loadedset = {}
+        for _, entry in ipairs(rec.loaded) do
+          local key = type(entry) == "table" and normalize(entry.name or entry.model)
+          if key then
+            rec.loadedset[key] = { ctx = tonumber(entry.context_length),
+              vram = tonumber(entry.size_vram) or 0 }
+          end
+        end
       else
         rec.err = err or "bad /api/tags answer"
       end
@@ -881,6 +659,26 @@ local function in_flight(name)
   return n
 end
 
+local SEEN_REPORT -- set by the scheduling section below (it owns what it saw)
+local DEMAND_REPORT -- likewise
+
+-- loaded-first: what a peer's scheduler needs of an instance (docs/gateway.md).
+local function scheduling_report(item, inst, now)
+  item.num_parallel = inst.num_parallel
+  item.max_loaded = inst.max_loaded
+  local st = server_stats(inst.admit, inst.name)
+  if st then
+    item.running = tonumber(st.scur) or 0
+    item.queued = tonumber(st.qcur) or 0
+    item.rate = DEMAND_REPORT and DEMAND_REPORT(inst) or 0 -- requests a second, recently
+    -- A request queued on the backend (no server assigned yet) waits for this server too.
+    local be = core.backends[inst.admit]
+    local bst = be and be:get_stats()
+    if bst then item.queued = item.queued + (tonumber(bst.qcur) or 0) end
+  end
+  if SEEN_REPORT then item.loaded_models = SEEN_REPORT(inst, now) end
+end
+
 -- This node's report, for peers and for the reconciler (docs/gateway.md has its shape).
 local function live_report()
   local now = now_ms()
@@ -899,6 +697,7 @@ local function live_report()
       error = rec.err,
       in_flight = in_flight(inst.name),
     }
+    scheduling_report(instances[#instances], inst, now)
   end
   local names = sorted_keys(lv.store)
   local models = array()
@@ -1039,6 +838,354 @@ core.register_action("olladist_await", { "http-req" }, function(txn, scope)
 end, 1)
 
 ---------------------------------------------------------------------------------------------
+-- Loaded-first scheduling (docs/gateway.md, "Loaded-first scheduling"). Every instance of this
+-- node has an admission backend, admit.<instance>, with one server of maxconn num_parallel:
+-- all loaded-first requests that run on it pass there, this gateway's and its peers', so two
+-- gateways never overcommit it, and the excess waits in HAProxy's own server queue. This
+-- action only chooses where a request queues and its priority there; HAProxy does the rest.
+-- Slots in use come from HAProxy's counters (be_conn, queue of the admission backend: 0.3 us
+-- each, against 18 us for Server:get_stats), never from counts kept here that a client abort
+-- could leak.
+---------------------------------------------------------------------------------------------
+
+local INST, INST_BY_ADMIT = {}, {}
+for _, inst in ipairs(C.instances) do INST[inst.name], INST_BY_ADMIT[inst.admit] = inst, inst end
+
+-- instance -> model -> {at, ctx}: cold requests this gateway sent to an instance since its
+-- last poll. M will be loaded there (planned), so the next requests for M follow it instead
+-- of loading M a second time elsewhere.
+local SEEN = {}
+for _, inst in ipairs(C.instances) do SEEN[inst.name] = {} end
+
+-- model -> admission backend of a local instance it is loaded on. HAProxy itself writes it
+-- when an instance answers 200 for a model (http-response set-map: M is loaded there now),
+-- and the warm fast path in the config reads it without Lua; after every poll the entries
+-- are set again from /api/ps, so evictions leave it within a poll.
+local WARM = C.warm_map and Map.new(C.warm_map, Map._str) or nil
+
+local function sync_warm(view)
+  if not WARM then return end
+  local want, best = {}, {}
+  for _, inst in ipairs(C.instances) do
+    local rec = S.inst[inst.name]
+    local iv = view.lv.instances[inst.name]
+    if rec and rec.ok and rec.loadedset and iv and iv.ready then
+      local st = server_stats(inst.admit, inst.name)
+      local load = st and ((tonumber(st.scur) or 0) + (tonumber(st.qcur) or 0)) or 0
+      load = load / inst.num_parallel
+      for key in pairs(rec.loadedset) do
+        if best[key] == nil or load < best[key] then want[key], best[key] = inst.admit, load end
+      end
+    end
+  end
+  for key in pairs(C.local_models) do
+    local have = WARM:lookup(key)
+    if want[key] == nil and have then
+      core.del_map(C.warm_map, key)
+    elseif want[key] and have ~= want[key] then
+      -- Kept when it names another instance that has the model loaded too (the last answer).
+      local other = have and INST_BY_ADMIT[have]
+      local keep = other and S.inst[other.name] and S.inst[other.name].loadedset
+        and S.inst[other.name].loadedset[key]
+      if not keep then core.set_map(C.warm_map, key, want[key]) end
+    end
+  end
+end
+AFTER_RECOMPUTE[#AFTER_RECOMPUTE + 1] = sync_warm
+
+-- instance -> {at, stot, rate}: requests a second it took recently, a moving average over
+-- the polls (about 10 s) of HAProxy's own session total: how much its loaded model is wanted.
+local DEMAND = {}
+local DEMAND_KEEP = 0.85 -- per poll
+
+local function sync_demand(view)
+  local now = view.at
+  for _, inst in ipairs(C.instances) do
+    local st = server_stats(inst.admit, inst.name)
+    local stot = st and tonumber(st.stot)
+    local d = DEMAND[inst.name]
+    if stot and d and now > d.at then
+      local r = (stot - d.stot) * 1000 / (now - d.at)
+      d.rate = DEMAND_KEEP * d.rate + (1 - DEMAND_KEEP) * r
+      d.at, d.stot = now, stot
+    elseif stot then
+      DEMAND[inst.name] = { at = now, stot = stot, rate = 0 }
+    end
+  end
+end
+AFTER_RECOMPUTE[#AFTER_RECOMPUTE + 1] = sync_demand
+
+local function demand_of(inst)
+  local d = DEMAND[inst.name]
+  return d and d.rate or 0
+end
+
+-- A planned load counts this long without a poll or an answer confirming it: it may wait
+-- behind warm requests for max_warm_wait, then load.
+local PLANNED_MS = C.max_warm_wait_ms + 10000
+-- A warm instance whose queue holds more than this many requests per slot is no better than
+-- a cold load elsewhere: a load takes seconds (and evicts a model others may want), an answer
+-- a fraction of that, so queueing wins until the queue is deep.
+local WARM_QUEUE_PER_SLOT = 6
+-- Among cold loads that unload a model, each model left loaded nowhere weighs like this many
+-- requests per slot of load: an idle instance's only copy of a model goes last.
+local VICTIM_WEIGHT = 4
+-- ... and the victim's recent demand (requests a second per slot) weighs most: a cold load
+-- that waits behind a deep queue elsewhere costs less than unloading a model in use.
+local DEMAND_WEIGHT = 10
+local LOAD_WEIGHT = 0.25
+
+-- Is `model` loaded (or about to be) on local instance `inst`, with a runner whose context
+-- suits `want` (nil: the request names none, any runner will do)? Returns loaded, planned.
+local function local_loaded(inst, model, want, now)
+  local rec = S.inst[inst.name]
+  local polled = rec and rec.ok and rec.loadedset and rec.loadedset[model]
+  if polled then return want == nil or polled.ctx == nil or polled.ctx == want, false end
+  -- It answered for the model since the poll (HAProxy wrote warm.map): loaded, context as
+  -- the instance's default (a request naming another one takes the Lua path anyway).
+  if WARM and WARM:lookup(model) == inst.admit then
+    return want == nil or want == inst.num_ctx, false
+  end
+  -- Not dropped by the next poll: the cold request may wait max_warm_wait before it loads.
+  local seen = SEEN[inst.name][model]
+  if seen and now - seen.at <= PLANNED_MS then
+    return want == nil or seen.ctx == nil or seen.ctx == want, true
+  end
+  return false, false
+end
+
+-- Loaded models on `inst` and the VRAM they take, as far as this gateway knows.
+local function local_residents(inst, now)
+  local rec = S.inst[inst.name]
+  local n, vram, names = 0, 0, {}
+  if rec and rec.ok and rec.loadedset then
+    for key, e in pairs(rec.loadedset) do
+      names[key] = true
+      n, vram = n + 1, vram + (e.vram or 0)
+    end
+  end
+  for key, seen in pairs(SEEN[inst.name]) do
+    if not names[key] and now - seen.at <= PLANNED_MS then
+      names[key] = true
+      n = n + 1
+    end
+  end
+  for key in pairs(C.local_models) do
+    if not names[key] and WARM and WARM:lookup(key) == inst.admit then n = n + 1 end
+  end
+  return n, vram
+end
+
+-- Would loading a model of `size` bytes make the instance unload another (Ollama's rules:
+-- OLLAMA_MAX_LOADED_MODELS, and whether it fits in VRAM beside what is loaded)?
+local function evicts(count, vram_used, max_loaded, vram, size)
+  if count >= max_loaded then return true end
+  return vram ~= nil and size ~= nil and vram_used + size > vram
+end
+
+local function ctx_of(it, model)
+  for _, m in ipairs(type(it.loaded_models) == "table" and it.loaded_models or {}) do
+    if type(m) == "table" and m.name == model then
+      return true, tonumber(m.context_length), m.planned == true
+    end
+  end
+  return false
+end
+
+-- How many instances of the cluster have each model loaded (or a load planned), from this
+-- node's polls and the peers' reports; computed once per view (it changes after a poll).
+local function copies_of(view, now)
+  if view.copies then return view.copies end
+  local copies = {}
+  local function add(key) copies[key] = (copies[key] or 0) + 1 end
+  for _, inst in ipairs(C.instances) do
+    local rec = S.inst[inst.name]
+    local names = {}
+    if rec and rec.ok and rec.loadedset then
+      for key in pairs(rec.loadedset) do names[key] = true end
+    end
+    for key, seen in pairs(SEEN[inst.name]) do
+      if now - seen.at <= PLANNED_MS then names[key] = true end
+    end
+    for key in pairs(names) do add(key) end
+  end
+  for _, pv in pairs(view.peers) do
+    local its = pv.report and type(pv.report.instances) == "table" and pv.report.instances or {}
+    for _, it in ipairs(its) do
+      for _, m in ipairs(type(it) == "table" and type(it.loaded_models) == "table"
+          and it.loaded_models or {}) do
+        if type(m) == "table" and type(m.name) == "string" then add(m.name) end
+      end
+    end
+  end
+  view.copies = copies
+  return copies
+end
+
+-- For a cold load that unloads what an instance has: how many of its models would then be
+-- loaded nowhere else (a later request for them would be a cold load too). Evicting a second
+-- copy of a busy model costs nothing; evicting the only copy of one starts a chain of loads.
+local function unique_victims(copies, names)
+  local n = 0
+  for key in pairs(names) do
+    if (copies[key] or 0) <= 1 then n = n + 1 end
+  end
+  return n
+end
+
+-- Tiers, best first: 1 loaded with a free slot; 2 loaded, busy (queue there); 3 a cold load
+-- that evicts nothing; 4 a cold load that unloads another model. Within a tier the lowest load
+-- per slot wins, this node's instances before peers on a tie.
+local function tier_of(loaded, load, slots, evict)
+  if loaded then
+    if load < slots then return 1 end
+    if load < slots * (1 + WARM_QUEUE_PER_SLOT) then return 2 end
+    return evict and 4 or 3
+  end
+  return evict and 4 or 3
+end
+
+local function better(a, b)
+  if b == nil then return true end
+  if a.tier ~= b.tier then return a.tier < b.tier end
+  if a.ratio ~= b.ratio then return a.ratio < b.ratio end
+  return a.remote < b.remote
+end
+
+local function schedule(txn, scope)
+  local model = txn:get_var("txn.model")
+  local spec = (scope == "peer" and C.local_models or C.models)[model]
+  local view = S.view
+  if not spec or not spec.lf or not view then return end
+  local now = now_ms()
+  local want = tonumber(txn:get_var("txn.num_ctx"))
+  local f = txn.f
+  local best
+  for _, srv in ipairs(spec.servers) do
+    if srv.instance then
+      local inst = INST[srv.instance]
+      if inst and server_ready(view, srv, model) and not drained_now(srv) then
+        local load = f:be_conn(inst.admit)
+        local loaded, planned = local_loaded(inst, model, want and want or nil, now)
+        local count, vram_used = local_residents(inst, now)
+        local ev = evicts(count, vram_used, inst.max_loaded, inst.vram, spec.size)
+        local tier = tier_of(loaded, load, inst.num_parallel, ev)
+        -- A planned load has no free slot to offer until it is loaded.
+        if planned and tier == 1 then tier = 2 end
+        local ratio = load / inst.num_parallel
+        if tier == 4 then
+          -- The victim: what is loaded there. Its recent demand (requests a second on the
+          -- instance, HAProxy's own rate) and whether it is loaded nowhere else.
+          local rec = S.inst[inst.name]
+          ratio = LOAD_WEIGHT * ratio + DEMAND_WEIGHT * demand_of(inst) / inst.num_parallel
+            + VICTIM_WEIGHT * unique_victims(
+            copies_of(view, now), rec and rec.ok and rec.loadedset or {})
+        end
+        local c = { tier = tier, ratio = ratio, remote = 0, inst = inst, planned = planned,
+                    loaded = loaded }
+        if better(c, best) then best = c end
+      end
+    elseif scope ~= "peer" and srv.node ~= C.node and server_ready(view, srv, model) then
+      local pv = view.peers[srv.node]
+      local rec = S.peer[srv.node]
+      local report = pv and pv.report
+      local sent = rec and rec.sent or 0
+      local its = report and type(report.instances) == "table" and report.instances or nil
+      if its and #its > 0 then
+        for _, it in ipairs(its) do
+          if type(it) == "table" and it.ready then
+            local slots = math.max(tonumber(it.num_parallel) or 1, 1)
+            local load = (tonumber(it.running) or tonumber(it.in_flight) or 0)
+              + (tonumber(it.queued) or 0) + sent
+            local has, ctx, planned = ctx_of(it, model)
+            local loaded = has and (want == nil or ctx == nil or ctx == want)
+            local count = type(it.loaded_models) == "table" and #it.loaded_models or 0
+            local ev = evicts(count, 0, tonumber(it.max_loaded) or math.huge, nil, nil)
+            local tier = tier_of(loaded, load, slots, ev)
+            if planned and tier == 1 then tier = 2 end
+            local ratio = load / slots
+            if tier == 4 then
+              local names = {}
+              for _, m in ipairs(type(it.loaded_models) == "table" and it.loaded_models or {}) do
+                if type(m) == "table" and type(m.name) == "string" then names[m.name] = true end
+              end
+              ratio = LOAD_WEIGHT * ratio + DEMAND_WEIGHT * (tonumber(it.rate) or 0) / slots
+                + VICTIM_WEIGHT * unique_victims(copies_of(view, now), names)
+            end
+            local c = { tier = tier, ratio = ratio, remote = 1, node = srv.node,
+                        server = srv.name, planned = planned, loaded = loaded }
+            if better(c, best) then best = c end
+          end
+        end
+      else
+        -- Ready by placement only (an older peer without a live report): a cold target of
+        -- unknown load, after every instance that reports.
+        local c = { tier = 4, ratio = math.huge, remote = 1, node = srv.node, server = srv.name }
+        if better(c, best) then best = c end
+      end
+    end
+  end
+  if not best then return end -- nothing ready: the route backend's own balancing
+  -- Cold: the model is not loaded where the request waits (a busy instance that has it loaded
+  -- is a long warm queue, not a cold load: it keeps warm priority). A request that follows a
+  -- planned load is cold too: its model is not loaded yet, and at warm priority it would jump
+  -- the queue and load it before max_warm_wait.
+  local cold = best.loaded ~= true or best.planned == true
+  if best.inst then
+    txn:set_var("txn.olladist_admit", best.inst.admit)
+    if cold and not best.planned then
+      SEEN[best.inst.name][model] = { at = now, ctx = want or best.inst.num_ctx }
+    end
+  else
+    txn:set_var("txn.olladist_pick", best.server)
+    if S.peer[best.node] then S.peer[best.node].sent = (S.peer[best.node].sent or 0) + 1 end
+  end
+  -- The one priority offset of the request (CONTRACT.md): warm 0, cold +max_warm_wait, plus
+  -- the fairness offset of the key's engineer when set; kept inside HAProxy's window.
+  local offset = (cold and C.max_warm_wait_ms or 0)
+    + (math.tointeger(tonumber(txn:get_var("txn.olladist_fair_ms"))) or 0)
+  if offset > C.prio_limit then offset = C.prio_limit end
+  if offset < -C.prio_limit then offset = -C.prio_limit end
+  if offset ~= 0 then txn:set_priority_offset(offset) end
+  txn:set_var("txn.olladist_sched", cold and "cold" or "warm")
+end
+
+DEMAND_REPORT = function(inst) return math.floor(demand_of(inst) * 100 + 0.5) / 100 end
+
+-- The models loaded on a local instance as this gateway knows them, for its live report.
+SEEN_REPORT = function(inst, now)
+  local rec = S.inst[inst.name]
+  local out, names = array(), {}
+  if rec and rec.ok and rec.loadedset then
+    for key, e in pairs(rec.loadedset) do
+      names[key] = true
+      out[#out + 1] = { name = key, context_length = e.ctx }
+    end
+  end
+  for key in pairs(C.local_models) do
+    if not names[key] and WARM and WARM:lookup(key) == inst.admit then
+      names[key] = true
+      out[#out + 1] = { name = key, context_length = inst.num_ctx }
+    end
+  end
+  -- Cold loads this gateway sent there and that have not happened yet: peers queue behind
+  -- them (as busy) instead of loading the same model a second time elsewhere.
+  for key, seen in pairs(SEEN[inst.name] or {}) do
+    if not names[key] and now - seen.at <= PLANNED_MS then
+      out[#out + 1] = { name = key, context_length = seen.ctx, planned = true }
+    end
+  end
+  table.sort(out, function(a, b) return a.name < b.name end)
+  return out
+end
+
+core.register_action("olladist_pick", { "http-req" }, function(txn, scope)
+  local ok, err = pcall(schedule, txn, scope)
+  if not ok then core.Warning("olladist loaded-first: " .. tostring(err)) end
+end, 1)
+
+
+---------------------------------------------------------------------------------------------
 -- Duplicate keys: Ollama's Go decoder takes the last `model` (keys matched without case, after
 -- \u escapes); HAProxy's json_query takes the first. Bodies that might have such a key twice
 -- (a cheap regex in the config picks them) are checked here, and refused if they do.
@@ -1090,4 +1237,3 @@ core.register_action("olladist_dupkeys", { "http-req" }, function(txn, fields)
     end
   end
 end, 1)
-
