@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from olladist.files import File
-from olladist.gateway.render import SHIPPED_PATHS, shipped_lua
+from olladist.gateway.lua import shipped_lua
+from olladist.gateway.render import SHIPPED_PATHS
 from olladist.layout import Layout
 from olladist.nodeconfig import write_peer_secret
 from olladist.spec import Spec

@@ -30,6 +30,7 @@ RENDER = {
     "olladist.gateway.topology",
     "olladist.gateway.render",
     "olladist.gateway.fair",
+    "olladist.gateway.lua",
 }
 PLAN = {"olladist.plan", "olladist.rollout", "olladist.gate"}
 NODE_LOCAL = {"olladist.nodelocal"}  # node-local settings as values; render takes them

@@ -11,9 +11,9 @@ reads its settings from the small rendered ``fair-config.lua``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
 from olladist.files import File
+from olladist.gateway.lua import lua_literal, shipped_lua
 from olladist.layout import GATEWAY_DIR
 from olladist.spec import Spec, duration_ms
 
@@ -80,20 +80,6 @@ def build(
     )
 
 
-def _lua(value: int | str | bool | tuple[str, ...] | None) -> str:
-    if isinstance(value, tuple):
-        return "{ " + ", ".join(_lua(v) for v in value) + " }"
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    # Paths were checked by topology.safe_path, backend names are made of spec names and
-    # dots: no quote or backslash can end the string.
-    return f'"{value}"'
-
-
 def config_lua(p: FairPolicy, node: str) -> str:
     items = {
         "keys_file": p.keys_file,
@@ -104,19 +90,12 @@ def config_lua(p: FairPolicy, node: str) -> str:
         "max_concurrent": p.max_concurrent,
         "requests_per_minute": p.requests_per_minute,
     }
-    body = "".join(f"  {k} = {_lua(v)},\n" for k, v in items.items())
     return (
         f'-- Fairness and limits per client for node {node} (docs/gateway.md, "Fair across\n'
         '-- clients"). Rendered by olladist; HAProxy loads it just before the shipped fair.lua.\n'
-        f"olladist_fair_settings = {{\n{body}}}\n"
+        f"olladist_fair_settings = {lua_literal(items)}\n"
     )
 
 
-def shipped_fair_lua() -> str:
-    """fair.lua as shipped (olladist/data/lua/): the same bytes on every node, installed with
-    the rendered files, so an upgrade that changes it is drift and reloads the gateway."""
-    return resources.files("olladist").joinpath("data", "lua", "fair.lua").read_text("utf-8")
-
-
 def fair_files(p: FairPolicy, node: str) -> dict[str, File]:
-    return {FAIR_LUA: File(shipped_fair_lua()), FAIR_CONFIG_LUA: File(config_lua(p, node))}
+    return {FAIR_LUA: File(shipped_lua("fair.lua")), FAIR_CONFIG_LUA: File(config_lua(p, node))}

@@ -7,11 +7,10 @@ rendered; the config only names the node-local files that hold them (see docs/ga
 from __future__ import annotations
 
 import json
-import re
-from importlib import resources
 
 from olladist.files import File
 from olladist.gateway.fair import FAIR_LUA, fair_files
+from olladist.gateway.lua import lua_literal, shipped_lua
 from olladist.gateway.topology import LARGE_CONFIG, Route, Topology, admit_backend, build
 from olladist.layout import GATEWAY_DIR, HAPROXY_CFG, PEER_SECRET_FILE, ROOT, Layout
 from olladist.nodelocal import NodeTLS
@@ -101,45 +100,6 @@ def _fallback_entry(model: Model) -> str:
     return json.dumps(entry, separators=(",", ":"))
 
 
-# Printable ASCII except `"` and backslash: the characters lua_literal writes as they are.
-_PLAIN_LUA = re.compile(r"[ !#-\[\]-~]*")
-
-
-def lua_literal(value: object, indent: str = "") -> str:
-    """``value`` (dicts with str keys, lists, str, int, bool, None) as a Lua table constructor.
-
-    Strings are written with decimal escapes for anything outside printable ASCII, so no value
-    can end the string or the file early."""
-    inner = indent + "  "
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        if _PLAIN_LUA.fullmatch(value):
-            return '"' + value + '"'  # nothing to escape: most names (render of 1,000 nodes)
-        out = []
-        for b in value.encode():
-            c = chr(b)
-            out.append(c if 32 <= b < 127 and c not in '"\\' else f"\\{b:03d}")
-        return '"' + "".join(out) + '"'
-    if isinstance(value, list | tuple):
-        if not value:
-            return "{}"
-        return "{\n" + "".join(f"{inner}{lua_literal(v, inner)},\n" for v in value) + indent + "}"
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        items = "".join(
-            f"{inner}[{lua_literal(str(k))}] = {lua_literal(v, inner)},\n"
-            for k, v in sorted(value.items())
-        )
-        return "{\n" + items + indent + "}"
-    raise TypeError(f"no Lua literal for {type(value).__name__}")
-
-
 def live_config(t: Topology, spec: Spec, placement: Placement) -> dict[str, object]:
     """What live.lua needs to know about this node, its peers and where each model goes."""
     interval = duration_ms(t.health_interval)
@@ -223,13 +183,6 @@ def live_config_lua(t: Topology, spec: Spec, placement: Placement) -> str:
     """The node's part of the live view: one Lua table, loaded before the shipped live.lua."""
     config = lua_literal(live_config(t, spec, placement))
     return render_template("live-config.lua.j2", node=t.node, config=config)
-
-
-def shipped_lua(name: str) -> str:
-    """A Lua file shipped with olladist (olladist/data/lua/), the same on every node: it is
-    installed with the rendered files, so a package upgrade that changes it is drift, and the
-    gateway reloads, like a change of any rendered gateway file."""
-    return resources.files("olladist").joinpath("data", "lua", name).read_text(encoding="utf-8")
 
 
 def render_config(topology: Topology) -> str:

@@ -231,8 +231,10 @@ def test_a_flooding_key_does_not_starve_a_light_one(gw_tmp: Path, fair: bool) ->
     light = [n for n, k in enumerate(order) if k == "sk-light"]
     if fair:
         # The flood's requests sort one second of virtual time apart; the light key's first
-        # goes right after the flood's first, its second after the flood's second.
-        assert light == [1, 3], order
+        # goes right after the flood's first, its second after the flood's second: [1, 3].
+        # The offsets scale with the pace fair.lua measures, which a loaded machine can move
+        # by a place; first come, first served would put both last.
+        assert light[0] <= 2 and light[1] <= 4, order
     else:
         # Without fairness HAProxy's queue is first come, first served: the light key last.
         assert light == [6, 7], order

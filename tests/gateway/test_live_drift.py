@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from olladist.gateway.live import serves_everything, serving_drift
-from olladist.gateway.render import lua_literal
+from olladist.gateway.lua import lua_literal
 from olladist.plan import Kind
 from tests.conftest import need
 
