@@ -973,15 +973,39 @@ README_BEGIN = "<!-- bench/run: figures begin -->"
 README_END = "<!-- bench/run: figures end -->"
 
 
-def write_readme(rep: Report) -> None:
-    """The README's figures table, drawn from this run (full mode only)."""
+def _row_key(line: str, bullet: str) -> str:
+    """The target or figure a line is about: a bullet's text before its verdict, a table
+    row's first cell."""
+    if bullet == "- ":
+        return line.split(": met;", maxsplit=1)[0].split(": missed;", maxsplit=1)[0]
+    return line.split("|")[1].strip() if line.count("|") > 2 else line
+
+
+def _merge_rows(old: str, new: str, bullet: str) -> str:
+    """``old`` with each of ``new``'s lines that start with ``bullet`` in place of the line on
+    the same target, in ``old``'s order; lines about targets ``old`` lacks come last."""
+    fresh = {_row_key(x, bullet): x for x in new.splitlines() if x.startswith(bullet)}
+    out = []
+    for line in old.rstrip().splitlines():
+        key = _row_key(line, bullet) if line.startswith(bullet) else None
+        out.append(fresh.pop(key) if key in fresh else line)
+    return "\n".join(out + list(fresh.values())) + "\n"
+
+
+def write_readme(rep: Report, merge: bool = False) -> None:
+    """The README's figures table, drawn from this run; ``merge`` (a run of some sections):
+    only the rows this run measured change."""
     readme = REPO / "README.md"
     text = readme.read_text()
     if README_BEGIN not in text or not rep.readme:
         return
     head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    table = ["| what | figure |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rep.readme.items()]
+    old, tail = rest.split(README_END, 1)
+    rows = [f"| {k} | {v} |" for k, v in rep.readme.items()]
+    if merge:
+        rows = [x for x in _merge_rows(old, "\n".join(rows), "| ").splitlines() if x.strip()]
+        rows = [x for x in rows if not x.startswith(("| what |", "|---"))]
+    table = ["| what | figure |", "|---|---|", *rows]
     readme.write_text(head + README_BEGIN + "\n" + "\n".join(table) + "\n" + README_END + tail)
 
 
@@ -1072,7 +1096,9 @@ def splice(out: Path, rep: Report) -> str:
     for text in rep.sections:
         title = text.split("\n", 1)[0].removeprefix("## ")
         if title == "Targets":
-            continue  # the full run's own summary; this run measured only some of it
+            # This run's verdicts replace those on the same target; the others are kept.
+            sections[title] = _merge_rows(sections.get(title, "## Targets\n\n"), text, "- ")
+            continue
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         sections[title] = (
             text.rstrip() + f"\n\n(This section: `bench/run --only {','.join(rep.only)}` on "
@@ -1122,13 +1148,13 @@ def main() -> int:
         ):
             with budget(rep, name, BUDGETS[name][0 if args.quick else 1]):
                 run()
+    targets(rep)
     if only is None:
-        targets(rep)
         write(rep, args.out, started)
     else:
         args.out.write_text(splice(args.out, rep))
-    if not args.quick and not args.only and args.out == REPO / "docs/benchmarks.md":
-        write_readme(rep)
+    if not args.quick and args.out == REPO / "docs/benchmarks.md":
+        write_readme(rep, merge=only is not None)
     failed = [
         f"{k} = {rep.ratios[k]:.2f} < {floor}"
         for k, floor in FLOORS.items()
