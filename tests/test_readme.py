@@ -79,6 +79,9 @@ def test_dev_command_and_tour_work_as_written(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         start_new_session=True,
         text=True,
+        # Ctrl-C as in a terminal, even when this test runs under a shell that started it in
+        # the background (nohup, `&`), which leaves SIGINT ignored for all it starts.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     output: list[str] = []
     up = threading.Event()

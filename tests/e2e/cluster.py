@@ -299,10 +299,28 @@ def start_cluster(  # noqa: PLR0917
             return cluster
         cluster.wait_converged(head, timeout=90)
         cluster.wait(lambda: all_servers_up(cluster), 30, "gateway health checks")
+        # Each node converged serves what it holds; a peer's models reach its view with the
+        # next poll of that peer. Ready when every gateway serves every placed model, the test
+        # `olladist dev` makes before it says "up".
+        cluster.wait(lambda: every_gateway_serves(cluster), 30, "every gateway serving all")
     except BaseException:
         cluster.close()
         raise
     return cluster
+
+
+def every_gateway_serves(cluster: Cluster) -> bool:
+    from olladist.gateway.live import LIVE_PATH, LiveUnavailable, fetch_live, serves_everything
+    from olladist.specload import load_spec
+
+    listed = sorted(m.key for m in load_spec(cluster.repo).models)
+    for n in cluster.nodes:
+        try:
+            if serves_everything(fetch_live(f"http://{n.addr}:8404{LIVE_PATH}"), listed):
+                return False
+        except LiveUnavailable:
+            return False
+    return True
 
 
 def all_servers_up(cluster: Cluster) -> bool:
