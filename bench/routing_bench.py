@@ -33,7 +33,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from olladist.dev import DevCluster
 from olladist.placement import place
 from olladist.specload import load_spec
+from tests.harness.ports import free_port
 
 # Chat models of the simulator's catalogue, most popular first; sizes 0.4-4.9 GB (2.65 GB on
 # average: about 2 s a load at the default 1.3 GB/s).
@@ -100,12 +100,6 @@ class Result:
     p50: float
     p95: float
     placement: str
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def spec_text(

@@ -196,6 +196,9 @@ class DrainingRuntime:
     def is_active(self, unit: str) -> bool:
         return self.inner.is_active(unit)
 
+    def why_inactive(self, unit: str) -> str:
+        return self.inner.why_inactive(unit)
+
     def supervise(self) -> list[str]:
         return self.inner.supervise()
 

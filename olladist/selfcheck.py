@@ -66,10 +66,13 @@ def _feeding(call: Callable[[], T], wait: Callable[[], None]) -> T:
 
 
 def _inactive(runtime: Runtime, units: list[str]) -> list[str]:
-    is_active = getattr(runtime, "is_active", None)
-    if is_active is None:
-        return []
-    return [u for u in units if not is_active(u)]
+    """Why each of ``units`` that does not run is not running (a sentence per unit)."""
+    out = []
+    for u in units:
+        if not runtime.is_active(u):
+            why = runtime.why_inactive(u)
+            out.append(f"{u} is not running ({why})" if why else f"{u} is not running")
+    return out
 
 
 def check_after_apply(
@@ -93,7 +96,7 @@ def check_after_apply(
     while True:
         dead = _inactive(runtime, units)
         if dead:
-            return [f"{u} is not running" for u in dead]
+            return dead
         down = {
             h["name"]: h["status"]
             for h in gateway_health(layout)
@@ -137,5 +140,5 @@ def check_after_apply(
             else:
                 log.info("check after apply: %s: %s", model, result.detail)
     dead = _inactive(runtime, units)
-    failures += [f"{u} is not running" for u in dead]
+    failures += dead
     return failures

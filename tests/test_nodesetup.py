@@ -18,7 +18,8 @@ from olladist.errors import OlladistError
 from olladist.layout import ENV_FILE, PEER_SECRET_FILE, Layout
 from olladist.nodesetup import new_secret, parse_secret, redact, secret_install
 from tests.conftest import EXAMPLE_SPEC
-from tests.harness.gitserver import free_port, serve_git_http
+from tests.harness.gitserver import serve_git_http
+from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.integration
 

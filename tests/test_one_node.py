@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,20 +20,14 @@ import pytest
 from olladist.cli import main
 from tests.conftest import need
 from tests.gateway.harness import wait_port
+from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def one_node_spec(base: Path) -> tuple[Path, int, int]:
     """A spec of one node with one instance; returns (spec dir, gateway port, stats port)."""
-    port, stats, peer, inst = (_free_port() for _ in range(4))
+    port, stats, peer, inst = (free_port() for _ in range(4))
     spec = base / "spec"
     (spec / "nodes").mkdir(parents=True)
     (spec / "cluster.yaml").write_text(

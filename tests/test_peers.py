@@ -26,7 +26,7 @@ from olladist.peers import (
 )
 from olladist.specload import load_spec
 from tests.conftest import EXAMPLE_SPEC
-from tests.harness.gitserver import free_port
+from tests.harness.ports import free_port
 
 
 class _Answer(BaseHTTPRequestHandler):

@@ -35,7 +35,7 @@ from olladist.statusd import REDACTED, StatusServer, Transfers, get, scrub
 from tests.conftest import EXAMPLE_SPEC, REPO, need, node_secrets
 from tests.e2e.cluster import DEFAULT_MODELS, cluster_yaml
 from tests.gateway.certs import make_ca, make_node_cert
-from tests.harness.gitserver import free_port
+from tests.harness.ports import free_port
 
 SCHEMA = json.loads((REPO / "docs/schema/cluster-view.schema.json").read_text())
 

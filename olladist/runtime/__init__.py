@@ -36,6 +36,11 @@ class Runtime(Protocol):
         or failed for good)."""
         ...
 
+    def why_inactive(self, unit: str) -> str:
+        """What is known of why ``unit`` does not run (how it exited, its last log line), for
+        error messages; empty when nothing is known."""
+        ...
+
     def supervise(self) -> list[str]:
         """Start what should run and died; returns the units started (the daemon calls it
         while it waits). A runtime whose services restart on their own returns []."""
@@ -93,6 +98,9 @@ class FilesOnly:
         # Nothing runs here, so nothing can be found stopped; plans under this runtime do not
         # ask (runtime actions are only reported).
         return True
+
+    def why_inactive(self, unit: str) -> str:
+        return ""
 
     def supervise(self) -> list[str]:
         return []

@@ -193,6 +193,14 @@ class LocalRuntime:
     def is_active(self, unit: str) -> bool:
         return self.running(unit) is not None
 
+    def why_inactive(self, unit: str) -> str:
+        facts = []
+        last = _last_line(self.log_dir / f"{unit}.log")
+        if last:
+            facts.append(f"its log ends: {last}")
+        facts.append(f"see {self.log_dir / (unit + '.log')}")
+        return "; ".join(facts)
+
     def supervise(self) -> list[str]:
         """Start every enabled unit that is not running (Restart=always); returns those started.
         A unit that keeps failing is retried with a growing delay, up to a minute."""
@@ -236,6 +244,22 @@ class LocalRuntime:
         if proc.returncode != 0:
             out = (proc.stderr or proc.stdout).strip()
             raise ToolError(f"{unit}: `{' '.join(argv)}` failed ({proc.returncode}): {out}")
+
+
+def _last_line(path: Path, limit: int = 300) -> str:
+    """The last non-empty line of a log file (its last 4 KiB read), cut to ``limit``."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    last = lines[-1]
+    return last if len(last) <= limit else last[: limit - 1] + "…"
 
 
 def _seconds(value: str) -> float:

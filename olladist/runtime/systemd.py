@@ -71,6 +71,17 @@ class SystemdRuntime:
         )
         return proc.returncode == 0
 
+    def why_inactive(self, unit: str) -> str:
+        try:
+            out = self._run("show", "--property=ActiveState,Result,ExecMainStatus", unit)
+        except (ToolError, subprocess.TimeoutExpired):
+            return ""
+        props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        facts = [f"{props.get('ActiveState', '?')}, result {props.get('Result', '?')}"]
+        if props.get("ExecMainStatus", "0") != "0":
+            facts.append(f"exit status {props['ExecMainStatus']}")
+        return "; ".join(facts) + f"; see: journalctl -u {unit} -n 50"
+
     def supervise(self) -> list[str]:
         # systemd restarts the units itself (Restart=always).
         return []

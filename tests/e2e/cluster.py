@@ -28,7 +28,8 @@ from typing import Any
 from olladist.layout import ENV_FILE, PEER_SECRET_FILE, Layout
 from olladist.nodeconfig import write_peer_secret
 from olladist.runtime.local import LocalRuntime
-from tests.harness.gitserver import HttpServer, free_port, serve_git_http
+from tests.harness.gitserver import HttpServer, serve_git_http
+from tests.harness.ports import free_port
 
 SIM = str(Path(sys.executable).parent / "olladist-sim")
 

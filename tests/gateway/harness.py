@@ -34,14 +34,9 @@ from olladist.nodeconfig import write_peer_secret
 from olladist.nodelocal import NodeTLS
 from olladist.placement import place
 from olladist.spec import Spec
+from tests.harness.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def port_free_on(port: int, hosts: list[str]) -> bool:

@@ -76,3 +76,70 @@ def test_no_request_reaches_an_instance_after_its_drain(one: Cluster) -> None:
     assert after and all(status == 200 for status, _ in after), after[:5]
     late = [who for _, who in after if who != "n0/i0"]
     assert late == [], f"{len(late)} of {len(after)} requests reached a drained instance"
+
+
+@pytest.fixture
+def warm_two(gw_tmp: Path) -> Iterator[Cluster]:
+    # One node, two instances, loaded-first: `mine` ends up loaded on both.
+    spec = make_spec(
+        loopback_hosts(1),
+        {0: [4, 4]},
+        [{"name": "mine", "nodes": ["n0"]}],
+        gateway={"strategy": "loaded-first"},
+    )
+    with cluster(gw_tmp, spec) as c:
+        yield c
+
+
+def test_the_warm_fast_path_skips_a_drained_instance(warm_two: Cluster) -> None:
+    """Loaded-first sends a request for a model loaded on a local instance straight to that
+    instance's admission backend (warm.map, no Lua). The reconciler drains the instance before
+    a restart; the drain reaches the admission server through its track, but its `srv_is_up`
+    stays true, so the fast path sent requests to a backend whose one server was drained: 503
+    (no usable server) during every rolling restart with the default strategy."""
+    gw = warm_two.gw("n0")
+    rt = gw.runtime
+    with httpx.Client(trust_env=False, timeout=30) as h:
+        for fake in warm_two.fakes.values():  # `mine` loaded on both instances
+            h.post(f"http://127.0.0.1:{fake.port}/fake/ps", json=["mine:latest"])
+        wait_until(
+            lambda: all(
+                "mine:latest" in [m["name"] for m in i.get("loaded_models", [])]
+                for i in live(gw)["instances"]
+            )
+        )
+        # Where the fast path sends `mine` now: the instance that answers a request alone.
+        r = h.post(gw.url + "/api/generate", json={"model": "mine", "prompt": "x"})
+        assert r.status_code == 200, r.text
+        warm = r.json()["instance"].split("/")[-1]
+
+    served: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(trust_env=False, timeout=30) as c:
+            while not stop.is_set():
+                sent = time.monotonic()
+                r = c.post(gw.url + "/api/generate", json={"model": "mine", "prompt": "x"})
+                who = r.json().get("instance", "") if r.status_code == 200 else r.text[:200]
+                served.append((sent, r.status_code, who))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        rt.set_state(INSTANCES_BACKEND, warm, AdminState.DRAIN)
+        drained_at = time.monotonic()
+        assert drain_instance(rt, warm, timeout=10)
+        wait_until(lambda: len([s for s in served if s[0] > drained_at]) >= 60)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        set_ready(rt, warm)
+    after = [(status, who) for sent, status, who in served if sent > drained_at]
+    failed = [(s, w) for s, w in after if s != 200]
+    assert not failed, f"{len(failed)} of {len(after)} failed: {failed[:3]}"
+    late = [who for _, who in after if who.endswith("/" + warm)]
+    assert late == [], f"{len(late)} of {len(after)} requests reached the drained {warm}"

@@ -106,3 +106,22 @@ def test_a_failing_command_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ToolError, match=r"olladist-x.service: `/bin/false` failed \(1\)"):
         rt.start("olladist-x.service")
     assert rt.running("olladist-x.service") is None
+
+
+def test_a_unit_that_died_says_why_from_its_log(tmp_path: Path) -> None:
+    unit_dir = tmp_path / "etc/systemd/system"
+    unit_dir.mkdir(parents=True)
+    script = "import sys, time; time.sleep(0.3); print('starting'); "
+    script += "sys.exit('Error: listen tcp 127.0.0.1:11500: bind: address already in use')"
+    (unit_dir / "olladist-x.service").write_text(
+        f'[Service]\nExecStart={sys.executable} -c "{script}"\n'
+    )
+    rt = LocalRuntime(Layout(tmp_path))
+    try:
+        rt.start("olladist-x.service")
+        wait_for(lambda: not rt.is_active("olladist-x.service"))
+        why = rt.why_inactive("olladist-x.service")
+        assert why.startswith("its log ends: Error: listen tcp 127.0.0.1:11500: bind: address")
+        assert "olladist-x.service.log" in why
+    finally:
+        rt.stop_all()

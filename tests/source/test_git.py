@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from olladist.source import FetchError, GitSource, RollbackRefused, SourceError
-from tests.harness.gitserver import HttpServer, free_port, wait_listening
+from tests.harness.gitserver import HttpServer, wait_listening
+from tests.harness.ports import free_port
 from tests.source.conftest import Upstream, git
 
 CLUSTER = "cluster: lab\n"

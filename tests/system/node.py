@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from olladist.units import (
     shipped_unit,
 )
 from tests.harness.gitserver import serve_git_http
+from tests.harness.ports import free_port
 from tests.harness.systemd_sandbox import SystemdSandbox
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,13 +53,6 @@ _GIT_ENV = {
     "GIT_COMMITTER_EMAIL": "test@example.com",
     "GIT_CONFIG_NOSYSTEM": "1",
 }
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def loopback_address() -> str:

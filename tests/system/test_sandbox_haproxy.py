@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 import urllib.request
 
 import pytest
 
+from tests.harness.ports import free_port
 from tests.harness.systemd_sandbox import SystemdSandbox
 
 pytestmark = pytest.mark.system
@@ -17,13 +17,6 @@ pytestmark = pytest.mark.system
 UNIT = "olladist-test-haproxy.service"
 # Loopback only: never through a proxy configured in the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _config(port: int, answer: str) -> str:
@@ -61,7 +54,7 @@ def test_haproxy_notify_unit_serves_and_reloads_hitlessly(
             pytest.fail("haproxy is not installed")
         pytest.skip("haproxy is not installed")
     sandbox = systemd_sandbox
-    port = _free_port()
+    port = free_port()
     _, config = sandbox.install_file("haproxy-test.cfg", _config(port, "v1"), reload=False)
     sandbox.install_unit(
         UNIT,

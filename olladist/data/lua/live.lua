@@ -869,7 +869,8 @@ local function sync_warm(view)
   for _, inst in ipairs(C.instances) do
     local rec = S.inst[inst.name]
     local iv = view.lv.instances[inst.name]
-    if rec and rec.ok and rec.loadedset and iv and iv.ready then
+    if rec and rec.ok and rec.loadedset and iv and iv.ready
+      and not drained_now({ instance = inst.name }) then
       local st = server_stats(inst.admit, inst.name)
       local load = st and ((tonumber(st.scur) or 0) + (tonumber(st.qcur) or 0)) or 0
       load = load / inst.num_parallel
@@ -886,7 +887,7 @@ local function sync_warm(view)
       -- Kept when it names another instance that has the model loaded too (the last answer).
       local other = have and INST_BY_ADMIT[have]
       local keep = other and S.inst[other.name] and S.inst[other.name].loadedset
-        and S.inst[other.name].loadedset[key]
+        and S.inst[other.name].loadedset[key] and not drained_now({ instance = other.name })
       if not keep then core.set_map(C.warm_map, key, want[key]) end
     end
   end
