@@ -52,7 +52,7 @@ def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
 def cluster_yaml(nodes: list[dict[str, Any]], models: str, policy: str = "") -> str:
     lines = [
         "cluster: e2e",
-        "gateway: {strategy: least-loaded, health: {interval: 1s, fall: 2, rise: 1}}",
+        "gateway: {health: {interval: 1s, fall: 2, rise: 1}}",  # the default strategy: loaded-first
         "ollama:",
         "  env:",
         "    OLLADIST_SIM_QUIET: '1'",

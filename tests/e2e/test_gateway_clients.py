@@ -291,12 +291,9 @@ def test_api_keys_file_turns_on_bearer_auth(cluster: Cluster, clients: Clients) 
         path.write_text(f"# test key\n{digest}\n")
     spec_path = cluster.repo / "cluster.yaml"
     original = spec_path.read_text()
-    assert "gateway: {strategy: least-loaded," in original
+    assert "gateway: {health:" in original
     spec_path.write_text(
-        original.replace(
-            "gateway: {strategy: least-loaded,",
-            f"gateway: {{strategy: least-loaded, api_keys_file: {KEYS_FILE},",
-        )
+        original.replace("gateway: {health:", f"gateway: {{api_keys_file: {KEYS_FILE}, health:")
     )
     head = cluster.commit("require API keys")
     try:

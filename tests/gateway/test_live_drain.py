@@ -143,3 +143,53 @@ def test_the_warm_fast_path_skips_a_drained_instance(warm_two: Cluster) -> None:
     assert not failed, f"{len(failed)} of {len(after)} failed: {failed[:3]}"
     late = [who for _, who in after if who.endswith("/" + warm)]
     assert late == [], f"{len(late)} of {len(after)} requests reached the drained {warm}"
+
+
+@pytest.fixture
+def one_slot(gw_tmp: Path) -> Iterator[Cluster]:
+    # One node, one instance with one slot, loaded-first: requests beyond the first queue in
+    # the instance's admission backend.
+    spec = make_spec(
+        loopback_hosts(1),
+        {0: [1]},
+        [{"name": "mine", "nodes": ["n0"]}],
+        gateway={"strategy": "loaded-first"},
+    )
+    with cluster(gw_tmp, spec) as c:
+        yield c
+
+
+def test_requests_queued_for_an_instance_are_served_through_its_drain(one_slot: Cluster) -> None:
+    """The reconciler drains an instance before it restarts it and waits for what runs and
+    waits there. Requests waiting in the admission backend were lost at the drain: HAProxy
+    handed a draining server's queue back to the balancer, which found no other server and
+    answered 503 at once (and a request in the backend's own queue, which a drained server
+    never takes from, sat out `timeout queue`). They are served, and the drain waits for them."""
+    gw = one_slot.gw("n0")
+    rt = gw.runtime
+    fake = next(iter(one_slot.fakes.values()))
+    httpx.post(f"http://127.0.0.1:{fake.port}/fake/ps", json=["mine:latest"], trust_env=False)
+    wait_until(
+        lambda: (
+            "mine:latest" in [m["name"] for m in live(gw)["instances"][0].get("loaded_models", [])]
+        )
+    )
+    results: list[int] = []
+
+    def slow_request() -> None:
+        body = {"model": "mine", "prompt": "x", "stream": True, "lines": 4, "delay": 0.15}
+        with httpx.Client(trust_env=False, timeout=30) as h:
+            results.append(h.post(gw.url + "/api/generate", json=body).status_code)
+
+    threads = [threading.Thread(target=slow_request) for _ in range(5)]
+    for t in threads:
+        t.start()
+    # One runs, the other four wait in admit.i0.
+    wait_until(lambda: live(gw)["instances"][0].get("queued", 0) >= 4, timeout=10)
+    drained = drain_instance(rt, "i0", timeout=30)
+    waiting_after_drain = len([t for t in threads if t.is_alive()])
+    for t in threads:
+        t.join(30)
+    set_ready(rt, "i0")
+    assert results == [200] * 5, results
+    assert drained and waiting_after_drain == 0
