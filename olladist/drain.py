@@ -175,14 +175,43 @@ class DrainingRuntime:
         self.inner.start(unit)
 
     def reload(self, unit: str) -> None:
-        if unit == GATEWAY_UNIT and self._gateway_up():
-            # A reload starts a new worker from the config; without the saved states a
-            # drained instance would come back into rotation.
-            try:
-                self.haproxy.save_server_state(self.state_file)
-            except ToolError as exc:
-                log.warning("could not save server states before the reload: %s", exc.message)
+        if unit != GATEWAY_UNIT or not self._gateway_up():
+            self.inner.reload(unit)
+            return
+        # A reload starts a new worker from the config; without the saved states a drained
+        # instance would come back into rotation.
+        try:
+            self.haproxy.save_server_state(self.state_file)
+        except ToolError as exc:
+            log.warning("could not save server states before the reload: %s", exc.message)
+        try:
+            before = self.haproxy.worker_pid()
+        except ToolError:
+            before = None
         self.inner.reload(unit)
+        if before is not None and self.executes:
+            self._wait_new_worker(before)
+
+    def _wait_new_worker(self, before: int) -> None:
+        """Wait (bounded) until the reloaded gateway's new worker answers: the reload is a
+        signal, and until the new worker takes over, new connections still reach the old
+        one, on the old config. What follows a reload (the check after apply, a drain) must
+        see the new config: a check that met the old worker's API-key rule after the keys
+        were turned off failed, and rolled a good commit back."""
+        deadline = time.monotonic() + self.health_timeout
+        while time.monotonic() < deadline:
+            self.on_wait()
+            try:
+                now = self.haproxy.worker_pid()
+            except ToolError:
+                now = None  # the socket moves between workers for a moment
+            if now is not None and now != before:
+                return
+            time.sleep(0.05)
+        log.warning(
+            "the gateway's new worker did not answer within %.0fs of the reload; going on",
+            self.health_timeout,
+        )
 
     def enable(self, unit: str) -> None:
         self.inner.enable(unit)

@@ -209,6 +209,12 @@ class HAProxyRuntime:
     def command(self, command: str, attempts: int = 20) -> str:
         return self._send(self.admin_socket, command, attempts)
 
+    def worker_pid(self) -> int | None:
+        """The PID of the worker that answers on the admin socket (``show info``): after a
+        reload it changes once the new worker serves. None when the line is missing."""
+        m = re.search(r"^Pid:\s*(\d+)", self.command("show info", attempts=1), re.M)
+        return int(m.group(1)) if m else None
+
     def servers_state(self) -> list[ServerState]:
         return parse_servers_state(self.command("show servers state"))
 

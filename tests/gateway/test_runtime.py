@@ -34,6 +34,7 @@ from olladist.layout import ADMIN_SOCKET, MASTER_SOCKET, Layout
 from olladist.nodeconfig import write_peer_secret
 from olladist.placement import place
 from olladist.runtime.local import LocalRuntime
+from olladist.spec import Spec
 from olladist.units import GATEWAY_UNIT, unit_files
 from tests.gateway.harness import (
     Cluster,
@@ -143,6 +144,7 @@ class UnitGateway:
     root: Path
     runtime: DrainingRuntime
     rt: HAProxyRuntime
+    spec: Spec
 
     def reload(self) -> int:
         """Reload as apply does (save server states, then the unit's ExecReload: `haproxy -c`
@@ -171,7 +173,9 @@ def unit_gateway(gw_tmp: Path) -> Iterator[UnitGateway]:
         try:
             rt = HAProxyRuntime(layout.real(ADMIN_SOCKET), layout.real(MASTER_SOCKET))
             node = spec.node("n0")
-            g = UnitGateway(f"http://{node.listen}:{spec.gateway.port}", layout.root, runtime, rt)
+            g = UnitGateway(
+                f"http://{node.listen}:{spec.gateway.port}", layout.root, runtime, rt, spec
+            )
             wait_until(lambda: all(s.serving for s in _servers(rt)))
             yield g
         finally:
@@ -299,3 +303,23 @@ def test_check_servers_reads_the_stats_page_and_names_a_dead_instance(one_node: 
         wait_until(lambda: not check_servers(h, stats).ok, timeout=5)
         after = check_servers(h, stats)
     assert after.detail.startswith("not up: instances/i0 DOWN"), after.detail
+
+
+@pytest.mark.integration
+def test_a_reload_returns_once_the_new_config_serves(unit_gateway: UnitGateway) -> None:
+    """What follows a reload (the check after apply, a drain) talks to the new config: the
+    reload is a signal to the master, and until the new worker takes over, new connections
+    reach the old one. The check after apply of a commit that turned API keys off met the old
+    worker's 401 and rolled the commit back (tests/e2e/test_gateway_clients.py)."""
+    g = unit_gateway
+    layout = Layout(g.root)
+    keys = layout.real("/etc/olladist/keys")
+    keys.write_text("0" * 64 + "\n")
+    gateway = g.spec.gateway.model_copy(update={"api_keys_file": "/etc/olladist/keys"})
+    keyed = g.spec.model_copy(update={"gateway": gateway})
+    for spec, status in ((keyed, 401), (g.spec, 200), (keyed, 401)):
+        for path, f in gateway_files(spec, "n0", place(spec), layout).items():
+            write_atomic(layout.real(path), f.content.encode(), f.mode)
+        g.runtime.reload(GATEWAY_UNIT)
+        # At once, on a new connection: no wait here.
+        assert g.gen().status_code == status
