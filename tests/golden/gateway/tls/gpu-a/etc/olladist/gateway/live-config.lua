@@ -51,7 +51,7 @@ OLLADIST_LIVE = {
       ["holders"] = {
         "gpu-a",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -68,7 +68,7 @@ OLLADIST_LIVE = {
       ["holders"] = {
         "gpu-a",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -109,7 +109,7 @@ OLLADIST_LIVE = {
         "gpu-a",
         "gpu-b",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -133,7 +133,7 @@ OLLADIST_LIVE = {
         "gpu-b",
         "gpu-c",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -159,7 +159,7 @@ OLLADIST_LIVE = {
       ["holders"] = {
         "gpu-c",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["name"] = "peer.gpu-c",
@@ -190,5 +190,5 @@ OLLADIST_LIVE = {
   ["retry_after_s"] = 2,
   ["stale_ms"] = 5000,
   ["wait_step_ms"] = 25,
-  ["warm_map"] = nil,
+  ["warm_map"] = "/etc/olladist/gateway/warm.map",
 }

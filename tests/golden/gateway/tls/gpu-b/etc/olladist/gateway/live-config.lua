@@ -33,7 +33,7 @@ OLLADIST_LIVE = {
       ["holders"] = {
         "gpu-b",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -50,7 +50,7 @@ OLLADIST_LIVE = {
       ["holders"] = {
         "gpu-b",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -87,7 +87,7 @@ OLLADIST_LIVE = {
         "gpu-b",
         "gpu-a",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -111,7 +111,7 @@ OLLADIST_LIVE = {
         "gpu-a",
         "gpu-c",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -137,7 +137,7 @@ OLLADIST_LIVE = {
       ["holders"] = {
         "gpu-c",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["name"] = "peer.gpu-c",
@@ -168,5 +168,5 @@ OLLADIST_LIVE = {
   ["retry_after_s"] = 2,
   ["stale_ms"] = 5000,
   ["wait_step_ms"] = 25,
-  ["warm_map"] = nil,
+  ["warm_map"] = "/etc/olladist/gateway/warm.map",
 }

@@ -2,10 +2,12 @@
 -- clients"). Rendered by olladist; HAProxy loads it just before the shipped fair.lua.
 olladist_fair_settings = {
   ["backends"] = {
-    "route.least-loaded.gpu-a.gpu-b",
-    "route.least-loaded.gpu-a.gpu-b.gpu-c",
-    "route.least-loaded.gpu-c",
+    "route.loaded-first.gpu-a.gpu-b",
+    "route.loaded-first.gpu-a.gpu-b.gpu-c",
+    "route.loaded-first.gpu-c",
     "route.model-affinity.gpu-a",
+    "admit.gpu0",
+    "admit.gpu1",
   },
   ["cost_ms"] = 1000,
   ["fair"] = true,

@@ -33,7 +33,7 @@ OLLADIST_LIVE = {
       ["holders"] = {
         "gpu-c",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -50,7 +50,7 @@ OLLADIST_LIVE = {
       ["holders"] = {
         "gpu-c",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -87,7 +87,7 @@ OLLADIST_LIVE = {
         "gpu-a",
         "gpu-b",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["name"] = "peer.gpu-a",
@@ -107,7 +107,7 @@ OLLADIST_LIVE = {
         "gpu-a",
         "gpu-b",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -133,7 +133,7 @@ OLLADIST_LIVE = {
       ["holders"] = {
         "gpu-c",
       },
-      ["lf"] = false,
+      ["lf"] = true,
       ["servers"] = {
         {
           ["instance"] = "gpu0",
@@ -168,5 +168,5 @@ OLLADIST_LIVE = {
   ["retry_after_s"] = 2,
   ["stale_ms"] = 5000,
   ["wait_step_ms"] = 25,
-  ["warm_map"] = nil,
+  ["warm_map"] = "/etc/olladist/gateway/warm.map",
 }
