@@ -1382,6 +1382,22 @@ local function dispatch(txn, now)
   end
 end
 
+-- What a round reads, in short: when it has not changed since the last round, no slot can be
+-- given that was not given then (the slots in use, reserved ones included, the waiters, the
+-- view, what was sent to peers), and the round is skipped. Four times a second it runs anyway
+-- (waiters age; drains).
+local function signature(f, now)
+  local parts = { HOLD.seq, HOLD.count, S.view and S.view.at or 0, now // 250 }
+  for _, inst in ipairs(C.instances) do
+    parts[#parts + 1] = f:be_conn(inst.admit) + reserved(inst.name, now)
+  end
+  for _, p in ipairs(C.peers) do
+    local rec = S.peer[p.node]
+    parts[#parts + 1] = rec and rec.sent or 0
+  end
+  return table.concat(parts, ",")
+end
+
 local function leave(txn, w)
   if WAITERS[w.id] then
     WAITERS[w.id] = nil
@@ -1408,7 +1424,14 @@ local function hold(txn, scope, spec, model, want, now)
     while true do
       now = now_ms()
       w.seen = now
-      if not w.go and now // HOLD_STEP_MS ~= HOLD.round then dispatch(txn, now) end
+      if not w.go and now // HOLD_STEP_MS ~= HOLD.round then
+        HOLD.round = now // HOLD_STEP_MS
+        local sig = signature(txn.f, now)
+        if sig ~= HOLD.sig then
+          dispatch(txn, now)
+          HOLD.sig = signature(txn.f, now)
+        end
+      end
       if w.go then break end
       if now >= deadline then return end
       core.msleep(HOLD_STEP_MS)
