@@ -1327,9 +1327,9 @@ local function dispatch(txn, now)
   local rest = {}
   for _, w in ipairs(list) do
     local cands = candidates(f, view, w.spec, w.model, w.want, now, w.scope)
-    if #cands == 0 then
-      w.go = { fallback = true } -- no holder is ready any more: the route backend decides
-    else
+    -- No candidate at all (no holder ready this round: a blip of the view, or a restart):
+    -- it waits on, up to timeouts.queue, like a request in a server queue.
+    if #cands > 0 then
       local c = best_of(cands, function(x) return x.free and x.loaded and not taken[x.id] end)
       if not c and now - w.at >= C.max_warm_wait_ms
         and not best_of(cands, function(x) return x.loaded end) then
@@ -1424,6 +1424,11 @@ local function hold(txn, scope, spec, model, want, now)
     while true do
       now = now_ms()
       w.seen = now
+      -- Drained since the slot was given (a restart begins): the drained server would answer
+      -- 503; the next round gives another.
+      if w.go and w.go.c.inst and drained_now({ instance = w.go.c.inst.name }) then
+        RESERVED[w.id], w.go = nil, nil
+      end
       if not w.go and now // HOLD_STEP_MS ~= HOLD.round then
         HOLD.round = now // HOLD_STEP_MS
         local sig = signature(txn.f, now)
@@ -1443,10 +1448,8 @@ local function hold(txn, scope, spec, model, want, now)
     HOLD.counts.timeout = (HOLD.counts.timeout or 0) + 1
     return false
   end
-  if w.go.c then
-    commit(txn, w.go.c, model, want, now_ms(), true)
-    if w.go.c.inst then txn:set_var("txn.olladist_held", w.id) end
-  end
+  commit(txn, w.go.c, model, want, now_ms(), true)
+  if w.go.c.inst then txn:set_var("txn.olladist_held", w.id) end
   return true
 end
 
