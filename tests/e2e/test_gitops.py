@@ -86,15 +86,19 @@ def test_env_change_restarts_instances_with_no_failed_request(cluster: Cluster) 
 
     with concurrent.futures.ThreadPoolExecutor(100) as pool:
         futures = [pool.submit(client_loop, k) for k in range(100)]
-        time.sleep(1.0)
-        spec = (cluster.repo / "cluster.yaml").read_text()
-        (cluster.repo / "cluster.yaml").write_text(
-            spec.replace("OLLAMA_KEEP_ALIVE: 10m", "OLLAMA_KEEP_ALIVE: 11m")
-        )
-        head = cluster.commit("keep models loaded a minute longer")
-        cluster.wait_converged(head, timeout=90)
-        time.sleep(1.0)
-        stop.set()
+        try:
+            time.sleep(1.0)
+            spec = (cluster.repo / "cluster.yaml").read_text()
+            (cluster.repo / "cluster.yaml").write_text(
+                spec.replace("OLLAMA_KEEP_ALIVE: 10m", "OLLAMA_KEEP_ALIVE: 11m")
+            )
+            head = cluster.commit("keep models loaded a minute longer")
+            cluster.wait_converged(head, timeout=90)
+            time.sleep(1.0)
+        finally:
+            # Also when the wait fails: the clients loop until told, and the pool's exit
+            # waits for them (a failed wait left 100 threads spinning and the run hung).
+            stop.set()
         for f in futures:
             f.result()
     after = {n.name: n.service_pids() for n in cluster.nodes}
