@@ -34,29 +34,14 @@ from olladist.nodeconfig import write_peer_secret
 from olladist.nodelocal import NodeTLS
 from olladist.placement import place
 from olladist.spec import Spec
-from tests.harness.ports import free_port
+from tests.harness.ports import free_on_all, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def port_free_on(port: int, hosts: list[str]) -> bool:
-    for h in hosts:
-        with socket.socket() as s:
-            try:
-                s.bind((h, port))
-            except OSError:
-                return False
-    return True
-
-
 def cluster_ports(hosts: list[str], n: int) -> list[int]:
     """``n`` distinct ports free on every one of ``hosts``."""
-    out: list[int] = []
-    while len(out) < n:
-        p = free_port(hosts[0])
-        if p not in out and port_free_on(p, hosts):
-            out.append(p)
-    return out
+    return free_on_all(hosts, n)
 
 
 def loopback_hosts(n: int) -> list[str]:

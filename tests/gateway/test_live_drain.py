@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,35 @@ from olladist.gateway.runtime import AdminState
 from tests.gateway.harness import Cluster, cluster, live, loopback_hosts, make_spec, wait_until
 
 pytestmark = pytest.mark.integration
+
+
+Served = list[tuple[float, int, str]]  # (sent at, status, instance or error text)
+
+
+@contextmanager
+def generating(url: str, clients: int = 4) -> Iterator[Served]:
+    """``clients`` threads send small generates for `mine` to ``url`` until the block ends;
+    yields what each request got, as it comes."""
+    served: Served = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(trust_env=False, timeout=30) as h:
+            while not stop.is_set():
+                sent = time.monotonic()
+                r = h.post(url + "/api/generate", json={"model": "mine", "prompt": "x"})
+                who = r.json().get("instance", "") if r.status_code == 200 else r.text[:200]
+                served.append((sent, r.status_code, who))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        yield served
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
 
 
 @pytest.fixture
@@ -42,34 +72,18 @@ def test_no_request_reaches_an_instance_after_its_drain(one: Cluster) -> None:
     drain_instance(rt, "i2", timeout=5)
     wait_until(lambda: "mine:latest" not in live(gw)["ready"])
 
-    served: list[tuple[float, int, str]] = []  # (sent at, status, instance)
-    stop = threading.Event()
-
-    def client() -> None:
-        with httpx.Client(trust_env=False, timeout=30) as h:
-            while not stop.is_set():
-                sent = time.monotonic()
-                r = h.post(gw.url + "/api/generate", json={"model": "mine", "prompt": "x"})
-                who = r.json().get("instance", "") if r.status_code == 200 else r.text[:200]
-                served.append((sent, r.status_code, who))
-
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
-        t.start()
     try:
-        wait_until(lambda: any(w == "n0/i1" for _, _, w in served))  # i1 takes its share
-        # The reconciler's next restart: drain i1. Once HAProxy has answered the drain, no
-        # request may be sent to i1 any more, whatever the view of live.lua says.
-        rt.set_state(INSTANCES_BACKEND, "i1", AdminState.DRAIN)
-        drained_at = time.monotonic()
-        assert drain_instance(rt, "i1", timeout=10)
-        # Past the view's age (polls every 300 ms here): a stale pick would have shown by now.
-        wait_until(lambda: len([s for s in served if s[0] > drained_at]) >= 40)
-        time.sleep(0.5)
+        with generating(gw.url) as served:
+            wait_until(lambda: any(w == "n0/i1" for _, _, w in served))  # i1 takes its share
+            # The reconciler's next restart: drain i1. Once HAProxy has answered the drain, no
+            # request may be sent to i1 any more, whatever the view of live.lua says.
+            rt.set_state(INSTANCES_BACKEND, "i1", AdminState.DRAIN)
+            drained_at = time.monotonic()
+            assert drain_instance(rt, "i1", timeout=10)
+            # Past the view's age (polls every 300 ms here): a stale pick would show by now.
+            wait_until(lambda: len([s for s in served if s[0] > drained_at]) >= 40)
+            time.sleep(0.5)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
         set_ready(rt, "i1")
         set_ready(rt, "i2")
     after = [(status, who) for sent, status, who in served if sent > drained_at]
@@ -113,30 +127,14 @@ def test_the_warm_fast_path_skips_a_drained_instance(warm_two: Cluster) -> None:
         assert r.status_code == 200, r.text
         warm = r.json()["instance"].split("/")[-1]
 
-    served: list[tuple[float, int, str]] = []
-    stop = threading.Event()
-
-    def client() -> None:
-        with httpx.Client(trust_env=False, timeout=30) as c:
-            while not stop.is_set():
-                sent = time.monotonic()
-                r = c.post(gw.url + "/api/generate", json={"model": "mine", "prompt": "x"})
-                who = r.json().get("instance", "") if r.status_code == 200 else r.text[:200]
-                served.append((sent, r.status_code, who))
-
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
-        t.start()
     try:
-        rt.set_state(INSTANCES_BACKEND, warm, AdminState.DRAIN)
-        drained_at = time.monotonic()
-        assert drain_instance(rt, warm, timeout=10)
-        wait_until(lambda: len([s for s in served if s[0] > drained_at]) >= 60)
-        time.sleep(0.5)
+        with generating(gw.url) as served:
+            rt.set_state(INSTANCES_BACKEND, warm, AdminState.DRAIN)
+            drained_at = time.monotonic()
+            assert drain_instance(rt, warm, timeout=10)
+            wait_until(lambda: len([s for s in served if s[0] > drained_at]) >= 60)
+            time.sleep(0.5)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
         set_ready(rt, warm)
     after = [(status, who) for sent, status, who in served if sent > drained_at]
     failed = [(s, w) for s, w in after if s != 200]

@@ -51,3 +51,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         chosen = int(s.getsockname()[1])
     _given.add(chosen)
     return chosen
+
+
+def free_on_all(hosts: list[str], n: int) -> list[int]:
+    """``n`` distinct ports free on every one of ``hosts`` (a cluster's nodes share ports)."""
+    out: list[int] = []
+    while len(out) < n:
+        p = free_port(hosts[0])
+        if p not in out and all(_bindable(h, p) for h in hosts[1:]):
+            out.append(p)
+    return out
