@@ -35,6 +35,24 @@ def active_sessions(haproxy: HAProxyRuntime, inst: str) -> int:
     return sum(s.current_sessions + s.queued for s in haproxy.stats() if s.server == inst)
 
 
+READY_MAPS = ("/ready.map", "/local-ready.map")
+
+
+def clear_ready_maps(haproxy: HAProxyRuntime) -> None:
+    """Empty the live view's ready maps (models every holder can serve now). Until live.lua's
+    next poll they would still name a model whose only instance was just drained, and its
+    requests would meet a backend with no usable server (503) instead of waiting for it;
+    emptied, every request goes through live.lua's wait, which sees the drain at once, and the
+    next recompute puts back what is ready."""
+    for line in haproxy.command("show map").splitlines():
+        parts = line.split()
+        # "<id> (<file>) pattern loaded from file '<file>' ..." : the file is the second word.
+        if len(parts) >= 2 and parts[1].strip("()").endswith(READY_MAPS):
+            out = haproxy.command(f"clear map {parts[1].strip('()')}").strip()
+            if out:
+                log.warning("could not clear %s: %s", parts[1], out)
+
+
 def drain_instance(
     haproxy: HAProxyRuntime,
     inst: str,
@@ -46,6 +64,7 @@ def drain_instance(
     until nothing runs on it. Returns False if requests still ran after ``timeout`` (a long
     generation); the instance stays drained either way, ``set_ready`` puts it back."""
     haproxy.set_state(INSTANCES_BACKEND, inst, AdminState.DRAIN)
+    clear_ready_maps(haproxy)
     deadline = time.monotonic() + timeout
     while active_sessions(haproxy, inst) > 0:
         if time.monotonic() >= deadline:

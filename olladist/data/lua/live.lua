@@ -369,13 +369,21 @@ local function server_ready(view, srv, model)
   return (node_model_state(view, srv.node, model)) == "ready"
 end
 
+-- The ready maps as HAProxy holds them: the reconciler clears them when it drains an
+-- instance (olladist.drain), so that the requests of that moment go through await, which sees
+-- the drain at once, instead of to a backend with no usable server; the next recompute puts
+-- back what is ready.
+local READY_MAPS = { [C.ready_map] = Map.new(C.ready_map, Map._str) }
+if C.local_ready_map then READY_MAPS[C.local_ready_map] = Map.new(C.local_ready_map, Map._str) end
+
 local function set_map(file, want)
   local have = S.ready[file] or {}
+  local held = READY_MAPS[file]
   for key in pairs(have) do
     if not want[key] then core.del_map(file, key) end
   end
   for key in pairs(want) do
-    if not have[key] then core.set_map(file, key, "1") end
+    if not have[key] or (held and held:lookup(key) == nil) then core.set_map(file, key, "1") end
   end
   S.ready[file] = want
 end
