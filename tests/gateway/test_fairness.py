@@ -36,6 +36,7 @@ from tests.gateway.harness import (
     Gateway,
     all_ready,
     cluster_ports,
+    live,
     loopback_hosts,
     start_gateway,
     stop_pid,
@@ -141,15 +142,18 @@ def holding(gw: Gateway, key: str | None, source: str | None = None) -> Iterator
 
 
 def queued(gw: Gateway) -> int:
-    """Requests waiting in HAProxy's queues where they wait for an instance: the routes
-    backends' (the older strategies) and the instances' admission backends (loaded-first),
-    each backend's own queue and its servers' (a row each, none counted twice)."""
+    """Requests waiting for an instance: in HAProxy's queues (the routes backends' for the
+    older strategies, the instances' admission backends' as loaded-first's last resort, each
+    backend's own queue and its servers', a row each, none counted twice) and held by
+    loaded-first in live.lua (the live report's `hold.waiting`)."""
     text = gw.runtime.command("show stat").lstrip("# ")
-    return sum(
+    in_haproxy = sum(
         int(row["qcur"] or 0)
         for row in csv.DictReader(io.StringIO(text))
         if row["pxname"].startswith(("route.", "admit."))
     )
+    hold = live(gw).get("hold") or {}
+    return in_haproxy + int(hold.get("waiting", 0))
 
 
 def test_a_key_over_its_concurrency_limit_gets_429_with_retry_after(gw_tmp: Path) -> None:
@@ -217,7 +221,9 @@ def run_in_order(gw: Gateway, keys: list[str], by_address: bool = False) -> list
     with holding(gw, None if by_address else "sk-holder", "127.0.0.1" if by_address else None):
         for n, t in enumerate(threads, 1):
             t.start()
-            wait_until(lambda n=n: queued(gw) == n)  # queued in this order
+            # Queued in this order, each soon after the one before: the fair offsets are a
+            # second or so, and the test reads the order they make, not the arrival gaps.
+            wait_until(lambda n=n: queued(gw) == n, step=0.01)
     for t in threads:
         t.join(60)
     return done

@@ -276,3 +276,68 @@ def test_a_killed_peer_makes_the_gateway_route_by_placement_not_fail(gw_tmp: Pat
         assert c.stats("n0/i0")["requests_by_route"]["/api/generate"] == 12
         wait_until(lambda: not any(p["reachable"] for p in live(n0)["peers"]))
         assert generate(n0.url, A).status_code == 200
+
+
+def test_a_cold_request_waits_for_the_first_instance_that_frees_not_the_first_it_saw(
+    gw_tmp: Path,
+) -> None:
+    # Two one-slot instances, A loaded on i0 and B on i1; a long request for A holds i0 and a
+    # short one for B holds i1 when a request for C (loaded nowhere) comes. Both instances
+    # are equally bad for it then (busy, and a load there evicts the only copy of a model).
+    # Chosen on arrival, it would queue at one of them (i0, the first, on that tie) and load
+    # C there after the long request; held at the gateway, it takes i1 when the short request
+    # ends, since no request waits for B.
+    C_ = "gemma2:2b"
+    spec = make_spec(
+        loopback_hosts(1),
+        {0: [1, 1]},
+        [{"name": A, "nodes": ["n0"]}, {"name": B, "nodes": ["n0"]}, {"name": C_, "nodes": ["n0"]}],
+        gateway={
+            **LOADED_FIRST,
+            "timeouts": {"connect": "1s", "queue": "40s", "server": "60s", "client": "60s"},
+        },
+    )
+    # 40 tokens at 10 a second (4 s) unless num_predict cuts it.
+    env = {**ONE_LOADED, "OLLADIST_SIM_RESPONSE_TOKENS": "40"}
+    with sim_cluster(gw_tmp, spec, env) as c:
+        gw = c.gw("n0")
+        with httpx.Client(trust_env=False, timeout=30) as h:
+            for where, model in (("n0/i0", A), ("n0/i1", B)):
+                body = {"model": model, "prompt": "", "stream": False}  # a load
+                assert h.post(c.sims[where].url + "/api/generate", json=body).status_code == 200
+        wait_until(lambda: loaded_at(gw, A, "i0") and loaded_at(gw, B, "i1"))
+
+        def in_flight(where: str) -> int:
+            return int(c.stats(where)["inference_in_flight"])
+
+        done: list[str] = []
+        lock = threading.Lock()
+
+        def send(label: str, model: str, tokens: int | None) -> threading.Thread:
+            def run() -> None:
+                body: dict[str, Any] = {"model": model, "prompt": "hi", "stream": False}
+                if tokens is not None:
+                    body["options"] = {"num_predict": tokens}
+                with httpx.Client(trust_env=False, timeout=60) as h:
+                    r = h.post(gw.url + "/api/generate", json=body)
+                with lock:
+                    done.append(f"{label} {r.status_code}")
+
+            t = threading.Thread(target=run, daemon=True)
+            t.start()
+            return t
+
+        threads = [send("short B", B, 10)]  # 1 s
+        wait_until(lambda: in_flight("n0/i1") == 1)
+        threads.append(send("long A", A, None))  # 4 s
+        wait_until(lambda: in_flight("n0/i0") == 1)
+        threads.append(send("cold C", C_, 2))
+        for t in threads:
+            t.join(60)
+        assert sorted(done) == ["cold C 200", "long A 200", "short B 200"]
+        # C was loaded where B had been, and answered before the long request ended.
+        assert c.stats("n0/i1")["cold_loads_by_model"] == {B: 1, C_: 1}
+        assert c.stats("n0/i0")["cold_loads_by_model"] == {A: 1}  # the load made above
+        assert done.index("cold C 200") < done.index("long A 200")
+        for where in ("n0/i0", "n0/i1"):
+            assert c.stats(where)["peak_inference_in_flight"] == 1

@@ -668,6 +668,8 @@ local function in_flight(name)
 end
 
 local SEEN_REPORT -- set by the scheduling section below (it owns what it saw)
+local HOLD_REPORT -- likewise: requests waiting at this gateway for this instance's models
+local HOLD_STATS -- likewise: how many wait, and how the slots were handed out
 local DEMAND_REPORT -- likewise
 
 -- loaded-first: what a peer's scheduler needs of an instance (docs/gateway.md).
@@ -683,6 +685,7 @@ local function scheduling_report(item, inst, now)
     local be = core.backends[inst.admit]
     local bst = be and be:get_stats()
     if bst then item.queued = item.queued + (tonumber(bst.qcur) or 0) end
+    if HOLD_REPORT then item.queued = item.queued + HOLD_REPORT(inst) end
   end
   if SEEN_REPORT then item.loaded_models = SEEN_REPORT(inst, now) end
 end
@@ -751,6 +754,7 @@ local function live_report()
     peers = peers,
     serving = serving,
     ready = array(sorted_keys(S.ready[C.ready_map] or {})),
+    hold = HOLD_STATS and HOLD_STATS() or nil,
   }
 end
 
@@ -865,6 +869,14 @@ for _, inst in ipairs(C.instances) do INST[inst.name], INST_BY_ADMIT[inst.admit]
 local SEEN = {}
 for _, inst in ipairs(C.instances) do SEEN[inst.name] = {} end
 
+-- instance -> model -> {at, by}: models that a cold load this gateway sent there (of model
+-- `by`) will unload. Ollama unloads the victim when its running requests end, then loads, so
+-- a request for the victim sent there meanwhile waits behind the load and reloads it: the
+-- victim counts as not loaded there until a poll shows `by` loaded (or PLANNED_MS passed).
+local GOING = {}
+for _, inst in ipairs(C.instances) do GOING[inst.name] = {} end
+local is_going -- below: it needs PLANNED_MS
+
 -- model -> admission backend of a local instance it is loaded on. HAProxy itself writes it
 -- when an instance answers 200 for a model (http-response set-map: M is loaded there now),
 -- and the warm fast path in the config reads it without Lua; after every poll the entries
@@ -883,7 +895,9 @@ local function sync_warm(view)
       local load = st and ((tonumber(st.scur) or 0) + (tonumber(st.qcur) or 0)) or 0
       load = load / inst.num_parallel
       for key in pairs(rec.loadedset) do
-        if best[key] == nil or load < best[key] then want[key], best[key] = inst.admit, load end
+        if (best[key] == nil or load < best[key]) and not is_going(inst, key, view.at) then
+          want[key], best[key] = inst.admit, load
+        end
       end
     end
   end
@@ -896,6 +910,7 @@ local function sync_warm(view)
       local other = have and INST_BY_ADMIT[have]
       local keep = other and S.inst[other.name] and S.inst[other.name].loadedset
         and S.inst[other.name].loadedset[key] and not drained_now({ instance = other.name })
+        and not is_going(other, key, view.at)
       if not keep then core.set_map(C.warm_map, key, want[key]) end
     end
   end
@@ -932,6 +947,18 @@ end
 -- A planned load counts this long without a poll or an answer confirming it: it may wait
 -- behind warm requests for max_warm_wait, then load.
 local PLANNED_MS = C.max_warm_wait_ms + 10000
+
+is_going = function(inst, model, now)
+  local g = GOING[inst.name][model]
+  if not g then return false end
+  local rec = S.inst[inst.name]
+  local done = rec and rec.ok and rec.at > g.at and rec.loadedset and rec.loadedset[g.by]
+  if done or now - g.at > PLANNED_MS then
+    GOING[inst.name][model] = nil
+    return false
+  end
+  return true
+end
 -- A warm instance whose queue holds more than this many requests per slot is no better than
 -- a cold load elsewhere: a load takes seconds (and evicts a model others may want), an answer
 -- a fraction of that, so queueing wins until the queue is deep.
@@ -947,9 +974,14 @@ local LOAD_WEIGHT = 0.25
 -- Is `model` loaded (or about to be) on local instance `inst`, with a runner whose context
 -- suits `want` (nil: the request names none, any runner will do)? Returns loaded, planned.
 local function local_loaded(inst, model, want, now)
+  if is_going(inst, model, now) then return false, false end
   local rec = S.inst[inst.name]
   local polled = rec and rec.ok and rec.loadedset and rec.loadedset[model]
-  if polled then return want == nil or polled.ctx == nil or polled.ctx == want, false end
+  if polled then
+    -- The planned load happened: from now on the polls say whether it is still loaded.
+    SEEN[inst.name][model] = nil
+    return want == nil or polled.ctx == nil or polled.ctx == want, false
+  end
   -- It answered for the model since the poll (HAProxy wrote warm.map): loaded, context as
   -- the instance's default (a request naming another one takes the Lua path anyway).
   if WARM and WARM:lookup(model) == inst.admit then
@@ -970,7 +1002,7 @@ local function local_residents(inst, now)
   if rec and rec.ok and rec.loadedset then
     for key, e in pairs(rec.loadedset) do
       names[key] = true
-      n, vram = n + 1, vram + (e.vram or 0)
+      if not is_going(inst, key, now) then n, vram = n + 1, vram + (e.vram or 0) end
     end
   end
   for key, seen in pairs(SEEN[inst.name]) do
@@ -1061,21 +1093,35 @@ local function better(a, b)
   return a.remote < b.remote
 end
 
-local function schedule(txn, scope)
-  local model = txn:get_var("txn.model")
-  local spec = (scope == "peer" and C.local_models or C.models)[model]
-  local view = S.view
-  if not spec or not spec.lf or not view then return end
-  local now = now_ms()
-  local want = tonumber(txn:get_var("txn.num_ctx"))
-  local f = txn.f
-  local best
+-- Reserved slots: a waiter given a local instance's slot holds it from that moment until its
+-- request is counted by be_conn of the admission backend (olladist_admitted, run there), or
+-- RESERVE_MS at most (its client went away before that). Without it, two waiters woken in
+-- the same round would both see the slot free.
+local RESERVE_MS = 500
+local RESERVED = {} -- waiter id -> {inst = name, till = ms}
+
+local function reserved(name, now)
+  local n = 0
+  for id, r in pairs(RESERVED) do
+    if now > r.till then
+      RESERVED[id] = nil
+    elseif r.inst == name then
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- Every holder of the model that could take the request, ranked as tier_of says; `free` is
+-- whether it has a slot for it now (reserved slots count as taken).
+local function candidates(f, view, spec, model, want, now, scope)
+  local out = {}
   for _, srv in ipairs(spec.servers) do
     if srv.instance then
       local inst = INST[srv.instance]
       if inst and server_ready(view, srv, model) and not drained_now(srv) then
-        local load = f:be_conn(inst.admit)
-        local loaded, planned = local_loaded(inst, model, want and want or nil, now)
+        local load = f:be_conn(inst.admit) + reserved(inst.name, now)
+        local loaded, planned = local_loaded(inst, model, want, now)
         local count, vram_used = local_residents(inst, now)
         local ev = evicts(count, vram_used, inst.max_loaded, inst.vram, spec.size)
         local tier = tier_of(loaded, load, inst.num_parallel, ev)
@@ -1090,9 +1136,10 @@ local function schedule(txn, scope)
             + VICTIM_WEIGHT * unique_victims(
             copies_of(view, now), rec and rec.ok and rec.loadedset or {})
         end
-        local c = { tier = tier, ratio = ratio, remote = 0, inst = inst, planned = planned,
-                    loaded = loaded }
-        if better(c, best) then best = c end
+        out[#out + 1] = { tier = tier, ratio = ratio, remote = 0, inst = inst, planned = planned,
+                          loaded = loaded, free = load < inst.num_parallel, evicts = ev,
+                          idle = load == 0,
+                          slots = inst.num_parallel, id = inst.name }
       end
     elseif scope ~= "peer" and srv.node ~= C.node and server_ready(view, srv, model) then
       local pv = view.peers[srv.node]
@@ -1101,7 +1148,7 @@ local function schedule(txn, scope)
       local sent = rec and rec.sent or 0
       local its = report and type(report.instances) == "table" and report.instances or nil
       if its and #its > 0 then
-        for _, it in ipairs(its) do
+        for k, it in ipairs(its) do
           if type(it) == "table" and it.ready then
             local slots = math.max(tonumber(it.num_parallel) or 1, 1)
             local load = (tonumber(it.running) or tonumber(it.in_flight) or 0)
@@ -1121,36 +1168,90 @@ local function schedule(txn, scope)
               ratio = LOAD_WEIGHT * ratio + DEMAND_WEIGHT * (tonumber(it.rate) or 0) / slots
                 + VICTIM_WEIGHT * unique_victims(copies_of(view, now), names)
             end
-            local c = { tier = tier, ratio = ratio, remote = 1, node = srv.node,
-                        server = srv.name, planned = planned, loaded = loaded }
-            if better(c, best) then best = c end
+            out[#out + 1] = { tier = tier, ratio = ratio, remote = 1, node = srv.node,
+                              server = srv.name, planned = planned, loaded = loaded,
+                              free = load < slots, evicts = ev, slots = slots, idle = load == 0,
+                              id = srv.node .. "/" .. tostring(it.name or k) }
           end
         end
       else
         -- Ready by placement only (an older peer without a live report): a cold target of
         -- unknown load, after every instance that reports.
-        local c = { tier = 4, ratio = math.huge, remote = 1, node = srv.node, server = srv.name }
-        if better(c, best) then best = c end
+        out[#out + 1] = { tier = 4, ratio = math.huge, remote = 1, node = srv.node,
+                          server = srv.name, free = true, idle = true, slots = 1, id = srv.node }
       end
     end
   end
-  if not best then return end -- nothing ready: the route backend's own balancing
-  -- Cold: the model is not loaded where the request waits (a busy instance that has it loaded
-  -- is a long warm queue, not a cold load: it keeps warm priority). A request that follows a
-  -- planned load is cold too: its model is not loaded yet, and at warm priority it would jump
-  -- the queue and load it before max_warm_wait.
-  local cold = best.loaded ~= true or best.planned == true
-  if best.inst then
-    txn:set_var("txn.olladist_admit", best.inst.admit)
-    if cold and not best.planned then
-      SEEN[best.inst.name][model] = { at = now, ctx = want or best.inst.num_ctx }
-    end
-  else
-    txn:set_var("txn.olladist_pick", best.server)
-    if S.peer[best.node] then S.peer[best.node].sent = (S.peer[best.node].sent or 0) + 1 end
+  return out
+end
+
+-- A cold load that unloads a model goes only to an idle instance: Ollama would make it wait
+-- for the running requests anyway, and the other slots of a busy one are worth more to the
+-- requests of what is loaded (or being loaded) there than to a load that evicts it.
+local function cold_target(x)
+  return x.free and not x.loaded and (x.idle or not x.evicts)
+end
+
+local function best_of(cands, accept)
+  local best
+  for _, c in ipairs(cands) do
+    if (accept == nil or accept(c)) and better(c, best) then best = c end
   end
-  -- The one priority offset of the request (CONTRACT.md): warm 0, cold +max_warm_wait, plus
-  -- the fairness offset of the key's engineer when set; kept inside HAProxy's window.
+  return best
+end
+
+-- Send the request to `c`: the admission backend of a local instance or a peer, with the one
+-- priority offset of the request (CONTRACT.md): warm 0, cold +max_warm_wait, plus the
+-- fairness offset of the key's engineer when set; kept inside HAProxy's window. Cold: the
+-- model is not loaded where the request goes (a busy instance that has it loaded is a warm
+-- queue, not a cold load). A request that follows a planned load is cold too: its model is
+-- not loaded yet, and at warm priority it would jump the queue and load it before
+-- max_warm_wait.
+-- A cold load sent to local instance c: remembered there (planned), and what it will unload
+-- there counts as gone (GOING). Done when the choice is made (dispatch), not when the waiter
+-- wakes: the same round's next waiters must see it.
+local function plan(c, model, want, now)
+  local cold = c.loaded ~= true or c.planned == true
+  if not (c.inst and cold and not c.planned) then return end
+  local name = c.inst.name
+  SEEN[name][model] = { at = now, ctx = want or c.inst.num_ctx }
+  GOING[name][model] = nil
+  if c.evicts then
+    -- What Ollama will unload there to make room: with one model allowed (or one loaded)
+    -- it is all of them; with more, one it chooses, unknown here (left as loaded).
+    local rec = S.inst[name]
+    local residents = {}
+    for key in pairs(rec and rec.ok and rec.loadedset or {}) do residents[#residents + 1] = key end
+    for key, seen in pairs(SEEN[name]) do
+      if key ~= model and now - seen.at <= PLANNED_MS then residents[#residents + 1] = key end
+    end
+    for key in pairs(C.local_models) do
+      if WARM and WARM:lookup(key) == c.inst.admit and not (rec and rec.loadedset and rec.loadedset[key]) then
+        residents[#residents + 1] = key
+      end
+    end
+    if c.inst.max_loaded <= 1 or #residents <= 1 then
+      for _, key in ipairs(residents) do
+        if key ~= model then
+          GOING[name][key] = { at = now, by = model }
+          SEEN[name][key] = nil
+          -- The warm fast path must not send the victim's requests there either.
+          if WARM and WARM:lookup(key) == c.inst.admit then core.del_map(C.warm_map, key) end
+        end
+      end
+    end
+  end
+end
+
+local function commit(txn, c, model, want, now, planned)
+  local cold = c.loaded ~= true or c.planned == true
+  if c.inst then
+    txn:set_var("txn.olladist_admit", c.inst.admit)
+    if not planned then plan(c, model, want, now) end
+  else
+    txn:set_var("txn.olladist_pick", c.server)
+    if not planned and S.peer[c.node] then S.peer[c.node].sent = (S.peer[c.node].sent or 0) + 1 end
+  end
   local offset = (cold and C.max_warm_wait_ms or 0)
     + (math.tointeger(tonumber(txn:get_var("txn.olladist_fair_ms"))) or 0)
   if offset > C.prio_limit then offset = C.prio_limit end
@@ -1158,6 +1259,256 @@ local function schedule(txn, scope)
   if offset ~= 0 then txn:set_priority_offset(offset) end
   txn:set_var("txn.olladist_sched", cold and "cold" or "warm")
 end
+
+---------------------------------------------------------------------------------------------
+-- Holding (docs/gateway.md "Loaded-first scheduling", "Requests wait at the gateway"). A
+-- request with no free slot where its model is loaded does not join a server queue when it
+-- arrives: it waits here, in WAITERS, and the choice is made when a slot frees. One
+-- dispatch round (at most one every HOLD_STEP_MS, run by whichever waiter wakes first) looks
+-- at the free slots (be_conn of the admission backends against num_parallel, minus
+-- reservations; the peers' reports) and hands them out: first each waiter in fair order
+-- (arrival time + txn.olladist_fair_ms) that has its model loaded on a free instance, then
+-- cold loads on the free instances no remaining waiter has its model loaded on. A waiter
+-- only reads its own flag between rounds. The Lua state is one for all threads (lua-load),
+-- and code between two yields runs under its lock, so a round is never interleaved.
+---------------------------------------------------------------------------------------------
+
+local HOLD_STEP_MS = 5
+-- A waiter whose coroutine has not run for this long is gone (its client closed and HAProxy
+-- dropped its stream without running Lua again): it is forgotten.
+local HOLD_STALE_MS = 2000
+-- A request whose model is loaded on busy instances takes a cold load on another one only
+-- when the queue for its model holds this many waiters per slot where it is loaded (a load
+-- takes seconds, an answer a fraction of that), or when it has waited max_warm_wait.
+local HOLD_COLD_PER_SLOT = 3
+
+local WAITERS = {} -- id -> waiter
+local HOLD = { seq = 0, count = 0, round = -1, for_inst = {}, published = nil, counts = {} }
+
+-- proc.olladist_waiting: how many wait here. The config's warm fast path reads it: while
+-- any request waits, a new one goes through dispatch too, or it would take the freed slots
+-- ahead of every waiter (it arrives before the next round).
+local function publish(txn)
+  local n = HOLD.count > 0 and 1 or 0
+  if n ~= HOLD.published then
+    txn:set_var("proc.olladist_waiting", n)
+    HOLD.published = n
+  end
+end
+
+local function dispatch(txn, now)
+  local f = txn.f
+  HOLD.round = now // HOLD_STEP_MS
+  local view = S.view
+  if not view then return end
+  local list = {}
+  for id, w in pairs(WAITERS) do
+    if now - w.seen > HOLD_STALE_MS then
+      WAITERS[id] = nil
+      HOLD.count = HOLD.count - 1
+    elseif not w.go then
+      list[#list + 1] = w
+    end
+  end
+  publish(txn)
+  table.sort(list, function(a, b)
+    if a.class ~= b.class then return a.class < b.class end
+    if a.key ~= b.key then return a.key < b.key end
+    return a.id < b.id
+  end)
+  local taken = {}
+  local function give(w, c, how)
+    w.go = { c = c }
+    plan(c, w.model, w.want, now)
+    HOLD.counts[how] = (HOLD.counts[how] or 0) + 1
+    if c.inst then
+      RESERVED[w.id] = { inst = c.inst.name, till = now + RESERVE_MS }
+    else
+      taken[c.id] = true -- a peer's slot: its report is not newer for the next waiter
+      if S.peer[c.node] then S.peer[c.node].sent = (S.peer[c.node].sent or 0) + 1 end
+    end
+  end
+  -- In fair order: a waiter whose model is loaded on an instance with a free slot takes it;
+  -- one whose model is loaded nowhere and that has waited max_warm_wait takes a cold load on
+  -- any free instance (no model starves). One whose model is loaded on busy instances is
+  -- not starved: it is the oldest for the next slot there.
+  local rest = {}
+  for _, w in ipairs(list) do
+    local cands = candidates(f, view, w.spec, w.model, w.want, now, w.scope)
+    -- No candidate at all (no holder ready this round: a blip of the view, or a restart):
+    -- it waits on, up to timeouts.queue, like a request in a server queue.
+    if #cands > 0 then
+      local c = best_of(cands, function(x) return x.free and x.loaded and not taken[x.id] end)
+      if not c and now - w.at >= C.max_warm_wait_ms
+        and not best_of(cands, function(x) return x.loaded end) then
+        c = best_of(cands, function(x) return cold_target(x) and not taken[x.id] end)
+      end
+      if c then
+        give(w, c, c.loaded and "warm" or "aged")
+      else
+        rest[#rest + 1] = { w = w, cands = cands }
+      end
+    end
+  end
+  -- Which instances a remaining waiter waits for (its model loaded there, or planned): no
+  -- cold load takes their free slots, unless the cold waiter has waited max_warm_wait.
+  local wanted, depth, slots_of = {}, {}, {}
+  local for_inst = {}
+  for _, r in ipairs(rest) do
+    local slots = 0
+    for _, c in ipairs(r.cands) do
+      if c.loaded then
+        wanted[c.id] = true
+        slots = slots + c.slots
+        -- Published to the peers as queued there: they do not send a cold load to a slot
+        -- these waiters want.
+        if c.inst then for_inst[c.inst.name] = (for_inst[c.inst.name] or 0) + 1 end
+      end
+    end
+    if slots == 0 then
+      -- A cold waiter counts where it would load (its best local target, free or not).
+      local c = best_of(r.cands, function(x) return x.inst ~= nil end)
+      if c then for_inst[c.inst.name] = (for_inst[c.inst.name] or 0) + 1 end
+    end
+    depth[r.w.model] = (depth[r.w.model] or 0) + 1
+    r.depth, slots_of[r.w.model] = depth[r.w.model], slots
+  end
+  HOLD.for_inst = for_inst
+  -- Cold: in fair order, a waiter whose model is loaded nowhere (or whose warm queue is
+  -- deep) takes a free instance that no remaining waiter wants warm.
+  for _, r in ipairs(rest) do
+    local w = r.w
+    local slots = slots_of[w.model]
+    if slots == 0 or r.depth > HOLD_COLD_PER_SLOT * slots then
+      -- Fresh counts: an earlier cold waiter of this round may have taken a slot.
+      local cands = candidates(f, view, w.spec, w.model, w.want, now, w.scope)
+      local c = best_of(cands, function(x)
+        return cold_target(x) and not taken[x.id] and not wanted[x.id]
+      end)
+      if c then give(w, c, slots == 0 and "cold" or "deep") end
+    end
+  end
+end
+
+-- What a round reads, in short: when it has not changed since the last round, no slot can be
+-- given that was not given then (the slots in use, reserved ones included, the waiters, the
+-- view, what was sent to peers), and the round is skipped. Four times a second it runs anyway
+-- (waiters age; drains).
+local function signature(f, now)
+  local parts = { HOLD.seq, HOLD.count, S.view and S.view.at or 0, now // 250 }
+  for _, inst in ipairs(C.instances) do
+    parts[#parts + 1] = f:be_conn(inst.admit) + reserved(inst.name, now)
+  end
+  for _, p in ipairs(C.peers) do
+    local rec = S.peer[p.node]
+    parts[#parts + 1] = rec and rec.sent or 0
+  end
+  return table.concat(parts, ",")
+end
+
+local function leave(txn, w)
+  if WAITERS[w.id] then
+    WAITERS[w.id] = nil
+    HOLD.count = HOLD.count - 1
+    if HOLD.count <= 0 then HOLD.for_inst = {} end
+  end
+  publish(txn)
+end
+
+-- Waits for dispatch to give the request a slot; false when timeouts.queue passed first.
+local function hold(txn, scope, spec, model, want, now)
+  HOLD.seq = HOLD.seq + 1
+  local fair = math.tointeger(tonumber(txn:get_var("txn.olladist_fair_ms"))) or 0
+  -- The key's priority class (set-priority-class, before this action) sorts first, as in
+  -- HAProxy's own queue.
+  local class = math.tointeger(tonumber(txn.f:prio_class())) or 0
+  local w = { id = HOLD.seq, model = model, spec = spec, want = want, scope = scope,
+              at = now, seen = now, key = now + fair, class = class }
+  WAITERS[w.id] = w
+  HOLD.count = HOLD.count + 1
+  publish(txn)
+  local deadline = now + C.queue_ms
+  local ok, err = pcall(function()
+    while true do
+      now = now_ms()
+      w.seen = now
+      -- Drained since the slot was given (a restart begins): the drained server would answer
+      -- 503; the next round gives another.
+      if w.go and w.go.c.inst and drained_now({ instance = w.go.c.inst.name }) then
+        RESERVED[w.id], w.go = nil, nil
+      end
+      if not w.go and now // HOLD_STEP_MS ~= HOLD.round then
+        HOLD.round = now // HOLD_STEP_MS
+        local sig = signature(txn.f, now)
+        if sig ~= HOLD.sig then
+          dispatch(txn, now)
+          HOLD.sig = signature(txn.f, now)
+        end
+      end
+      if w.go then break end
+      if now >= deadline then return end
+      core.msleep(HOLD_STEP_MS)
+    end
+  end)
+  leave(txn, w)
+  if not ok then error(err, 0) end
+  if not w.go then
+    HOLD.counts.timeout = (HOLD.counts.timeout or 0) + 1
+    return false
+  end
+  commit(txn, w.go.c, model, want, now_ms(), true)
+  if w.go.c.inst then txn:set_var("txn.olladist_held", w.id) end
+  return true
+end
+
+local function schedule(txn, scope)
+  local model = txn:get_var("txn.model")
+  local spec = (scope == "peer" and C.local_models or C.models)[model]
+  local view = S.view
+  if not spec or not spec.lf or not view then return end
+  local now = now_ms()
+  local want = tonumber(txn:get_var("txn.num_ctx"))
+  local cands = candidates(txn.f, view, spec, model, want, now, scope)
+  local best = best_of(cands)
+  if not best then return end -- nothing ready: the route backend's own balancing
+  -- Loaded with a free slot, and nobody waiting: it goes now. Else it waits here, and the
+  -- next round hands the slots out in fair order (this request among the others).
+  if best.tier == 1 and HOLD.count == 0 then return commit(txn, best, model, want, now) end
+  -- Loaded on peers only, busy: it goes to the best of them now and waits there, where the
+  -- peer decides for its own slots among all the requests that want them (held here, this
+  -- node could not see a peer's waiters, nor they the slot when it frees).
+  if best.remote == 1 and best.loaded and best.tier <= 2
+    and not best_of(cands, function(x) return x.remote == 0 and x.loaded end) then
+    return commit(txn, best, model, want, now)
+  end
+  if not hold(txn, scope, spec, model, want, now) then
+    txn:set_var("txn.olladist_busy", "1")
+  end
+end
+
+-- Run on the 200 of a cold request in an admission backend: its model is loaded there now,
+-- unless a later cold load there will unload it (GOING). The warm fast path reads warm.map.
+core.register_action("olladist_loaded", { "http-res" }, function(txn, admit)
+  local inst = INST_BY_ADMIT[admit]
+  local model = txn:get_var("txn.model")
+  if not (WARM and inst and model and C.local_models[model]) then return end
+  if is_going(inst, model, now_ms()) then return end
+  if WARM:lookup(model) ~= admit then core.set_map(C.warm_map, model, admit) end
+end, 1)
+
+HOLD_REPORT = function(inst) return HOLD.for_inst[inst.name] or 0 end
+HOLD_STATS = function()
+  local out = { waiting = HOLD.count }
+  for k, v in pairs(HOLD.counts) do out[k] = v end
+  return out
+end
+
+-- Run in the admission backend for a request that waited here: be_conn counts it now, so
+-- its reservation ends.
+core.register_action("olladist_admitted", { "http-req" }, function(txn)
+  local id = math.tointeger(tonumber(txn:get_var("txn.olladist_held")))
+  if id then RESERVED[id] = nil end
+end, 0)
 
 DEMAND_REPORT = function(inst) return math.floor(demand_of(inst) * 100 + 0.5) / 100 end
 
@@ -1168,7 +1519,7 @@ SEEN_REPORT = function(inst, now)
   if rec and rec.ok and rec.loadedset then
     for key, e in pairs(rec.loadedset) do
       names[key] = true
-      out[#out + 1] = { name = key, context_length = e.ctx }
+      if not is_going(inst, key, now) then out[#out + 1] = { name = key, context_length = e.ctx } end
     end
   end
   for key in pairs(C.local_models) do
