@@ -1341,7 +1341,10 @@ local function dispatch(txn, now)
       local c = best_of(cands, function(x) return x.free and x.loaded and not taken[x.id] end)
       if not c and now - w.at >= C.max_warm_wait_ms
         and not best_of(cands, function(x) return x.loaded end) then
+        -- Past the cap, a load that evicts may take a busy instance's free slot too: under
+        -- steady load no instance is ever idle, and the idle rule alone would starve it.
         c = best_of(cands, function(x) return cold_target(x) and not taken[x.id] end)
+          or best_of(cands, function(x) return x.free and not x.loaded and not taken[x.id] end)
       end
       if c then
         give(w, c, c.loaded and "warm" or "aged")
@@ -1479,6 +1482,13 @@ local function schedule(txn, scope)
   -- node could not see a peer's waiters, nor they the slot when it frees).
   if best.remote == 1 and best.loaded and best.tier <= 2
     and not best_of(cands, function(x) return x.remote == 0 and x.loaded end) then
+    return commit(txn, best, model, want, now)
+  end
+  -- Held only where it may run: with no local instance among its holders, the peers' slots
+  -- are theirs to give, and each holds its own waiters. Held here, such a request waited for
+  -- a peer's report to show a free slot, which a busy peer's own waiters never leave (it
+  -- waited 54 s under the e2e load while the peer served others).
+  if not best_of(cands, function(x) return x.remote == 0 end) then
     return commit(txn, best, model, want, now)
   end
   if not hold(txn, scope, spec, model, want, now) then
