@@ -341,3 +341,83 @@ def test_a_cold_request_waits_for_the_first_instance_that_frees_not_the_first_it
         assert done.index("cold C 200") < done.index("long A 200")
         for where in ("n0/i0", "n0/i1"):
             assert c.stats(where)["peak_inference_in_flight"] == 1
+
+
+def test_api_show_is_answered_at_once_while_generations_wait(gw_tmp: Path) -> None:
+    # Ollama answers /api/show from the model's files, with no runner: the gateway must not
+    # hold it for a slot, nor count it as a cold load of the model it names.
+    with sim_cluster(gw_tmp, one_slot_spec("30s"), ONE_LOADED) as c:
+        gw = c.gw("n0")
+        assert generate(gw.url, A).status_code == 200
+        wait_until(lambda: loaded_at(gw, A))
+        reqs = Requests()
+        reqs.send("running", gw.url, A)
+        wait_until(lambda: c.stats("n0/i0")["inference_in_flight"] == 1)
+        reqs.send("warm", gw.url, A)
+        wait_until(lambda: instance_report(gw)["queued"] == 1)
+        with httpx.Client(trust_env=False, timeout=60) as h:
+            shown = h.post(gw.url + "/api/show", json={"model": B})
+        with reqs.lock:
+            reqs.done.append(("show", shown.status_code))
+        reqs.join()
+        assert shown.json()["details"]["family"]
+        assert reqs.done == [("show", 200), ("running", 200), ("warm", 200)]
+        assert c.stats("n0/i0")["cold_loads_by_model"] == {A: 1}
+
+
+def test_an_aged_request_whose_model_only_a_busy_peer_has_loaded_is_not_starved(
+    gw_tmp: Path,
+) -> None:
+    # M is loaded on n1 only, where 12 clients keep its one slot's queue deep; n0's one slot
+    # has A loaded and warm requests for A always waiting. A request for M at n0 is neither
+    # warm there nor worth a cold load at once. Past max_warm_wait it must go somewhere (a
+    # local cold load or the peer's queue): waiting for the busy peer's report to show a free
+    # slot, it waited out timeouts.queue (the check after apply's /api/embed, 60 s, in the
+    # e2e rolling restart).
+    M = B
+    spec = make_spec(
+        loopback_hosts(2),
+        {0: [1], 1: [1]},
+        [{"name": A, "nodes": ["n0"]}, {"name": M, "nodes": ["n0", "n1"]}],
+        gateway={
+            **LOADED_FIRST,
+            "timeouts": {"connect": "1s", "queue": "20s", "server": "60s", "client": "60s"},
+            "scheduling": {"max_warm_wait": "1s"},
+        },
+    )
+    fast = {**ONE_LOADED, "OLLADIST_SIM_TOKEN_RATE": "40"}  # 0.4 s an answer
+    with sim_cluster(gw_tmp, spec, fast) as c:
+        n0, n1 = c.gw("n0"), c.gw("n1")
+        with httpx.Client(trust_env=False, timeout=30) as h:
+            for where, model in (("n0/i0", A), ("n1/i0", M)):
+                body = {"model": model, "prompt": "", "stream": False}  # a load
+                assert h.post(c.sims[where].url + "/api/generate", json=body).status_code == 200
+        wait_until(lambda: loaded_at(n0, A) and loaded_at(n1, M))
+        stop = threading.Event()
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def client(url: str, model: str) -> None:
+            for _ in range(150):  # bounded: about a minute of work for the slot
+                if stop.is_set():
+                    return
+                r = generate(url, model)
+                with lock:
+                    statuses.append(r.status_code)
+
+        work = [(n0.url, A)] * 3 + [(n1.url, M)] * 12
+        clients = [threading.Thread(target=client, args=w, daemon=True) for w in work]
+        for t in clients:
+            t.start()
+        try:
+            wait_until(lambda: instance_report(n1)["queued"] >= 9, timeout=30)
+            wait_until(lambda: instance_report(n0)["queued"] >= 1, timeout=30)
+            r = generate(n0.url, M)
+            still_running = not stop.is_set() and any(t.is_alive() for t in clients[:3])
+        finally:
+            stop.set()
+            for t in clients:
+                t.join(60)
+        assert r.status_code == 200, r.text
+        assert still_running
+        assert set(statuses) == {200}

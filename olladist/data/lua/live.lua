@@ -1340,11 +1340,17 @@ local function dispatch(txn, now)
     if #cands > 0 then
       local c = best_of(cands, function(x) return x.free and x.loaded and not taken[x.id] end)
       if not c and now - w.at >= C.max_warm_wait_ms
-        and not best_of(cands, function(x) return x.loaded end) then
+        and not best_of(cands, function(x) return x.loaded and x.remote == 0 end) then
         -- Past the cap, a load that evicts may take a busy instance's free slot too: under
-        -- steady load no instance is ever idle, and the idle rule alone would starve it.
+        -- steady load no instance is ever idle, and the idle rule alone would starve it. A
+        -- waiter whose model is loaded on a local instance waits on: it is the oldest for
+        -- that instance's next slot. One whose model only peers have loaded goes to the best
+        -- of them when no local slot is free: their slots are theirs to give, and the report
+        -- of a busy peer never shows one free (an /api/embed of the check after apply waited
+        -- 60 s for it under the e2e rolling restart).
         c = best_of(cands, function(x) return cold_target(x) and not taken[x.id] end)
           or best_of(cands, function(x) return x.free and not x.loaded and not taken[x.id] end)
+          or best_of(cands, function(x) return x.loaded end)
       end
       if c then
         give(w, c, c.loaded and "warm" or "aged")
