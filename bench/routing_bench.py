@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from olladist.dev import DevCluster
 from olladist.placement import place
+from olladist.spec import Spec
 from olladist.specload import load_spec
 from tests.harness.ports import free_port
 
@@ -100,6 +101,8 @@ class Result:
     p50: float
     p95: float
     placement: str
+    held: str = ""  # loaded-first: how the gateways handed out slots to held requests
+    by_model: str = ""  # cold loads per model
 
 
 def spec_text(
@@ -199,6 +202,32 @@ def sim_stats(ports: list[int], reset: bool = False) -> int:
             else:
                 total += int(c.get(f"http://127.0.0.1:{p}/_sim/stats").json()["cold_loads"])
     return total
+
+
+def loads_by_model(ports: list[int]) -> str:
+    """Cold loads per model over every simulator, most first."""
+    total: dict[str, int] = {}
+    with httpx.Client(timeout=5, trust_env=False) as c:
+        for p in ports:
+            for k, v in (
+                c.get(f"http://127.0.0.1:{p}/_sim/stats").json()["cold_loads_by_model"].items()
+            ):
+                total[k] = total.get(k, 0) + int(v)
+    return ", ".join(f"{k} {v}" for k, v in sorted(total.items(), key=lambda kv: -kv[1]))
+
+
+def hold_counts(spec: Spec, addrs: list[str]) -> str:
+    """The gateways' `hold` counters (their live report, docs/gateway.md), summed: how many
+    held requests were given a warm slot, a cold load (loaded nowhere, a deep warm queue, or
+    past max_warm_wait), or timed out."""
+    total: dict[str, int] = {}
+    with httpx.Client(trust_env=False, timeout=10) as c:
+        for addr in addrs:
+            r = c.get(f"http://{addr}:{spec.gateway.stats_port}/olladist/v1/live")
+            for k, v in (r.json().get("hold") or {}).items():
+                if k != "waiting":
+                    total[k] = total.get(k, 0) + int(v)
+    return ", ".join(f"{k} {v}" for k, v in sorted(total.items()))
 
 
 def litellm_proxy(ports: list[int], work: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -309,6 +338,12 @@ def run(sc: Scenario, args: argparse.Namespace, seed: int) -> Result:
             drive(gateways, workload(args.requests, seed), args.clients, args.deadline, headers)
         )
         cold = sim_stats(ports)
+        by_model = loads_by_model(ports)
+        held = (
+            hold_counts(spec, [addr for _, addr, _ in nodes])
+            if sc.strategy == "loaded-first"
+            else ""
+        )
     finally:
         if lite is not None:
             stop_group(lite)
@@ -318,7 +353,7 @@ def run(sc: Scenario, args: argparse.Namespace, seed: int) -> Result:
         else:
             shutil.rmtree(work, ignore_errors=True)
     q = statistics.quantiles(lat, n=20) if len(lat) > 1 else [0.0] * 19
-    return Result(sc, len(lat), failed, seconds, cold, q[9], q[18], where)
+    return Result(sc, len(lat), failed, seconds, cold, q[9], q[18], where, held, by_model)
 
 
 def main() -> None:
@@ -369,7 +404,9 @@ def main() -> None:
             print(
                 f"  {sc.name} (seed {seed}): {r.completed} done, {r.failed} failed, "
                 f"{r.cold_loads} cold loads, {r.completed / r.seconds:.2f} req/s, "
-                f"p50 {r.p50:.2f}s, p95 {r.p95:.2f}s",
+                f"p50 {r.p50:.2f}s, p95 {r.p95:.2f}s"
+                + (f"; held: {r.held}" if r.held else "")
+                + (f"\n    cold loads by model: {r.by_model}" if r.by_model else ""),
                 flush=True,
             )
     print()
