@@ -180,6 +180,14 @@ class Limits(_Model):
         description="memory ceiling of the gateway's HAProxy processes; connections and large "
         "bodies beyond it get 503 with Retry-After (docs/gateway.md)",
     )
+    threads: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="threads of the gateway's HAProxy (nbthread). One serves thousands of "
+        "requests a second at less CPU each (the live view's Lua runs under one lock for all "
+        "threads); more for TLS handshakes at a high rate (docs/gateway.md)",
+    )
 
 
 class Clients(_Model):

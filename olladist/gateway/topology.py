@@ -190,13 +190,14 @@ class Limits:
     memory: int  # bytes, the ceiling
     maxconn: int  # public process: connections at once (clients and peers)
     large_maxconn: int  # large-body process: requests at once
+    threads: int = 1  # the public process's nbthread (gateway.limits.threads)
 
     @classmethod
-    def for_memory(cls, memory: int) -> Limits:
+    def for_memory(cls, memory: int, threads: int = 1) -> Limits:
         room = memory - BASE_MEMORY
         large = max(1, int(room * LARGE_SHARE) // LARGE_CONN_MEMORY)
         public = max(100, (room - large * LARGE_CONN_MEMORY) // PUBLIC_CONN_MEMORY)
-        return cls(memory, public, large)
+        return cls(memory, public, large, threads)
 
     @property
     def fd_limit(self) -> int:
@@ -533,7 +534,7 @@ def build(
         local_routes=tuple(sorted(local_routes, key=lambda r: r.model)),
         admits=admits,
         paths=paths,
-        limits=Limits.for_memory(memory_bytes(gw.limits.memory)),
+        limits=Limits.for_memory(memory_bytes(gw.limits.memory), gw.limits.threads),
         fair=fairness.build(
             spec,
             safe_path(layout.path(fairness.FAIR_LUA)),

@@ -317,3 +317,20 @@ def test_model_affinity_is_the_same_list_on_every_gateway() -> None:
     assert lists == {
         (("peer.a", "10.0.0.1:11400"), ("peer.b", "10.0.0.2:11400"), ("peer.c", "10.0.0.3:11400"))
     }
+
+
+def test_gateway_threads_render_and_pass_haproxy_check(gw_tmp: Path) -> None:
+    base = spec_of([{"name": "m", "nodes": ["a"]}], [NODES[0]]).model_dump(mode="json")
+    assert base["gateway"]["limits"]["threads"] == 1  # the default (docs/gateway.md)
+    base["gateway"]["limits"]["threads"] = 4
+    spec = Spec.model_validate(base)
+    layout = Layout(gw_tmp / "a")
+    for path, f in gateway_files(spec, "a", place(spec), layout).items():
+        write_atomic(layout.real(path), f.content.encode(), f.mode)
+    cfg = layout.real("/etc/olladist/haproxy.cfg")
+    assert "\n    nbthread 4\n" in cfg.read_text()
+    proc = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    base["gateway"]["limits"]["threads"] = 0
+    with pytest.raises(ValueError, match="threads"):
+        Spec.model_validate(base)
