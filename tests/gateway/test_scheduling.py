@@ -421,3 +421,61 @@ def test_an_aged_request_whose_model_only_a_busy_peer_has_loaded_is_not_starved(
         assert r.status_code == 200, r.text
         assert still_running
         assert set(statuses) == {200}
+
+
+def test_a_cold_load_waits_for_a_little_wanted_instance_rather_than_evict_a_wanted_one(
+    gw_tmp: Path,
+) -> None:
+    # Two one-slot instances: A loaded on i0 and just in demand (a burst of short requests),
+    # B loaded on i1 and busy with one long request. A request for C (loaded nowhere) finds
+    # i0 idle: evicting A there would make A's next requests load it again. It waits for i1,
+    # the instance whose recent demand is lowest (at most the median of the holders').
+    C_ = "gemma2:2b"
+    spec = make_spec(
+        loopback_hosts(1),
+        {0: [1, 1]},
+        [{"name": A, "nodes": ["n0"]}, {"name": B, "nodes": ["n0"]}, {"name": C_, "nodes": ["n0"]}],
+        gateway={
+            **LOADED_FIRST,
+            "timeouts": {"connect": "1s", "queue": "40s", "server": "60s", "client": "60s"},
+        },
+    )
+    # The gateway knows what the simulators do: one model loaded at a time, so a load evicts.
+    with_env = spec.model_dump(mode="json")
+    with_env["ollama"]["env"]["OLLAMA_MAX_LOADED_MODELS"] = "1"
+    spec = Spec.model_validate(with_env)
+    env = {**ONE_LOADED, "OLLADIST_SIM_RESPONSE_TOKENS": "40"}  # 4 s unless num_predict cuts it
+    with sim_cluster(gw_tmp, spec, env) as c:
+        gw = c.gw("n0")
+        with httpx.Client(trust_env=False, timeout=30) as h:
+            for where, model in (("n0/i0", A), ("n0/i1", B)):
+                body = {"model": model, "prompt": "", "stream": False}  # a load
+                assert h.post(c.sims[where].url + "/api/generate", json=body).status_code == 200
+            wait_until(lambda: loaded_at(gw, A, "i0") and loaded_at(gw, B, "i1"))
+            short = {"model": A, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+            for _ in range(20):
+                assert h.post(gw.url + "/api/generate", json=short).status_code == 200
+        # The gateway's own measure of demand, as its live report gives it.
+        wait_until(lambda: instance_report(gw, "i0")["rate"] > instance_report(gw, "i1")["rate"])
+
+        done: list[str] = []
+        lock = threading.Lock()
+
+        def send(label: str, model: str) -> threading.Thread:
+            def run() -> None:
+                r = generate(gw.url, model)
+                with lock:
+                    done.append(f"{label} {r.status_code}")
+
+            t = threading.Thread(target=run, daemon=True)
+            t.start()
+            return t
+
+        threads = [send("long B", B)]
+        wait_until(lambda: c.stats("n0/i1")["inference_in_flight"] == 1)
+        threads.append(send("cold C", C_))
+        for t in threads:
+            t.join(60)
+        assert done == ["long B 200", "cold C 200"]
+        assert c.stats("n0/i0")["cold_loads_by_model"] == {A: 1}
+        assert c.stats("n0/i1")["cold_loads_by_model"] == {B: 1, C_: 1}
